@@ -1,0 +1,218 @@
+//! `submit`: the command line front of shoal-submitter. Thin: it parses
+//! arguments, builds a job message and hands it to the library.
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use shoal_submitter::args::{self, InputSpec, MountSpec};
+use shoal_submitter::local::{Config, Embedded, LimitValues, LocalOptions, Mount};
+use shoal_submitter::{Input, JobMessage, Location, OutputMount, ResultMessage, Source};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "submit", version, about = "Run WebAssembly (WASI preview1) jobs with Shoal")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a module as a job. Options may also follow the module, as with
+    /// `bacalhau wasm run`; put `--` before program arguments that start with `-`.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Run in this process with a local folder as the cache: no broker, no S3.
+    #[arg(long)]
+    local: bool,
+    /// The module: a local .wasm or .wat file, or sha256:HEX for content already in the cache.
+    module: String,
+    /// Program arguments (argv[1..]).
+    args: Vec<String>,
+    /// A local file or folder mounted read-only under /inputs (default /inputs/<its name>).
+    #[arg(short = 'i', long = "input", value_name = "SRC[:GUEST_PATH]", value_parser = args::input_spec)]
+    inputs: Vec<InputSpec>,
+    /// A URL whose content appears under /inputs (Bacalhau's --input-urls).
+    #[arg(long = "input-url", visible_alias = "input-urls", value_name = "URL")]
+    input_urls: Vec<String>,
+    /// A writable mount kept after the job; replaces the default outputs:/outputs.
+    #[arg(short = 'o', long = "output", value_name = "NAME:GUEST_PATH", value_parser = args::output_spec)]
+    outputs: Vec<(String, String)>,
+    /// Local runs only: preopen a host folder (read-only unless :rw), for debugging.
+    #[arg(long = "mount", value_name = "HOST_DIR:GUEST_PATH[:rw]", value_parser = args::mount_spec)]
+    mounts: Vec<MountSpec>,
+    /// An environment variable for the guest (repeatable); the host's are never passed.
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = args::env_pair)]
+    env: Vec<(String, String)>,
+    /// Exported function to call.
+    #[arg(long, default_value = "_start")]
+    entrypoint: String,
+    /// Fuel units, or 'unlimited'.
+    #[arg(long, value_parser = args::fuel)]
+    fuel: Option<u64>,
+    /// Linear memory limit, e.g. 64MiB.
+    #[arg(long, value_parser = args::size)]
+    memory: Option<u64>,
+    /// Wall-clock limit, e.g. 30s.
+    #[arg(long, value_parser = args::duration)]
+    timeout: Option<std::time::Duration>,
+    /// Job id (an idempotency key); generated when absent.
+    #[arg(long)]
+    id: Option<String>,
+    /// Where results go (default ./shoal-results/<job id>/).
+    #[arg(long, value_name = "DIR")]
+    download: Option<PathBuf>,
+    /// Print only the result message, as JSON.
+    #[arg(long)]
+    json: bool,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("submit: starting the runtime: {e}");
+            return ExitCode::from(127);
+        }
+    };
+    let outcome = match cli.command {
+        Command::Run(run) => runtime.block_on(run_command(run)),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("submit: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_command(run: RunArgs) -> Result<u8> {
+    if !run.local {
+        bail!("submitting to a fleet needs the job queue, which this build does not have yet; add --local to run the job here");
+    }
+    if let Some(url) = run.input_urls.first() {
+        bail!("--input-url {url}: URL inputs need the staging stage, which this build does not have yet; download the file and pass it with -i FILE");
+    }
+    let mut config = Config::load(run.config.as_deref()).context("loading configuration")?;
+    if config.cache.dir == Path::new("shoal-cache")
+        && let Some(home) = std::env::home_dir()
+    {
+        // The embedded default is a folder in the current directory; people
+        // running `submit` get one cache per user instead.
+        config.cache.dir = home.join(".cache").join("shoal");
+    }
+    config.log.filter = "warn".into();
+    let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
+
+    let module = module_source(&embedded, &run.module).await?;
+    let mut job = JobMessage::new(module);
+    job.id = run.id.clone();
+    job.entrypoint = run.entrypoint.clone();
+    job.args = run.args.clone();
+    job.env = run.env.iter().cloned().collect();
+    for spec in &run.inputs {
+        let path = Path::new(&spec.source);
+        if !path.exists() {
+            bail!("--input {}: no such file or folder (URL, CID and S3 inputs need the staging stage, not in this build yet)", spec.source);
+        }
+        let source = shoal_submitter::local::upload_path(embedded.stager(), path)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("--input {}", spec.source))?;
+        job.inputs.push(Input { source, path: spec.path.clone() });
+    }
+    if !run.outputs.is_empty() {
+        job.outputs = Some(run.outputs.iter().map(|(name, path)| OutputMount { name: name.clone(), path: path.clone() }).collect());
+    }
+    job.limits.fuel = run.fuel;
+    job.limits.memory_bytes = run.memory;
+    job.limits.timeout_ms = run.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+
+    // The same check a worker makes, so a bad flag is reported before anything runs.
+    let body = serde_json::to_vec(&job)?;
+    if let Err(errors) = shoal_submitter::validate(&body) {
+        let first = errors.first().map(|e| e.to_string()).unwrap_or_default();
+        bail!("the job is not valid: {first}");
+    }
+    let mut mounts = Vec::new();
+    for m in &run.mounts {
+        if !m.host.is_dir() {
+            bail!("--mount {}: not a folder", m.host.display());
+        }
+        mounts.push(Mount { host: m.host.clone(), guest: m.guest.clone(), writable: m.writable });
+    }
+    let options = LocalOptions { extra_mounts: mounts, download: run.download.clone() };
+    let (result, dir) = embedded.run(job, options).await.context("running the job")?;
+    report(&result, &dir, run.json)?;
+    Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
+}
+
+async fn module_source(embedded: &Embedded, module: &str) -> Result<Source> {
+    let path = Path::new(module);
+    if path.is_file() {
+        return shoal_submitter::local::upload_path(embedded.stager(), path)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("module {module}"));
+    }
+    if let Some(hex) = module.strip_prefix("sha256:") {
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Source::new(Location::Sha256(hex.to_ascii_lowercase())));
+        }
+        bail!("module {module}: write sha256: followed by 64 hex digits");
+    }
+    if path.exists() {
+        bail!("module {module}: is a folder; give the .wasm file");
+    }
+    if module.contains("://") || module.starts_with("Qm") || module.starts_with("bafy") {
+        bail!("module {module}: URL and IPFS modules need the staging stage, which this build does not have yet; give a local .wasm file");
+    }
+    bail!("module {module}: no such file; give a local .wasm or .wat file, or sha256:HEX")
+}
+
+fn report(result: &ResultMessage, dir: &Path, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(result)?);
+        return Ok(());
+    }
+    // The guest's own output first, byte for byte, from the download folder.
+    let stdout = std::fs::read(dir.join("stdout")).unwrap_or_default();
+    let stderr = std::fs::read(dir.join("stderr")).unwrap_or_default();
+    std::io::stdout().write_all(&stdout)?;
+    std::io::stdout().flush()?;
+    std::io::stderr().write_all(&stderr)?;
+    let mut parts = vec![result.status.as_str().to_owned()];
+    if let Some(code) = result.exit_code {
+        parts.push(format!("exit {code}"));
+    }
+    if let Some(error) = &result.error
+        && error.kind != shoal_submitter::ErrorKind::NonzeroExit
+    {
+        parts.push(format!("{}: {}", error.kind.as_str(), error.message));
+    }
+    if let Some(fuel) = result.usage.fuel_consumed {
+        parts.push(format!("fuel {fuel}"));
+    }
+    if let Some(run) = result.usage.durations.run_secs {
+        parts.push(format!("ran {:.1} ms", run * 1000.0));
+    }
+    for (name, stream) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+        if let Some(s) = stream
+            && s.truncated
+        {
+            parts.push(format!("{name} truncated at {} bytes", s.size));
+        }
+    }
+    parts.push(format!("job {}", result.job_id));
+    parts.push(format!("results in {}", dir.display()));
+    eprintln!("shoal: {}", parts.join(" · "));
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! The one configuration struct, loaded once in `main`.
+//!
+//! Layers, later wins: `config/default.toml` (embedded, so the defaults are
+//! documentation), an optional file given with `--config`, then `SHOAL_*`
+//! environment variables. Environment names are derived from the key paths
+//! of the defaults (`limits.default.fuel` is `SHOAL_LIMITS_DEFAULT_FUEL`), so
+//! an unknown `SHOAL_*` variable is an error that names it rather than a
+//! setting silently ignored. This is the only module that reads the
+//! process environment.
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The embedded defaults.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "SHOAL_";
+
+/// Worker configuration (see docs/CONFIG.md for every key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity and concurrency.
+    pub worker: WorkerSection,
+    /// Content cache.
+    pub cache: CacheSection,
+    /// Job limits: defaults, ceilings and message caps.
+    pub limits: LimitsSection,
+    /// Wasmtime engine settings.
+    pub executor: ExecutorSection,
+    /// Logging.
+    pub log: LogSection,
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Name in results and logs; empty means `<hostname>-<pid>`.
+    pub name: String,
+    /// Jobs run at once; 0 means the number of cores.
+    pub concurrency: usize,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Local directory of the embedded store.
+    pub dir: PathBuf,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest job message accepted, in bytes.
+    pub max_message_bytes: u64,
+    /// Largest inline source, decoded, in bytes.
+    pub max_inline_bytes: u64,
+    /// Largest module or input staged, in bytes.
+    pub max_input_bytes: u64,
+    /// Streams up to this size are inline in the result message.
+    pub inline_stream_bytes: u64,
+    /// What a job gets when it does not say.
+    pub default: LimitValues,
+    /// The most a job may ask for.
+    pub ceiling: LimitValues,
+}
+
+/// One full set of per-job limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitValues {
+    /// Fuel units.
+    pub fuel: u64,
+    /// Linear memory ceiling, bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock limit, milliseconds.
+    pub timeout_ms: u64,
+    /// Stdout kept, bytes.
+    pub max_stdout_bytes: u64,
+    /// Stderr kept, bytes.
+    pub max_stderr_bytes: u64,
+    /// Output files kept, total bytes.
+    pub max_output_bytes: u64,
+    /// Output files kept, count.
+    pub max_output_files: u64,
+}
+
+impl LimitValues {
+    /// No ceiling at all: what `submit run --local` uses, since the person
+    /// running it owns the machine.
+    pub const UNLIMITED: LimitValues = LimitValues {
+        fuel: u64::MAX,
+        memory_bytes: u64::MAX,
+        timeout_ms: u64::MAX,
+        max_stdout_bytes: u64::MAX,
+        max_stderr_bytes: u64::MAX,
+        max_output_bytes: u64::MAX,
+        max_output_files: u64::MAX,
+    };
+
+    fn fields(&self) -> [(&'static str, u64); 7] {
+        [
+            ("fuel", self.fuel),
+            ("memory_bytes", self.memory_bytes),
+            ("timeout_ms", self.timeout_ms),
+            ("max_stdout_bytes", self.max_stdout_bytes),
+            ("max_stderr_bytes", self.max_stderr_bytes),
+            ("max_output_bytes", self.max_output_bytes),
+            ("max_output_files", self.max_output_files),
+        ]
+    }
+}
+
+/// `[executor]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSection {
+    /// Meter fuel.
+    pub fuel_metering: bool,
+    /// Compiled modules kept in memory.
+    pub module_cache_entries: usize,
+    /// Epoch tick, milliseconds.
+    pub epoch_tick_ms: u64,
+    /// Guest stack, bytes.
+    pub max_wasm_stack_bytes: usize,
+    /// Largest table, elements.
+    pub max_table_elements: usize,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` or `json`.
+    pub format: String,
+    /// tracing filter directives.
+    pub filter: String,
+}
+
+/// A configuration problem; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading or parsing a layer failed.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// One or more values are out of range.
+    #[error("configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the process's `SHOAL_*` environment.
+    #[allow(clippy::disallowed_methods)]
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(file, std::env::vars())
+    }
+
+    /// Loads defaults, then `file`, then the given environment; tests pass
+    /// their own environment instead of touching the process's.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let keys = known_keys();
+        let mut unknown = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            match keys.iter().find(|key| env_name(key) == name) {
+                Some(key) => {
+                    builder = builder
+                        .set_override(key.as_str(), value)
+                        .map_err(|e| ConfigError::Load(format!("{name}: {e}")))?;
+                }
+                None => unknown.push(format!("unknown environment variable {ENV_PREFIX}{rest}")),
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.push("docs/CONFIG.md lists the variables".into());
+            return Err(ConfigError::Invalid(unknown));
+        }
+        let config: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reports every problem at once, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for ((name, default), (_, ceiling)) in self.limits.default.fields().into_iter().zip(self.limits.ceiling.fields()) {
+            if default > ceiling {
+                problems.push(format!(
+                    "limits.default.{name} ({default}) is above limits.ceiling.{name} ({ceiling})"
+                ));
+            }
+        }
+        if self.limits.default.memory_bytes < 65536 {
+            problems.push("limits.default.memory_bytes must be at least one 64 KiB page".into());
+        }
+        if self.limits.default.timeout_ms == 0 || self.limits.default.fuel == 0 {
+            problems.push("limits.default.timeout_ms and limits.default.fuel must be positive".into());
+        }
+        if self.executor.epoch_tick_ms == 0 {
+            problems.push("executor.epoch_tick_ms must be positive".into());
+        }
+        if self.executor.module_cache_entries == 0 {
+            problems.push("executor.module_cache_entries must be positive".into());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            problems.push(format!("log.format must be \"text\" or \"json\", not {:?}", self.log.format));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// The worker's name: configured, else `<hostname>-<pid>`.
+    pub fn worker_name(&self) -> String {
+        if !self.worker.name.is_empty() {
+            return self.worker.name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    }
+
+    /// Jobs run at once.
+    pub fn concurrency(&self) -> usize {
+        match self.worker.concurrency {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// Executor settings.
+    pub fn executor_config(&self) -> crate::execute::ExecutorConfig {
+        crate::execute::ExecutorConfig {
+            fuel_metering: self.executor.fuel_metering,
+            module_cache_entries: self.executor.module_cache_entries,
+            epoch_tick: Duration::from_millis(self.executor.epoch_tick_ms),
+            max_wasm_stack_bytes: self.executor.max_wasm_stack_bytes,
+            max_table_elements: self.executor.max_table_elements,
+        }
+    }
+}
+
+/// Every key path of the defaults, e.g. `limits.default.fuel`.
+pub fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, table: &toml_table::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match value {
+                toml_table::Value::Table(inner) => walk(&path, inner, out),
+                _ => out.push(path),
+            }
+        }
+    }
+    let table: toml_table::Table = DEFAULT_TOML.parse().expect("embedded defaults are TOML");
+    let mut out = Vec::new();
+    walk("", &table, &mut out);
+    out
+}
+
+/// The environment variable of a key path.
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
+}
+
+mod toml_table {
+    pub use toml::{Table, Value};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let config = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(config.limits.default.timeout_ms, 60_000);
+        assert!(config.executor.fuel_metering);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let config = Config::load_from(
+            None,
+            env(&[("SHOAL_LIMITS_DEFAULT_FUEL", "1234"), ("SHOAL_WORKER_NAME", "w1"), ("PATH", "/bin")]),
+        )
+        .unwrap();
+        assert_eq!(config.limits.default.fuel, 1234);
+        assert_eq!(config.worker_name(), "w1");
+    }
+
+    #[test]
+    fn unknown_env_is_an_error_naming_it() {
+        let err = Config::load_from(None, env(&[("SHOAL_LIMITS_FUELL", "1")])).unwrap_err();
+        assert!(err.to_string().contains("SHOAL_LIMITS_FUELL"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Config::load_from(None, env(&[("SHOAL_EXECUTOR_EPOCH_TICK_MS", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("epoch_tick_ms"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "[worker]\nconcurency = 3\n").unwrap();
+        let err = Config::load_from(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn default_above_ceiling_is_reported() {
+        let err = Config::load_from(None, env(&[("SHOAL_LIMITS_DEFAULT_TIMEOUT_MS", "99999999")])).unwrap_err();
+        assert!(err.to_string().contains("limits.default.timeout_ms"), "{err}");
+    }
+}

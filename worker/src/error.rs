@@ -1,0 +1,63 @@
+//! Errors say whose fault it was, because that decides what happens next.
+//!
+//! - [`JobError`]: this job can never succeed as submitted (invalid message,
+//!   missing input, bad module). It becomes a `rejected` or `failed` result.
+//! - [`InfraError`]: we could not do our part (store or broker unreachable).
+//!   Nothing is published; the message is retried, then dead-lettered.
+//!
+//! What the guest itself did (exit codes, traps, limits) is neither: it is an
+//! `execute::Outcome`, published as the job's result.
+use shoal_schemas::{ErrorKind, Status};
+
+/// The job's own fault: retrying cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JobError {
+    /// The result's error kind.
+    pub kind: ErrorKind,
+    /// What was wrong, naming the field or source.
+    pub message: String,
+}
+
+impl JobError {
+    /// A job error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        JobError { kind, message: message.into() }
+    }
+
+    /// An invalid job: the message itself is wrong.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        JobError::new(ErrorKind::InvalidJob, message)
+    }
+
+    /// The result status this error gets: `rejected` for a message that is
+    /// not a valid job, `failed` for a valid job that cannot run.
+    pub fn status(&self) -> Status {
+        match self.kind {
+            ErrorKind::InvalidJob => Status::Rejected,
+            _ => Status::Failed,
+        }
+    }
+}
+
+/// Our side failed; the same job may well succeed on a later attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum InfraError {
+    /// The object store (cache or results) failed.
+    #[error("object store: {0}")]
+    Store(String),
+    /// Local disk work for the job failed (scratch space, copying outputs).
+    #[error("local disk: {0}")]
+    Disk(String),
+}
+
+/// Either kind of failure before or after the guest ran.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job's fault.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// Our fault.
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+}

@@ -1,0 +1,536 @@
+//! 3. Execute: run one WASI preview1 module with exactly what the job gives it.
+//!
+//! This is the only module that imports wasmtime; no wasmtime type leaves it.
+//! It takes module bytes, host directories to mount and limits, and returns a
+//! [`Report`] whose [`Outcome`] says how the guest ended. What the guest did
+//! (exit codes, traps, running out of fuel, memory or time) is an outcome,
+//! never an `Err`: it is the job's result, not our failure.
+//!
+//! It deliberately does not fetch anything, look at the job message or decide
+//! what a result means for the queue.
+//!
+//! Threads: compilation and guest execution run on tokio's blocking pool, so
+//! they never stall the async runtime. Each blocking thread keeps a small
+//! current-thread runtime of its own, on which the guest runs through
+//! wasmtime's async API; that lets the wall-clock limit cut a guest that is
+//! blocked in a host call (a long `poll_oneoff` sleep), which epoch
+//! interruption alone cannot reach.
+mod capture;
+
+use bytes::Bytes;
+use capture::CappedPipe;
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::{
+    Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap, WasmBacktrace,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+/// Engine-wide settings (config section `executor`).
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Meter fuel. Off only to measure its cost: without it a job's fuel limit is not enforced.
+    pub fuel_metering: bool,
+    /// Compiled modules kept in memory, by sha256.
+    pub module_cache_entries: usize,
+    /// Period of the one epoch ticker; the wall-clock limit is enforced to this precision.
+    pub epoch_tick: Duration,
+    /// Native stack a guest may use before it traps with a stack overflow.
+    pub max_wasm_stack_bytes: usize,
+    /// Largest table a guest may grow to, in elements.
+    pub max_table_elements: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            fuel_metering: true,
+            module_cache_entries: 64,
+            epoch_tick: Duration::from_millis(10),
+            max_wasm_stack_bytes: 1 << 20,
+            max_table_elements: 100_000,
+        }
+    }
+}
+
+/// A host directory preopened in the guest.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    /// Host directory.
+    pub host: PathBuf,
+    /// Absolute guest path.
+    pub guest: String,
+    /// Whether the guest may write (outputs) or only read (inputs).
+    pub writable: bool,
+}
+
+/// Limits of one run, already resolved against the worker's defaults and ceilings.
+#[derive(Debug, Clone)]
+pub struct RunLimits {
+    /// Fuel units; ignored when metering is off.
+    pub fuel: u64,
+    /// Ceiling of each linear memory, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock limit of instantiation plus the call.
+    pub timeout: Duration,
+    /// Bytes of stdout kept.
+    pub max_stdout_bytes: u64,
+    /// Bytes of stderr kept.
+    pub max_stderr_bytes: u64,
+}
+
+/// Module bytes with their hash, which keys the compiled-module cache.
+#[derive(Debug, Clone)]
+pub struct ModuleBytes {
+    /// SHA-256 of `bytes`.
+    pub sha256: [u8; 32],
+    /// A binary module or `.wat` text.
+    pub bytes: Bytes,
+}
+
+/// Everything one run needs.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The module.
+    pub module: ModuleBytes,
+    /// argv\[0\].
+    pub argv0: String,
+    /// Exported function to call.
+    pub entrypoint: String,
+    /// argv\[1..\].
+    pub args: Vec<String>,
+    /// The guest's whole environment.
+    pub env: Vec<(String, String)>,
+    /// Preopened directories; nothing else is visible.
+    pub mounts: Vec<Mount>,
+    /// Limits.
+    pub limits: RunLimits,
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `proc_exit(code)`, or 0 when the entrypoint returned.
+    Exited(i32),
+    /// A trap other than the limits below; the message carries a backtrace summary.
+    Trapped(String),
+    /// Fuel ran out.
+    OutOfFuel,
+    /// Memory or a table would have grown past its limit.
+    MemoryLimit(String),
+    /// The wall-clock limit passed.
+    TimedOut,
+    /// Not a module, or it imports something nothing provides.
+    InvalidModule(String),
+    /// The entrypoint is not an exported `() -> ()` function.
+    MissingExport(String),
+    /// Our side failed (a mount could not be opened, a thread panicked).
+    Internal(String),
+}
+
+/// What one run produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Captured stdout, at most the cap.
+    pub stdout: Bytes,
+    /// The guest wrote more stdout than the cap.
+    pub stdout_truncated: bool,
+    /// Captured stderr, at most the cap.
+    pub stderr: Bytes,
+    /// The guest wrote more stderr than the cap.
+    pub stderr_truncated: bool,
+    /// Fuel consumed, when metered.
+    pub fuel_consumed: Option<u64>,
+    /// Largest linear memory reached.
+    pub peak_memory_bytes: u64,
+    /// Time to compile or fetch the compiled module.
+    pub compile: Duration,
+    /// Time to instantiate and run.
+    pub run: Duration,
+    /// The compiled module came from the in-memory cache.
+    pub cache_hit: bool,
+}
+
+impl Report {
+    fn early(outcome: Outcome, compile: Duration, cache_hit: bool) -> Report {
+        Report {
+            outcome,
+            stdout: Bytes::new(),
+            stdout_truncated: false,
+            stderr: Bytes::new(),
+            stderr_truncated: false,
+            fuel_consumed: None,
+            peak_memory_bytes: 0,
+            compile,
+            run: Duration::ZERO,
+            cache_hit,
+        }
+    }
+}
+
+/// Counters of the compiled-module cache, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Runs that found their module compiled already.
+    pub hits: u64,
+    /// Runs that compiled their module.
+    pub misses: u64,
+}
+
+struct GuestState {
+    wasi: WasiP1Ctx,
+    limiter: JobLimiter,
+}
+
+/// Enforces the memory and table limits and remembers why it refused, so
+/// that the resulting trap is reported as `memory_limit`, not a plain trap.
+struct JobLimiter {
+    memory_bytes: u64,
+    table_elements: usize,
+    peak_memory: u64,
+    exceeded: Option<String>,
+}
+
+impl ResourceLimiter for JobLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_bytes {
+            let msg = format!(
+                "linear memory would grow to {desired} bytes, past the job's limit of {} bytes",
+                self.memory_bytes
+            );
+            self.exceeded = Some(msg.clone());
+            wasmtime::bail!(msg);
+        }
+        self.peak_memory = self.peak_memory.max(desired as u64);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            let msg = format!(
+                "a table would grow to {desired} elements, past the limit of {}",
+                self.table_elements
+            );
+            self.exceeded = Some(msg.clone());
+            wasmtime::bail!(msg);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        // The entry module plus import modules; nothing a job does creates more.
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    modules: Mutex<LruCache<[u8; 32], InstancePre<GuestState>>>,
+    config: ExecutorConfig,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs jobs' modules. Cheap to clone; clones share the engine and module cache.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+impl Executor {
+    /// Builds the engine, the WASI linker and the epoch ticker.
+    pub fn new(config: ExecutorConfig) -> Result<Executor, String> {
+        let mut wasm = Config::new();
+        wasm.consume_fuel(config.fuel_metering)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack_bytes);
+        let engine = Engine::new(&wasm).map_err(|e| format!("creating the wasmtime engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
+            .map_err(|e| format!("adding WASI to the linker: {e}"))?;
+
+        // One ticker for the whole engine, not a thread per job: each job's
+        // store counts ticks to its own deadline.
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop_ticker.clone();
+            let tick = config.epoch_tick;
+            std::thread::Builder::new()
+                .name("shoal-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| format!("starting the epoch ticker: {e}"))?;
+        }
+        let entries = NonZeroUsize::new(config.module_cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Ok(Executor {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                modules: Mutex::new(LruCache::new(entries)),
+                config,
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                stop_ticker,
+            }),
+        })
+    }
+
+    /// Compiled-module cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs one job's module on the blocking pool.
+    pub async fn run(&self, spec: RunSpec) -> Report {
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || inner.run_blocking(spec)).await {
+            Ok(report) => report,
+            Err(e) => Report::early(
+                Outcome::Internal(format!("executor thread failed: {e}")),
+                Duration::ZERO,
+                false,
+            ),
+        }
+    }
+
+    /// Runs one job's module on the calling thread, which must not be an
+    /// async runtime's worker thread (benchmarks and blocking callers).
+    pub fn run_blocking(&self, spec: RunSpec) -> Report {
+        self.inner.run_blocking(spec)
+    }
+}
+
+thread_local! {
+    static GUEST_RUNTIME: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .ok();
+}
+
+impl Inner {
+    fn run_blocking(&self, spec: RunSpec) -> Report {
+        let started = Instant::now();
+        let (pre, cache_hit) = match self.instance_pre(&spec.module) {
+            Ok(found) => found,
+            Err(outcome) => return Report::early(outcome, started.elapsed(), false),
+        };
+        let compile = started.elapsed();
+        GUEST_RUNTIME.with(|rt| match rt {
+            Some(rt) => {
+                let mut report = rt.block_on(self.run_async(pre, spec));
+                report.compile = compile;
+                report.cache_hit = cache_hit;
+                report
+            }
+            None => Report::early(
+                Outcome::Internal("could not start the guest runtime".into()),
+                compile,
+                cache_hit,
+            ),
+        })
+    }
+
+    /// The module compiled and linked against WASI, from the cache when possible.
+    fn instance_pre(&self, module: &ModuleBytes) -> Result<(InstancePre<GuestState>, bool), Outcome> {
+        if let Some(pre) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&module.sha256) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((pre.clone(), true));
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        // Compiled outside the lock: other jobs keep running while this one compiles.
+        let compiled = Module::new(&self.engine, &module.bytes)
+            .map_err(|e| Outcome::InvalidModule(format!("not a valid WebAssembly module: {}", root_cause(&e))))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled)
+            .map_err(|e| Outcome::InvalidModule(format!("{}", root_cause(&e))))?;
+        self.modules.lock().unwrap_or_else(|e| e.into_inner()).put(module.sha256, pre.clone());
+        Ok((pre, false))
+    }
+
+    async fn run_async(&self, pre: InstancePre<GuestState>, spec: RunSpec) -> Report {
+        let limits = &spec.limits;
+        let stdout = CappedPipe::new(usize::try_from(limits.max_stdout_bytes).unwrap_or(usize::MAX));
+        let stderr = CappedPipe::new(usize::try_from(limits.max_stderr_bytes).unwrap_or(usize::MAX));
+        let mut builder = WasiCtxBuilder::new();
+        let mut argv = Vec::with_capacity(spec.args.len() + 1);
+        argv.push(spec.argv0.as_str());
+        argv.extend(spec.args.iter().map(String::as_str));
+        builder
+            .args(&argv)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_blocking_current_thread(true)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for (key, value) in &spec.env {
+            builder.env(key, value);
+        }
+        for mount in &spec.mounts {
+            let perms = if mount.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            if let Err(e) = builder.preopened_dir(&mount.host, &mount.guest, perms) {
+                return Report::early(
+                    Outcome::Internal(format!("mounting {} at {}: {e}", mount.host.display(), mount.guest)),
+                    Duration::ZERO,
+                    false,
+                );
+            }
+        }
+        let state = GuestState {
+            wasi: builder.build_p1(),
+            limiter: JobLimiter {
+                memory_bytes: limits.memory_bytes,
+                table_elements: self.config.max_table_elements,
+                peak_memory: 0,
+                exceeded: None,
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        if self.config.fuel_metering
+            && let Err(e) = store.set_fuel(limits.fuel)
+        {
+            return Report::early(Outcome::Internal(format!("setting fuel: {e}")), Duration::ZERO, false);
+        }
+        let tick = self.config.epoch_tick.as_nanos().max(1);
+        let ticks = limits.timeout.as_nanos().div_ceil(tick) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let started = Instant::now();
+        let ended = tokio::time::timeout(limits.timeout, call(&pre, &mut store, &spec.entrypoint)).await;
+        let run = started.elapsed();
+        let outcome = match ended {
+            Err(_elapsed) => Outcome::TimedOut,
+            Ok(Ok(())) => Outcome::Exited(0),
+            Ok(Err(CallError::MissingExport(msg))) => Outcome::MissingExport(msg),
+            Ok(Err(CallError::Wasm(e))) => classify(e, &store.data().limiter),
+        };
+        let fuel_consumed = if self.config.fuel_metering {
+            store.get_fuel().ok().map(|left| limits.fuel.saturating_sub(left))
+        } else {
+            None
+        };
+        let peak_memory_bytes = store.data().limiter.peak_memory;
+        drop(store);
+        let (stdout, stdout_truncated) = stdout.take();
+        let (stderr, stderr_truncated) = stderr.take();
+        Report {
+            outcome,
+            stdout,
+            stdout_truncated,
+            stderr,
+            stderr_truncated,
+            fuel_consumed,
+            peak_memory_bytes,
+            compile: Duration::ZERO,
+            run,
+            cache_hit: false,
+        }
+    }
+}
+
+enum CallError {
+    MissingExport(String),
+    Wasm(wasmtime::Error),
+}
+
+async fn call(pre: &InstancePre<GuestState>, store: &mut Store<GuestState>, entrypoint: &str) -> Result<(), CallError> {
+    let instance = pre.instantiate_async(&mut *store).await.map_err(CallError::Wasm)?;
+    let func = match instance.get_func(&mut *store, entrypoint) {
+        Some(func) => func,
+        None => {
+            return Err(CallError::MissingExport(format!(
+                "the module exports no function named `{entrypoint}`"
+            )));
+        }
+    };
+    let func = func.typed::<(), ()>(&*store).map_err(|e| {
+        CallError::MissingExport(format!("`{entrypoint}` is not a function taking and returning nothing: {e}"))
+    })?;
+    func.call_async(&mut *store, ()).await.map_err(CallError::Wasm)
+}
+
+/// Classifies a failed instantiation or call once, by what caused it.
+fn classify(error: wasmtime::Error, limiter: &JobLimiter) -> Outcome {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Outcome::Exited(exit.0);
+    }
+    if let Some(why) = &limiter.exceeded {
+        return Outcome::MemoryLimit(why.clone());
+    }
+    let backtrace = error.downcast_ref::<WasmBacktrace>().map(summarize).unwrap_or_default();
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::OutOfFuel,
+        Some(Trap::Interrupt) => Outcome::TimedOut,
+        Some(trap) => Outcome::Trapped(format!("{trap}{backtrace}")),
+        None => Outcome::Trapped(format!("{}{backtrace}", root_cause(&error))),
+    }
+}
+
+/// "; in func[12] <- func[7] <- _start": the innermost few frames, enough to
+/// find the spot without shipping a whole backtrace in every result.
+fn summarize(backtrace: &WasmBacktrace) -> String {
+    let frames: Vec<String> = backtrace
+        .frames()
+        .iter()
+        .take(6)
+        .map(|f| match f.func_name() {
+            Some(name) => name.to_owned(),
+            None => format!("func[{}]", f.func_index()),
+        })
+        .collect();
+    if frames.is_empty() {
+        String::new()
+    } else {
+        let more = if backtrace.frames().len() > frames.len() { " <- …" } else { "" };
+        format!("; in {}{more}", frames.join(" <- "))
+    }
+}
+
+fn root_cause(error: &wasmtime::Error) -> String {
+    // The chain reads "outer: inner: root"; the whole chain is the most precise message.
+    format!("{error:#}")
+}

@@ -1,0 +1,21 @@
+//! Shoal's worker: takes a job through its stages.
+//!
+//! ```text
+//! message ─▶ job (validate) ─▶ stage (inputs → cache → scratch) ─▶ execute (wasmtime) ─▶ publish (results)
+//! ```
+//!
+//! [`pipeline`] wires the stages; start reading there. [`execute`] is the only
+//! module that touches wasmtime; [`config`] is the only one that reads the
+//! process environment.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod execute;
+pub mod job;
+pub mod paths;
+pub mod pipeline;
+pub mod publish;
+pub mod stage;
+
+pub use config::Config;

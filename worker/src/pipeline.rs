@@ -1,0 +1,267 @@
+//! The job pipeline: validate → stage → execute → publish, in order. Read
+//! this first.
+//!
+//! [`Embedded`] runs the whole pipeline in one process with a local folder
+//! as the cache and the download folder as the destination; it is what
+//! `submit run --local` uses. [`result_of`] turns an execution report into
+//! the wire result, so every path reports outcomes the same way.
+use crate::config::{Config, LimitValues};
+use crate::error::{Error, InfraError, JobError};
+use crate::execute::{Executor, Mount, Outcome, Report, RunLimits, RunSpec};
+use crate::job::Job;
+use crate::paths::GuestPath;
+use crate::publish::{self, Collected};
+use crate::stage::Stager;
+use base64::Engine as _;
+use shoal_schemas::{
+    Durations, ErrorInfo, ErrorKind, JobMessage, OutputResult, ResultMessage, Status, Stream, Usage,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the guest's end maps onto the wire: status, exit code and error.
+pub fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) {
+    let fail = |kind, message: String| (Status::Failed, None, Some(ErrorInfo { kind, message }));
+    match outcome {
+        Outcome::Exited(0) => (Status::Succeeded, Some(0), None),
+        Outcome::Exited(code) => (
+            Status::Failed,
+            Some(*code),
+            Some(ErrorInfo { kind: ErrorKind::NonzeroExit, message: format!("exited with status {code}") }),
+        ),
+        Outcome::Trapped(msg) => fail(ErrorKind::Trap, format!("trapped: {msg}")),
+        Outcome::OutOfFuel => fail(ErrorKind::OutOfFuel, "ran out of fuel (raise limits.fuel, or check for an endless loop)".into()),
+        Outcome::MemoryLimit(msg) => fail(ErrorKind::MemoryLimit, msg.clone()),
+        Outcome::TimedOut => fail(ErrorKind::Timeout, "ran past its wall-clock limit (limits.timeout_ms)".into()),
+        Outcome::InvalidModule(msg) => fail(ErrorKind::InvalidModule, msg.clone()),
+        Outcome::MissingExport(msg) => fail(ErrorKind::MissingExport, msg.clone()),
+        Outcome::Internal(msg) => (Status::Error, None, Some(ErrorInfo { kind: ErrorKind::Internal, message: msg.clone() })),
+    }
+}
+
+/// Builds a stream entry: inline when small (text if UTF-8, else base64).
+pub fn stream_of(bytes: &[u8], truncated: bool, inline_cap: u64, location: Option<String>) -> Stream {
+    let mut stream = Stream {
+        size: bytes.len() as u64,
+        truncated,
+        sha256: Some(crate::stage::sha256_hex(bytes)),
+        text: None,
+        base64: None,
+        location,
+    };
+    if bytes.len() as u64 <= inline_cap {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => stream.text = Some(text.to_owned()),
+            Err(_) => stream.base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        }
+    }
+    stream
+}
+
+/// The wire result of a run: status from the outcome, then `output_limit`
+/// if a job that otherwise succeeded lost output files to its limits.
+pub fn result_of(job_id: &str, worker: &str, report: &Report, outputs: Vec<OutputResult>, over_limit: bool) -> ResultMessage {
+    let (mut status, exit_code, mut error) = status_of(&report.outcome);
+    if over_limit && status == Status::Succeeded {
+        status = Status::Failed;
+        error = Some(ErrorInfo {
+            kind: ErrorKind::OutputLimit,
+            message: "outputs exceeded limits.max_output_bytes or limits.max_output_files; what was kept is marked partial".into(),
+        });
+    }
+    let mut result = ResultMessage::new(job_id, status, worker);
+    result.exit_code = exit_code;
+    result.error = error;
+    result.outputs = outputs;
+    result.usage = Usage {
+        fuel_consumed: report.fuel_consumed,
+        peak_memory_bytes: Some(report.peak_memory_bytes),
+        durations: Durations {
+            compile_secs: Some(report.compile.as_secs_f64()),
+            run_secs: Some(report.run.as_secs_f64()),
+            ..Durations::default()
+        },
+        module_cache_hit: Some(report.cache_hit),
+    };
+    result
+}
+
+/// Options of an embedded run that the wire job does not carry.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// Extra preopens (`submit run --local --mount`), for debugging.
+    pub extra_mounts: Vec<Mount>,
+    /// Where results go; `shoal-results/<job id>` when absent.
+    pub download: Option<PathBuf>,
+}
+
+/// The whole pipeline in one process, with a local folder as the cache.
+#[derive(Clone)]
+pub struct Embedded {
+    config: Config,
+    ceiling: LimitValues,
+    executor: Executor,
+    stager: Stager,
+    worker: String,
+}
+
+impl Embedded {
+    /// Opens the cache folder and builds the executor. `ceiling` is the
+    /// most a job may ask for (`LimitValues::UNLIMITED` for local runs).
+    pub fn new(config: Config, ceiling: LimitValues) -> Result<Embedded, String> {
+        std::fs::create_dir_all(&config.cache.dir)
+            .map_err(|e| format!("creating cache folder {}: {e}", config.cache.dir.display()))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&config.cache.dir)
+            .map_err(|e| format!("opening cache folder {}: {e}", config.cache.dir.display()))?;
+        let executor = Executor::new(config.executor_config())?;
+        let stager = Stager::new(Arc::new(store), config.limits.clone());
+        let worker = config.worker_name();
+        Ok(Embedded { config, ceiling, executor, stager, worker })
+    }
+
+    /// The stager (and through it the cache), for uploading local files.
+    pub fn stager(&self) -> &Stager {
+        &self.stager
+    }
+
+    /// The executor, for its cache counters.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// Runs one job and writes its results to the download folder. An
+    /// `Err` means our side failed; everything the job did is in the result.
+    pub async fn run(&self, msg: JobMessage, options: LocalOptions) -> Result<(ResultMessage, PathBuf), InfraError> {
+        let given_id = msg.id.clone();
+        let job = match Job::resolve(msg, &self.config.limits, &self.ceiling)
+            .and_then(|job| check_extra_mounts(&job, &options.extra_mounts).map(|()| job))
+        {
+            Ok(job) => job,
+            Err(e) => {
+                let id = given_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let result = ResultMessage::failure(&id, e.status(), e.kind, e.message, &self.worker);
+                let dir = self.download_dir(&id, &options);
+                return self.write_failure(&dir, result);
+            }
+        };
+        let dir = self.download_dir(&job.id, &options);
+        let span = tracing::info_span!("job", job_id = %job.id);
+        let _enter = span.enter();
+
+        let scratch = tempfile::Builder::new()
+            .prefix("shoal-job-")
+            .tempdir()
+            .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))?;
+        let stage_started = Instant::now();
+        let staged = match self.stager.stage(&job, scratch.path()).await {
+            Ok(staged) => staged,
+            Err(Error::Job(e)) => return self.write_failure(&dir, job_failure(&job, e, &self.worker)),
+            Err(Error::Infra(e)) => return Err(e),
+        };
+        let stage_secs = stage_started.elapsed().as_secs_f64();
+        let mut mounts = staged.mounts;
+        mounts.extend(options.extra_mounts.iter().cloned());
+        let spec = RunSpec {
+            module: staged.module,
+            argv0: job.argv0.clone(),
+            entrypoint: job.entrypoint.clone(),
+            args: job.args.clone(),
+            env: job.env.clone(),
+            mounts,
+            limits: run_limits(&job.limits),
+        };
+        let report = self.executor.run(spec).await;
+        tracing::info!(outcome = ?report.outcome, run_secs = report.run.as_secs_f64(), "guest finished");
+
+        let publish_started = Instant::now();
+        let outputs = staged.outputs;
+        let limits = job.limits;
+        let dir_for_blocking = dir.clone();
+        let (collected, folders) = tokio::task::spawn_blocking(move || -> Result<_, InfraError> {
+            let collected = publish::collect(&outputs, &limits)?;
+            publish::local::prepare(&dir_for_blocking)?;
+            let folders = publish::local::copy_outputs(&dir_for_blocking, &collected)?;
+            Ok((collected, folders))
+        })
+        .await
+        .map_err(|e| InfraError::Disk(format!("publishing thread failed: {e}")))??;
+
+        let over_limit = collected.iter().any(|c| c.over_limit);
+        let outputs = output_results(collected, &folders);
+        let mut result = result_of(&job.id, &self.worker, &report, outputs, over_limit);
+        let inline = self.config.limits.inline_stream_bytes;
+        result.stdout = Some(stream_of(&report.stdout, report.stdout_truncated, inline, Some(path_string(&dir.join("stdout")))));
+        result.stderr = Some(stream_of(&report.stderr, report.stderr_truncated, inline, Some(path_string(&dir.join("stderr")))));
+        result.usage.durations.stage_secs = Some(stage_secs);
+        publish::local::write_streams(&dir, &report.stdout, &report.stderr, result.exit_code)?;
+        result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
+        publish::local::write_result(&dir, &result)?;
+        Ok((result, dir))
+    }
+
+    fn download_dir(&self, id: &str, options: &LocalOptions) -> PathBuf {
+        options.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(id))
+    }
+
+    fn write_failure(&self, dir: &Path, result: ResultMessage) -> Result<(ResultMessage, PathBuf), InfraError> {
+        publish::local::prepare(dir)?;
+        publish::local::write_streams(dir, b"", b"", None)?;
+        publish::local::write_result(dir, &result)?;
+        Ok((result, dir.to_path_buf()))
+    }
+}
+
+fn job_failure(job: &Job, e: JobError, worker: &str) -> ResultMessage {
+    ResultMessage::failure(&job.id, e.status(), e.kind, e.message, worker)
+}
+
+/// Resolved limits in the executor's terms.
+pub fn run_limits(limits: &LimitValues) -> RunLimits {
+    RunLimits {
+        fuel: limits.fuel,
+        memory_bytes: limits.memory_bytes,
+        timeout: Duration::from_millis(limits.timeout_ms),
+        max_stdout_bytes: limits.max_stdout_bytes,
+        max_stderr_bytes: limits.max_stderr_bytes,
+    }
+}
+
+fn output_results(collected: Vec<Collected>, folders: &[PathBuf]) -> Vec<OutputResult> {
+    collected
+        .into_iter()
+        .zip(folders)
+        .map(|(c, folder)| OutputResult {
+            name: c.mount.name.clone(),
+            path: c.mount.path.to_string(),
+            location: Some(path_string(folder)),
+            partial: !c.skipped.is_empty(),
+            files: c.files.into_iter().map(|(entry, _)| entry).collect(),
+            bytes: c.bytes,
+            skipped: c.skipped,
+        })
+        .collect()
+}
+
+fn path_string(path: &Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+/// `--mount` preopens must not overlap the job's own mounts or each other.
+fn check_extra_mounts(job: &Job, extra: &[Mount]) -> Result<(), JobError> {
+    let mut taken: Vec<GuestPath> = job.outputs.iter().map(|o| o.path.clone()).collect();
+    if !job.inputs.is_empty() {
+        taken.push(GuestPath::inputs_root());
+    }
+    for mount in extra {
+        let path = GuestPath::parse(&mount.guest).map_err(|e| JobError::invalid(format!("--mount: {e}")))?;
+        if path.is_root() {
+            return Err(JobError::invalid("--mount: cannot mount at /"));
+        }
+        if let Some(other) = taken.iter().find(|t| t.overlaps(&path)) {
+            return Err(JobError::invalid(format!("--mount: {path} overlaps the mount at {other}")));
+        }
+        taken.push(path);
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! 2. Stage: bring the module and every input into the job's scratch
+//! directory, through the content-addressed cache.
+//!
+//! The cache is an `object_store` (a local directory in the embedded default;
+//! S3 with the staging issue), keyed by content: `cache/sha256/<hex>`.
+//! Content read back from the cache is hashed again, so a corrupted entry is
+//! an `integrity` failure rather than a silently wrong input.
+//!
+//! It owns the host side of the guest's file system: `inputs/` (read-only in
+//! the guest) and one empty folder per output mount. It does not run
+//! anything and does not look at outputs.
+mod tarball;
+
+use crate::config::LimitsSection;
+use crate::error::{Error, InfraError, JobError};
+use crate::execute::{ModuleBytes, Mount};
+use crate::job::{Job, JobOutput};
+use crate::paths::GuestPath;
+use base64::Engine as _;
+use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as StorePath};
+use sha2::{Digest, Sha256};
+use shoal_schemas::{ErrorKind, Location, Source, Unpack};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use tarball::pack_dir;
+
+/// The cache key of content with this SHA-256.
+pub fn sha256_key(hex: &str) -> StorePath {
+    StorePath::from(format!("cache/sha256/{hex}"))
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Puts `bytes` into the cache under their hash, unless already there, and
+/// returns the hash. This is what `submit` does with a local module or input.
+pub async fn put_content(store: &dyn ObjectStore, bytes: Bytes) -> Result<String, InfraError> {
+    let hex = sha256_hex(&bytes);
+    let key = sha256_key(&hex);
+    match store.head(&key).await {
+        Ok(meta) if meta.size == bytes.len() as u64 => return Ok(hex),
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(InfraError::Store(format!("checking {key}: {e}"))),
+    }
+    store
+        .put(&key, PutPayload::from_bytes(bytes))
+        .await
+        .map_err(|e| InfraError::Store(format!("writing {key}: {e}")))?;
+    Ok(hex)
+}
+
+/// The job's host-side file system, ready to mount.
+#[derive(Debug)]
+pub struct Staged {
+    /// The module's bytes and hash.
+    pub module: ModuleBytes,
+    /// Preopens: `/inputs` (read-only, when there are inputs) and each output mount.
+    pub mounts: Vec<Mount>,
+    /// Each output mount with its host folder.
+    pub outputs: Vec<(JobOutput, PathBuf)>,
+}
+
+/// Brings content into jobs' scratch directories.
+#[derive(Clone)]
+pub struct Stager {
+    store: Arc<dyn ObjectStore>,
+    limits: LimitsSection,
+}
+
+impl Stager {
+    /// A stager reading from `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, limits: LimitsSection) -> Self {
+        Stager { store, limits }
+    }
+
+    /// The cache.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Stages the module and inputs of `job` under `scratch` (an empty folder).
+    pub async fn stage(&self, job: &Job, scratch: &Path) -> Result<Staged, Error> {
+        let bytes = self.fetch(&job.module, "module").await?;
+        let module = ModuleBytes { sha256: Sha256::digest(&bytes).into(), bytes };
+
+        let mut mounts = Vec::new();
+        if !job.inputs.is_empty() {
+            let root = scratch.join("inputs");
+            mkdir(&root).await?;
+            for (i, input) in job.inputs.iter().enumerate() {
+                let what = format!("input {i} ({})", input.path);
+                let bytes = self.fetch(&input.source, &what).await?;
+                let host = host_path(&root, &input.path);
+                match input.source.unpack.unwrap_or(Unpack::File) {
+                    Unpack::File => {
+                        if let Some(parent) = host.parent() {
+                            mkdir(parent).await?;
+                        }
+                        tokio::fs::write(&host, &bytes)
+                            .await
+                            .map_err(|e| InfraError::Disk(format!("writing {what}: {e}")))?;
+                    }
+                    Unpack::Tar => {
+                        let dest = host.clone();
+                        let max = self.limits.max_input_bytes;
+                        tokio::task::spawn_blocking(move || tarball::unpack(&bytes, &dest, max))
+                            .await
+                            .map_err(|e| InfraError::Disk(format!("unpacking {what}: {e}")))?
+                            .map_err(|e| match e {
+                                tarball::UnpackError::Job(msg) => {
+                                    Error::Job(JobError::new(ErrorKind::InvalidJob, format!("{what}: {msg}")))
+                                }
+                                tarball::UnpackError::TooLarge(msg) => {
+                                    Error::Job(JobError::new(ErrorKind::InputTooLarge, format!("{what}: {msg}")))
+                                }
+                                tarball::UnpackError::Disk(msg) => Error::Infra(InfraError::Disk(format!("{what}: {msg}"))),
+                            })?;
+                    }
+                }
+            }
+            mounts.push(Mount { host: root, guest: GuestPath::inputs_root().to_string(), writable: false });
+        }
+
+        let mut outputs = Vec::new();
+        for (i, out) in job.outputs.iter().enumerate() {
+            // Named by index, not by the mount's name, so no name can clash
+            // with another folder of the scratch directory.
+            let host = scratch.join(format!("out-{i}"));
+            mkdir(&host).await?;
+            mounts.push(Mount { host: host.clone(), guest: out.path.to_string(), writable: true });
+            outputs.push((out.clone(), host));
+        }
+        Ok(Staged { module, mounts, outputs })
+    }
+
+    /// The bytes of one source, verified and size-capped.
+    pub async fn fetch(&self, source: &Source, what: &str) -> Result<Bytes, Error> {
+        match &source.location {
+            Location::Sha256(hex) => {
+                let key = sha256_key(hex);
+                let got = match self.store.get(&key).await {
+                    Ok(got) => got,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(JobError::new(
+                            ErrorKind::InputUnavailable,
+                            format!("{what}: sha256 {hex} is not in the cache; upload it first (submit does this for local files)"),
+                        )
+                        .into());
+                    }
+                    Err(e) => return Err(InfraError::Store(format!("reading {key}: {e}")).into()),
+                };
+                if got.meta.size > self.limits.max_input_bytes {
+                    return Err(JobError::new(
+                        ErrorKind::InputTooLarge,
+                        format!("{what}: {} bytes is more than the {} allowed", got.meta.size, self.limits.max_input_bytes),
+                    )
+                    .into());
+                }
+                let bytes = got.bytes().await.map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
+                let actual = sha256_hex(&bytes);
+                if &actual != hex {
+                    return Err(JobError::new(
+                        ErrorKind::Integrity,
+                        format!("{what}: cache entry {key} hashes to {actual}, not {hex}"),
+                    )
+                    .into());
+                }
+                Ok(bytes)
+            }
+            Location::Inline(text) => {
+                // Checked before decoding: base64 is 4 characters per 3 bytes.
+                let max = self.limits.max_inline_bytes;
+                if (text.len() as u64) / 4 * 3 > max + 3 {
+                    return Err(JobError::new(
+                        ErrorKind::InputTooLarge,
+                        format!("{what}: inline content is larger than the {max} bytes allowed"),
+                    )
+                    .into());
+                }
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| JobError::invalid(format!("{what}: inline content is not base64: {e}")))?;
+                if bytes.len() as u64 > max {
+                    return Err(JobError::new(
+                        ErrorKind::InputTooLarge,
+                        format!("{what}: inline content is {} bytes, more than the {max} allowed", bytes.len()),
+                    )
+                    .into());
+                }
+                Ok(Bytes::from(bytes))
+            }
+            Location::Url(_) | Location::Cid(_) | Location::S3(_) => Err(JobError::invalid(format!(
+                "{what}: url, cid and s3 sources are part of shoal.job/v1 but this worker cannot stage them yet"
+            ))
+            .into()),
+        }
+    }
+}
+
+fn host_path(root: &Path, guest: &GuestPath) -> PathBuf {
+    let mut host = root.to_path_buf();
+    for c in guest.relative_to(&GuestPath::inputs_root()).unwrap_or_default() {
+        host.push(c);
+    }
+    host
+}
+
+async fn mkdir(path: &Path) -> Result<(), InfraError> {
+    tokio::fs::create_dir_all(path)
+        .await
+        .map_err(|e| InfraError::Disk(format!("creating {}: {e}", path.display())))
+}
