@@ -401,7 +401,9 @@ impl Inner {
             .args(&argv)
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .allow_blocking_current_thread(true)
+            // Off: with it on, a guest's sleep becomes std::thread::sleep,
+            // which the wall-clock limit cannot cut short.
+            .allow_blocking_current_thread(false)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -506,7 +508,9 @@ fn classify(error: wasmtime::Error, limiter: &JobLimiter) -> Outcome {
         Some(Trap::OutOfFuel) => Outcome::OutOfFuel,
         Some(Trap::Interrupt) => Outcome::TimedOut,
         Some(trap) => Outcome::Trapped(format!("{trap}{backtrace}")),
-        None => Outcome::Trapped(format!("{}{backtrace}", root_cause(&error))),
+        // A host function failed (e.g. proc_exit with a status WASI refuses):
+        // its own message, without wasmtime's multi-line backtrace dump.
+        None => Outcome::Trapped(format!("{}{backtrace}", error.root_cause())),
     }
 }
 

@@ -1,0 +1,1 @@
+//! Shoal's integration tests live in `tests/all/`; this library is empty.

@@ -1,0 +1,5 @@
+//! Shoal's integration tests: one test binary, one module per scenario.
+//! Real Wasmtime running real modules built from the C sources in
+//! `tests/fixtures/` and `examples/`.
+mod executor;
+mod support;
