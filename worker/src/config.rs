@@ -332,3 +332,21 @@ mod tests {
         assert!(err.to_string().contains("limits.default.timeout_ms"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// docs/CONFIG.md lists every key with its variable, and nothing else.
+    #[test]
+    fn docs_list_every_key() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md")).unwrap();
+        let keys = known_keys();
+        for key in &keys {
+            let row = format!("| `{key}` | `{}` |", env_name(key));
+            assert!(doc.contains(&row), "docs/CONFIG.md has no row starting {row}");
+        }
+        let rows = doc.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(rows, keys.len(), "docs/CONFIG.md lists keys the configuration does not have");
+    }
+}

@@ -1,1 +1,86 @@
-fn main(){}
+//! `shoal-worker`: arguments, configuration, logging, then the pipeline.
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use shoal_worker::Config;
+use shoal_worker::pipeline::{Embedded, LocalOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "shoal-worker", version, about = "Shoal worker: runs WebAssembly jobs")]
+struct Cli {
+    /// Configuration file (TOML); SHOAL_* environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one job message (a shoal.job/v1 JSON file) in this process, with
+    /// the configured cache and limits, and print its result message.
+    Exec {
+        /// The job message.
+        job: PathBuf,
+        /// Where results go (default ./shoal-results/<job id>/).
+        #[arg(long, value_name = "DIR")]
+        download: Option<PathBuf>,
+    },
+    /// Check the configuration and print every key's effective value.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shoal-worker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    init_tracing(&config);
+    match cli.command {
+        Command::Config => {
+            println!("{config:#?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec { job, download } => {
+            let body = std::fs::read(&job).with_context(|| format!("reading {}", job.display()))?;
+            if body.len() as u64 > config.limits.max_message_bytes {
+                anyhow::bail!("{}: {} bytes is over limits.max_message_bytes", job.display(), body.len());
+            }
+            let message = match shoal_schemas::decode_job(&body) {
+                Ok(message) => message,
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("shoal-worker: {}: {e}", job.display());
+                    }
+                    return Ok(ExitCode::from(126));
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let ceiling = config.limits.ceiling;
+            let embedded = Embedded::new(config, ceiling).map_err(anyhow::Error::msg)?;
+            let (result, _) = runtime.block_on(embedded.run(message, LocalOptions { extra_mounts: Vec::new(), download }))?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -19,6 +19,7 @@ use shoal_schemas::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How the guest's end maps onto the wire: status, exit code and error.
 pub fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) {
@@ -145,9 +146,12 @@ impl Embedded {
                 return self.write_failure(&dir, result);
             }
         };
-        let dir = self.download_dir(&job.id, &options);
         let span = tracing::info_span!("job", job_id = %job.id);
-        let _enter = span.enter();
+        self.run_job(job, options).instrument(span).await
+    }
+
+    async fn run_job(&self, job: Job, options: LocalOptions) -> Result<(ResultMessage, PathBuf), InfraError> {
+        let dir = self.download_dir(&job.id, &options);
 
         let scratch = tempfile::Builder::new()
             .prefix("shoal-job-")
