@@ -36,7 +36,7 @@ pub fn output_spec(s: &str) -> Result<(String, String), String> {
 /// `-e/--env KEY=VALUE`.
 pub fn env_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, _)) if k.is_empty() => Err(format!("--env {s:?}: the name is empty; write -e NAME=VALUE")),
+        Some(("", _)) => Err(format!("--env {s:?}: the name is empty; write -e NAME=VALUE")),
         Some((k, v)) if k.contains('\0') || v.contains('\0') => Err(format!("--env {s:?}: contains a NUL byte")),
         Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
         None => Err(format!("--env {s:?}: write -e NAME=VALUE (an empty value is -e NAME=)")),

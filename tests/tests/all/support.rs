@@ -16,7 +16,8 @@ pub fn fixture(name: &str) -> PathBuf {
 
 pub struct Harness {
     pub embedded: Embedded,
-    pub cache: tempfile::TempDir,
+    /// Kept so the cache folder lives as long as the harness.
+    pub _cache: tempfile::TempDir,
     pub results: tempfile::TempDir,
 }
 
@@ -33,7 +34,7 @@ impl Harness {
         vars.push(("SHOAL_CACHE_DIR".into(), cache.path().display().to_string()));
         let config = Config::load_from(None, vars).unwrap();
         let embedded = Embedded::new(config, LimitValues::UNLIMITED).unwrap();
-        Harness { embedded, cache, results }
+        Harness { embedded, _cache: cache, results }
     }
 
     /// Uploads a file into the cache and names it as a source.

@@ -1,4 +1,4 @@
-//! 3. Execute: run one WASI preview1 module with exactly what the job gives it.
+//! Execute (step 3 of a job): run one WASI preview1 module with exactly what the job gives it.
 //!
 //! This is the only module that imports wasmtime; no wasmtime type leaves it.
 //! It takes module bytes, host directories to mount and limits, and returns a
@@ -384,7 +384,7 @@ impl Inner {
         let pre = self
             .linker
             .instantiate_pre(&compiled)
-            .map_err(|e| Outcome::InvalidModule(format!("{}", root_cause(&e))))?;
+            .map_err(|e| Outcome::InvalidModule(root_cause(&e)))?;
         self.modules.lock().unwrap_or_else(|e| e.into_inner()).put(module.sha256, pre.clone());
         Ok((pre, false))
     }

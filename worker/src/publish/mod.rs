@@ -1,4 +1,4 @@
-//! 4. Publish: turn what the guest left behind into a result.
+//! Publish (step 4 of a job): turn what the guest left behind into a result.
 //!
 //! [`collect`] walks each output mount without following links, hashes the
 //! regular files and applies the job's byte and file limits in a fixed

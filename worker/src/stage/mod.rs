@@ -1,5 +1,5 @@
-//! 2. Stage: bring the module and every input into the job's scratch
-//! directory, through the content-addressed cache.
+//! Stage (step 2 of a job): bring the module and every input into the
+//! job's scratch directory, through the content-addressed cache.
 //!
 //! The cache is an `object_store` (a local directory in the embedded default;
 //! S3 with the staging issue), keyed by content: `cache/sha256/<hex>`.
