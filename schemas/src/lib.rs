@@ -14,6 +14,8 @@
 mod job;
 mod result;
 mod validate;
+#[cfg(feature = "amqp")]
+pub mod topology;
 
 pub use job::{Input, JobMessage, Limits, Location, OutputMount, Source, Unpack};
 pub use result::{

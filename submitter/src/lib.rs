@@ -19,9 +19,12 @@
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod client;
 #[cfg(feature = "local")]
 pub mod local;
 
+pub use client::{Client, ClientError, JobHandle};
+pub use shoal_schemas::topology::Topology;
 pub use shoal_schemas::{
     ErrorKind, Input, JobMessage, Limits, Location, OutputMount, ResultMessage, SchemaError, Source, Status, Unpack,
 };

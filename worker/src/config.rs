@@ -22,6 +22,8 @@ pub const ENV_PREFIX: &str = "SHOAL_";
 pub struct Config {
     /// Identity and concurrency.
     pub worker: WorkerSection,
+    /// Broker and topology.
+    pub amqp: AmqpSection,
     /// Content cache.
     pub cache: CacheSection,
     /// Job limits: defaults, ceilings and message caps.
@@ -40,6 +42,75 @@ pub struct WorkerSection {
     pub name: String,
     /// Jobs run at once; 0 means the number of cores.
     pub concurrency: usize,
+}
+
+/// `[amqp]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSection {
+    /// Broker URL, with credentials.
+    pub url: String,
+    /// Job queue.
+    pub job_queue: String,
+    /// Results exchange.
+    pub results_exchange: String,
+    /// Dead-letter exchange and queue.
+    pub dead_letter: String,
+    /// Attempts before an infrastructure failure is final.
+    pub max_attempts: u32,
+    /// Retry backoff base, milliseconds.
+    pub retry_base_ms: u64,
+    /// Retry backoff cap, milliseconds.
+    pub retry_max_ms: u64,
+    /// Reconnect backoff cap, milliseconds.
+    pub reconnect_max_ms: u64,
+    /// Drain grace period, seconds.
+    pub drain_grace_secs: u64,
+    /// Heartbeat, seconds.
+    pub heartbeat_secs: u16,
+}
+
+impl AmqpSection {
+    /// The URL with its password replaced, for logs.
+    pub fn redacted_url(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let creds = &self.url[scheme + 3..at];
+                let user = creds.split(':').next().unwrap_or("");
+                format!("{}{user}:***{}", &self.url[..scheme + 3], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        }
+    }
+
+    /// The shared topology.
+    pub fn topology(&self) -> shoal_schemas::topology::Topology {
+        shoal_schemas::topology::Topology {
+            job_queue: self.job_queue.clone(),
+            results_exchange: self.results_exchange.clone(),
+            dead_letter: self.dead_letter.clone(),
+            // The broker's own limit is a backstop above ours, for messages
+            // that crash the worker before it can settle them.
+            delivery_limit: self.max_attempts.saturating_mul(2).max(2),
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSection")
+            .field("url", &self.redacted_url())
+            .field("job_queue", &self.job_queue)
+            .field("results_exchange", &self.results_exchange)
+            .field("dead_letter", &self.dead_letter)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base_ms", &self.retry_base_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .field("drain_grace_secs", &self.drain_grace_secs)
+            .field("heartbeat_secs", &self.heartbeat_secs)
+            .finish()
+    }
 }
 
 /// `[cache]`
@@ -210,6 +281,9 @@ impl Config {
         if self.limits.default.timeout_ms == 0 || self.limits.default.fuel == 0 {
             problems.push("limits.default.timeout_ms and limits.default.fuel must be positive".into());
         }
+        if self.amqp.max_attempts == 0 {
+            problems.push("amqp.max_attempts must be at least 1".into());
+        }
         if self.executor.epoch_tick_ms == 0 {
             problems.push("executor.epoch_tick_ms must be positive".into());
         }
@@ -309,6 +383,13 @@ mod tests {
     fn unknown_env_is_an_error_naming_it() {
         let err = Config::load_from(None, env(&[("SHOAL_LIMITS_FUELL", "1")])).unwrap_err();
         assert!(err.to_string().contains("SHOAL_LIMITS_FUELL"), "{err}");
+    }
+
+    #[test]
+    fn the_amqp_password_is_redacted() {
+        let config = Config::load_from(None, env(&[("SHOAL_AMQP_URL", "amqp://u:s3cret@h:5672/%2f")])).unwrap();
+        assert_eq!(config.amqp.redacted_url(), "amqp://u:***@h:5672/%2f");
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]

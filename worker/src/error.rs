@@ -46,6 +46,9 @@ pub enum InfraError {
     /// The object store (cache or results) failed.
     #[error("object store: {0}")]
     Store(String),
+    /// The broker failed (connection, channel, publish, confirm).
+    #[error("broker: {0}")]
+    Broker(String),
     /// Local disk work for the job failed (scratch space, copying outputs).
     #[error("local disk: {0}")]
     Disk(String),

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod consume;
 pub mod error;
 pub mod execute;
 pub mod job;

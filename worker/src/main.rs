@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consume jobs from RabbitMQ until SIGTERM or SIGINT, then drain.
+    Serve,
     /// Run one job message (a shoal.job/v1 JSON file) in this process, with
     /// the configured cache and limits, and print its result message.
     Exec {
@@ -46,6 +48,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     init_tracing(&config);
     match cli.command {
+        Command::Serve => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config => {
             println!("{config:#?}");
             Ok(ExitCode::SUCCESS)
@@ -72,6 +79,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        }
+        let _ = tx.send(true);
+    });
+    let concurrency = config.concurrency();
+    let amqp = config.amqp.clone();
+    let ceiling = config.limits.ceiling;
+    let pipeline = Embedded::new(config, ceiling).map_err(anyhow::Error::msg)?;
+    shoal_worker::consume::run(pipeline, amqp, concurrency, rx).await?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn init_tracing(config: &Config) {

@@ -152,20 +152,101 @@ impl Embedded {
 
     async fn run_job(&self, job: Job, options: LocalOptions) -> Result<(ResultMessage, PathBuf), InfraError> {
         let dir = self.download_dir(&job.id, &options);
+        let executed = match self.execute(&job, &options.extra_mounts).await {
+            Ok(executed) => executed,
+            Err(Error::Job(e)) => return self.write_failure(&dir, job_failure(&job, e, &self.worker)),
+            Err(Error::Infra(e)) => return Err(e),
+        };
+        let publish_started = Instant::now();
+        let dir_for_blocking = dir.clone();
+        let collected = executed.collected;
+        let (collected, folders) = tokio::task::spawn_blocking(move || -> Result<_, InfraError> {
+            publish::local::prepare(&dir_for_blocking)?;
+            let folders = publish::local::copy_outputs(&dir_for_blocking, &collected)?;
+            Ok((collected, folders))
+        })
+        .await
+        .map_err(|e| InfraError::Disk(format!("publishing thread failed: {e}")))??;
+        let report = executed.report;
+        let over_limit = collected.iter().any(|c| c.over_limit);
+        let locations: Vec<String> = folders.iter().map(|f| path_string(f)).collect();
+        let outputs = output_results(collected, &locations);
+        let mut result = result_of(&job.id, &self.worker, &report, outputs, over_limit);
+        let inline = self.config.limits.inline_stream_bytes;
+        result.stdout = Some(stream_of(&report.stdout, report.stdout_truncated, inline, Some(path_string(&dir.join("stdout")))));
+        result.stderr = Some(stream_of(&report.stderr, report.stderr_truncated, inline, Some(path_string(&dir.join("stderr")))));
+        result.usage.durations.stage_secs = Some(executed.stage_secs);
+        publish::local::write_streams(&dir, &report.stdout, &report.stderr, result.exit_code)?;
+        result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
+        publish::local::write_result(&dir, &result)?;
+        Ok((result, dir))
+    }
 
+    /// Runs one job with the object store as its destination: outputs go to
+    /// `results/<id>/<mount>/…`, large streams to `results/<id>/stdout|stderr`
+    /// and the result itself to `results/<id>/result.json`, last. This is
+    /// the fleet's path; an `Err` means our side failed and the job should
+    /// be retried.
+    pub async fn process(&self, job: Job, attempt: u32) -> Result<ResultMessage, InfraError> {
+        let span = tracing::info_span!("job", job_id = %job.id, attempt);
+        self.process_job(job, attempt).instrument(span).await
+    }
+
+    async fn process_job(&self, job: Job, attempt: u32) -> Result<ResultMessage, InfraError> {
+        let store = self.stager.store().clone();
+        let executed = match self.execute(&job, &[]).await {
+            Ok(executed) => executed,
+            Err(Error::Job(e)) => {
+                let mut result = job_failure(&job, e, &self.worker);
+                result.attempt = attempt;
+                publish::store::put_result(store.as_ref(), &result).await?;
+                return Ok(result);
+            }
+            Err(Error::Infra(e)) => return Err(e),
+        };
+        let publish_started = Instant::now();
+        let report = executed.report;
+        let collected = executed.collected;
+        let locations = publish::store::put_outputs(store.as_ref(), &job.id, &collected).await?;
+        let over_limit = collected.iter().any(|c| c.over_limit);
+        let outputs = output_results(collected, &locations);
+        let mut result = result_of(&job.id, &self.worker, &report, outputs, over_limit);
+        let inline = self.config.limits.inline_stream_bytes;
+        result.stdout = Some(publish::store::put_stream(store.as_ref(), &job.id, "stdout", &report.stdout, report.stdout_truncated, inline).await?);
+        result.stderr = Some(publish::store::put_stream(store.as_ref(), &job.id, "stderr", &report.stderr, report.stderr_truncated, inline).await?);
+        result.usage.durations.stage_secs = Some(executed.stage_secs);
+        result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
+        result.attempt = attempt;
+        publish::store::put_result(store.as_ref(), &result).await?;
+        Ok(result)
+    }
+
+    /// Validates a message against this worker's limits.
+    pub fn resolve(&self, msg: JobMessage) -> Result<Job, JobError> {
+        Job::resolve(msg, &self.config.limits, &self.ceiling)
+    }
+
+    /// Message and size caps.
+    pub fn limits(&self) -> &crate::config::LimitsSection {
+        &self.config.limits
+    }
+
+    /// The worker's name in results.
+    pub fn worker_name(&self) -> &str {
+        &self.worker
+    }
+
+    /// Stage, execute and collect: the part every destination shares.
+    async fn execute(&self, job: &Job, extra_mounts: &[Mount]) -> Result<Executed, Error> {
         let scratch = tempfile::Builder::new()
             .prefix("shoal-job-")
             .tempdir()
             .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))?;
         let stage_started = Instant::now();
-        let staged = match self.stager.stage(&job, scratch.path()).await {
-            Ok(staged) => staged,
-            Err(Error::Job(e)) => return self.write_failure(&dir, job_failure(&job, e, &self.worker)),
-            Err(Error::Infra(e)) => return Err(e),
-        };
+        let staged = self.stager.stage(job, scratch.path()).await?;
         let stage_secs = stage_started.elapsed().as_secs_f64();
         let mut mounts = staged.mounts;
-        mounts.extend(options.extra_mounts.iter().cloned());
+        mounts.extend(extra_mounts.iter().cloned());
         let spec = RunSpec {
             module: staged.module,
             argv0: job.argv0.clone(),
@@ -177,31 +258,12 @@ impl Embedded {
         };
         let report = self.executor.run(spec).await;
         tracing::info!(outcome = ?report.outcome, run_secs = report.run.as_secs_f64(), "guest finished");
-
-        let publish_started = Instant::now();
         let outputs = staged.outputs;
         let limits = job.limits;
-        let dir_for_blocking = dir.clone();
-        let (collected, folders) = tokio::task::spawn_blocking(move || -> Result<_, InfraError> {
-            let collected = publish::collect(&outputs, &limits)?;
-            publish::local::prepare(&dir_for_blocking)?;
-            let folders = publish::local::copy_outputs(&dir_for_blocking, &collected)?;
-            Ok((collected, folders))
-        })
-        .await
-        .map_err(|e| InfraError::Disk(format!("publishing thread failed: {e}")))??;
-
-        let over_limit = collected.iter().any(|c| c.over_limit);
-        let outputs = output_results(collected, &folders);
-        let mut result = result_of(&job.id, &self.worker, &report, outputs, over_limit);
-        let inline = self.config.limits.inline_stream_bytes;
-        result.stdout = Some(stream_of(&report.stdout, report.stdout_truncated, inline, Some(path_string(&dir.join("stdout")))));
-        result.stderr = Some(stream_of(&report.stderr, report.stderr_truncated, inline, Some(path_string(&dir.join("stderr")))));
-        result.usage.durations.stage_secs = Some(stage_secs);
-        publish::local::write_streams(&dir, &report.stdout, &report.stderr, result.exit_code)?;
-        result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
-        publish::local::write_result(&dir, &result)?;
-        Ok((result, dir))
+        let collected = tokio::task::spawn_blocking(move || publish::collect(&outputs, &limits))
+            .await
+            .map_err(|e| InfraError::Disk(format!("collecting outputs: {e}")))??;
+        Ok(Executed { report, collected, stage_secs, _scratch: scratch })
     }
 
     fn download_dir(&self, id: &str, options: &LocalOptions) -> PathBuf {
@@ -231,14 +293,23 @@ pub fn run_limits(limits: &LimitValues) -> RunLimits {
     }
 }
 
-fn output_results(collected: Vec<Collected>, folders: &[PathBuf]) -> Vec<OutputResult> {
+/// What a job left behind, before it is published.
+struct Executed {
+    report: Report,
+    collected: Vec<Collected>,
+    stage_secs: f64,
+    /// The scratch folder lives until the outputs are published.
+    _scratch: tempfile::TempDir,
+}
+
+fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<OutputResult> {
     collected
         .into_iter()
-        .zip(folders)
-        .map(|(c, folder)| OutputResult {
+        .zip(locations)
+        .map(|(c, location)| OutputResult {
             name: c.mount.name.clone(),
             path: c.mount.path.to_string(),
-            location: Some(path_string(folder)),
+            location: Some(location.clone()),
             partial: !c.skipped.is_empty(),
             files: c.files.into_iter().map(|(entry, _)| entry).collect(),
             bytes: c.bytes,

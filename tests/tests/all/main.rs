@@ -2,4 +2,5 @@
 //! Real Wasmtime running real modules built from the C sources in
 //! `tests/fixtures/` and `examples/`.
 mod executor;
+mod fleet;
 mod support;

@@ -8,6 +8,7 @@
 //!
 //! It does not decide the job's status beyond `output_limit`; the pipeline does.
 pub mod local;
+pub mod store;
 
 use crate::config::LimitValues;
 use crate::error::InfraError;

@@ -1,0 +1,78 @@
+//! The AMQP topology, declared idempotently by workers and submitters
+//! alike (feature `amqp`). Both sides must declare the job queue with the
+//! same arguments, or RabbitMQ refuses the second declaration; keeping the
+//! one definition here makes that impossible to get wrong.
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+/// Names and retry bound of the queues and exchanges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Durable quorum queue of job messages.
+    pub job_queue: String,
+    /// Topic exchange of result messages, routing key `job.<id>`.
+    pub results_exchange: String,
+    /// Fanout exchange and durable queue of messages that could not be processed.
+    pub dead_letter: String,
+    /// Deliveries after which the broker itself dead-letters a message that
+    /// no worker could settle (a worker that crashes on it each time).
+    pub delivery_limit: u32,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            job_queue: "shoal.jobs".into(),
+            results_exchange: "shoal.results".into(),
+            dead_letter: "shoal.dead".into(),
+            delivery_limit: 10,
+        }
+    }
+}
+
+/// The routing key of a job's result.
+pub fn result_routing_key(job_id: &str) -> String {
+    format!("job.{job_id}")
+}
+
+impl Topology {
+    /// Declares everything; safe to call any number of times, from any side.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        channel
+            .exchange_declare(ShortString::from(self.dead_letter.as_str()), ExchangeKind::Fanout, durable, FieldTable::default())
+            .await?;
+        channel
+            .queue_declare(
+                ShortString::from(self.dead_letter.as_str()),
+                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                ShortString::from(self.dead_letter.as_str()),
+                ShortString::from(self.dead_letter.as_str()),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(ShortString::from(self.results_exchange.as_str()), ExchangeKind::Topic, durable, FieldTable::default())
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
+        args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(self.dead_letter.as_str().into()));
+        args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongInt(self.delivery_limit as i32));
+        channel
+            .queue_declare(
+                ShortString::from(self.job_queue.as_str()),
+                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() },
+                args,
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! Jobs through a real RabbitMQ (127.0.0.1:5672; `scripts/test` starts one
+//! where it is missing). Each test declares its own randomly named queue,
+//! exchanges and cache, so tests run in parallel without meeting.
+use crate::support::fixture;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use shoal_schemas::{JobMessage, Status};
+use shoal_submitter::Client;
+use shoal_worker::Config;
+use shoal_worker::pipeline::Embedded;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Fleet {
+    config: Config,
+    cache: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    fn config(extra: &[(&str, &str)]) -> (Config, tempfile::TempDir) {
+        let cache = tempfile::tempdir().unwrap();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let mut vars: Vec<(String, String)> = vec![
+            ("SHOAL_CACHE_DIR".into(), cache.path().display().to_string()),
+            ("SHOAL_AMQP_URL".into(), AMQP_URL.into()),
+            ("SHOAL_AMQP_JOB_QUEUE".into(), format!("test.jobs.{suffix}")),
+            ("SHOAL_AMQP_RESULTS_EXCHANGE".into(), format!("test.results.{suffix}")),
+            ("SHOAL_AMQP_DEAD_LETTER".into(), format!("test.dead.{suffix}")),
+            ("SHOAL_AMQP_DRAIN_GRACE_SECS".into(), "5".into()),
+        ];
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        (Config::load_from(None, vars).unwrap(), cache)
+    }
+
+    /// `n` in-process workers sharing one cache folder.
+    fn start(n: usize, extra: &[(&str, &str)]) -> Fleet {
+        let (config, cache) = Fleet::config(extra);
+        let (stop, rx) = watch::channel(false);
+        let workers = (0..n)
+            .map(|i| {
+                let mut config = config.clone();
+                config.worker.name = format!("test-worker-{i}");
+                let pipeline = Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    shoal_worker::consume::run(pipeline, config.amqp.clone(), 2, rx).await.unwrap();
+                })
+            })
+            .collect();
+        Fleet { config, cache, stop, workers }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(AMQP_URL, self.config.amqp.topology()).await.unwrap()
+    }
+
+    /// A job running probe, with the module uploaded to the shared cache.
+    async fn probe(&self, args: &[&str]) -> JobMessage {
+        let embedded = Embedded::new(self.config.clone(), self.config.limits.ceiling).unwrap();
+        let source = shoal_submitter::local::upload_path(embedded.stager(), &fixture("probe.wasm")).await.unwrap();
+        let mut job = JobMessage::new(source);
+        job.args = args.iter().map(|a| a.to_string()).collect();
+        job
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for w in self.workers {
+            tokio::time::timeout(WAIT, w).await.unwrap().unwrap();
+        }
+        drop(self.cache);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_round_trips_through_a_worker() {
+    let fleet = Fleet::start(1, &[]);
+    let client = fleet.client().await;
+    let mut job = fleet.probe(&["args", "over", "amqp"]).await;
+    job.id = Some(format!("rt-{}", uuid::Uuid::new_v4().simple()));
+    let handle = client.submit(job).await.unwrap();
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert_eq!(result.stdout.unwrap().text.as_deref(), Some("probe.wasm\nargs\nover\namqp\n"));
+    assert_eq!(result.attempt, 1);
+    assert_eq!(result.worker, "test-worker-0");
+    // The same result is in the results store, for `submit get`.
+    let stored = std::fs::read(fleet.cache.path().join(format!("results/{}/result.json", handle.id))).unwrap();
+    let stored: shoal_schemas::ResultMessage = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(stored.job_id, handle.id);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_and_the_next_job_succeeds() {
+    let fleet = Fleet::start(1, &[]);
+    let client = fleet.client().await;
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let poison_id = format!("poison-{}", uuid::Uuid::new_v4().simple());
+    // Not JSON, but it carries an id and a reply route: it gets a rejected result.
+    let props = BasicProperties::default()
+        .with_message_id(ShortString::from(poison_id.as_str()))
+        .with_correlation_id(ShortString::from(poison_id.as_str()));
+    channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(fleet.config.amqp.job_queue.as_str()),
+            BasicPublishOptions::default(),
+            b"{this is not json",
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let handle = client.submit(fleet.probe(&["exit", "0"]).await).await.unwrap();
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!(result.status, Status::Succeeded, "the job after the poison is served: {result:?}");
+
+    // The poison message sits in the dead-letter queue with its reason.
+    let dead = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(msg) = channel
+                .basic_get(ShortString::from(fleet.config.amqp.dead_letter.as_str()), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                return msg;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.delivery.data, b"{this is not json");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    assert_eq!(headers.inner().get("x-shoal-reason"), Some(&AMQPValue::LongString("invalid_job".into())));
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_jobs_through_two_workers_are_each_answered_once() {
+    let fleet = Fleet::start(2, &[]);
+    let client = fleet.client().await;
+    let template = fleet.probe(&["exit", "0"]).await;
+    let n = 100;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let mut job = template.clone();
+        job.args = vec!["exit".into(), (i % 3).to_string()];
+        ids.push(client.submit(job).await.unwrap().id);
+    }
+    let mut workers = HashSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let result = client.wait_result(id, WAIT).await.unwrap();
+        assert_eq!(result.exit_code, Some((i % 3) as i32), "{result:?}");
+        workers.insert(result.worker.clone());
+    }
+    assert_eq!(workers.len(), 2, "both workers took jobs");
+    // Nothing else arrives: every id was answered exactly once.
+    assert!(client.wait_result(&ids[0], Duration::from_millis(300)).await.is_err());
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infrastructure_failure_is_retried_then_ends_as_error_in_the_dead_letter_queue() {
+    let fleet = Fleet::start(1, &[("SHOAL_AMQP_MAX_ATTEMPTS", "3"), ("SHOAL_AMQP_RETRY_BASE_MS", "20")]);
+    let client = fleet.client().await;
+    let job = fleet.probe(&["exit", "0"]).await;
+    // The results store cannot be written: `results` is a file, not a folder.
+    std::fs::write(fleet.cache.path().join("results"), "in the way").unwrap();
+    let handle = client.submit(job).await.unwrap();
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!((result.status, result.attempt), (Status::Error, 3), "{result:?}");
+    assert!(result.error.unwrap().message.contains("gave up after 3 attempts"));
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let dead = channel
+        .basic_get(ShortString::from(fleet.config.amqp.dead_letter.as_str()), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the job is dead-lettered");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    assert_eq!(headers.inner().get("x-shoal-reason"), Some(&AMQPValue::LongString("retries_exhausted".into())));
+    fleet.stop().await;
+}

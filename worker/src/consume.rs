@@ -1,0 +1,339 @@
+//! Consume (step 1 and 5 of a job): the RabbitMQ side of the worker, and
+//! the only code that acknowledges, dead-letters or requeues a message.
+//!
+//! Every delivery is settled in exactly one of three ways, decided here
+//! from the types the pipeline returns:
+//!
+//! - a result exists (the job succeeded, or failed by its own fault, or was
+//!   rejected): publish it with publisher confirms, then ack. Acking only
+//!   after the confirm is what makes delivery at-least-once; results are
+//!   keyed by job id, so a redelivery republishes the same result.
+//! - the message is not a job (not JSON, fails the schema, too large): a
+//!   `rejected` result when it names an id, then a copy to the dead-letter
+//!   exchange with the reason in headers, then ack. Never requeued.
+//! - our side failed (`InfraError`): back off, then nack with requeue; the
+//!   attempt number is the quorum queue's `x-delivery-count` + 1. At
+//!   `amqp.max_attempts` the job gets an `error` result and is dead-lettered.
+//!   The queue's own delivery limit is a backstop for messages that crash
+//!   the worker before it can settle them.
+//!
+//! Prefetch equals concurrency: the broker hands this worker no more jobs
+//! than it runs at once, so a slow worker never hoards messages that an
+//! idle one could take.
+use crate::config::AmqpSection;
+use crate::error::InfraError;
+use crate::pipeline::Embedded;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, message::Delivery};
+use rand::Rng;
+use shoal_schemas::topology::result_routing_key;
+use shoal_schemas::{ErrorKind, ResultMessage, Status};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Consumes jobs until `shutdown` turns true, reconnecting whenever the
+/// broker goes away. Returns after draining in-flight jobs.
+pub async fn run(
+    pipeline: Embedded,
+    amqp: AmqpSection,
+    concurrency: usize,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), InfraError> {
+    let amqp = Arc::new(amqp);
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        match session(&pipeline, &amqp, concurrency, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures, 200, amqp.reconnect_max_ms, true);
+                tracing::warn!(error = %e, broker = %amqp.redacted_url(), retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff, capped, optionally with full jitter.
+fn backoff(attempt: u32, base_ms: u64, max_ms: u64, jitter: bool) -> Duration {
+    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20)).min(max_ms);
+    let ms = if jitter { rand::rng().random_range(exp / 2..=exp.max(1)) } else { exp };
+    Duration::from_millis(ms)
+}
+
+struct Session {
+    pipeline: Embedded,
+    amqp: Arc<AmqpSection>,
+    publish: Channel,
+}
+
+async fn session(
+    pipeline: &Embedded,
+    amqp: &Arc<AmqpSection>,
+    concurrency: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), InfraError> {
+    let broker = |e: lapin::Error| InfraError::Broker(e.to_string());
+    let uri = format!(
+        "{}{}heartbeat={}",
+        amqp.url,
+        if amqp.url.contains('?') { "&" } else { "?" },
+        amqp.heartbeat_secs
+    );
+    let conn = Connection::connect(&uri, ConnectionProperties::default().with_connection_name(pipeline.worker_name().into()))
+        .await
+        .map_err(broker)?;
+    let consume = conn.create_channel().await.map_err(broker)?;
+    amqp.topology().declare(&consume).await.map_err(broker)?;
+    consume
+        .basic_qos(u16::try_from(concurrency).unwrap_or(u16::MAX), BasicQosOptions::default())
+        .await
+        .map_err(broker)?;
+    let publish = conn.create_channel().await.map_err(broker)?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(broker)?;
+    let tag = format!("{}-{}", pipeline.worker_name(), uuid::Uuid::new_v4());
+    let mut consumer = consume
+        .basic_consume(
+            ShortString::from(amqp.job_queue.as_str()),
+            ShortString::from(tag.as_str()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
+    tracing::info!(queue = %amqp.job_queue, concurrency, broker = %amqp.redacted_url(), "consuming jobs");
+    let session = Arc::new(Session { pipeline: pipeline.clone(), amqp: amqp.clone(), publish });
+    let mut in_flight = JoinSet::new();
+    let ended = loop {
+        tokio::select! {
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let session = session.clone();
+                    in_flight.spawn(async move { session.handle(delivery).await });
+                }
+                Some(Err(e)) => break Err(broker(e)),
+                None => break Err(InfraError::Broker("the broker cancelled the consumer".into())),
+            },
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a job task panicked; its message will be redelivered");
+                }
+            }
+            _ = shutdown.changed() => break Ok(()),
+        }
+    };
+    if ended.is_ok() {
+        // Stop taking jobs, let the running ones finish within the grace
+        // period; whatever is still unacked when the channel closes goes
+        // back to the queue.
+        let _ = consume.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()).await;
+        let grace = Duration::from_secs(amqp.drain_grace_secs);
+        tracing::info!(in_flight = in_flight.len(), grace_secs = grace.as_secs(), "draining");
+        let drained = tokio::time::timeout(grace, async { while in_flight.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(abandoned = in_flight.len(), "grace period over; unfinished jobs return to the queue");
+            in_flight.abort_all();
+        }
+        let _ = conn.close(200, ShortString::from("worker shutting down")).await;
+    }
+    ended
+}
+
+impl Session {
+    async fn handle(&self, delivery: Delivery) {
+        if let Err(e) = self.settle(&delivery).await {
+            // Could not publish or ack: the broker will redeliver the
+            // message once the channel is gone.
+            tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
+        }
+    }
+
+    async fn settle(&self, delivery: &Delivery) -> Result<(), InfraError> {
+        let props = &delivery.properties;
+        let message_id = props.message_id().as_ref().map(|s| s.as_str().to_owned());
+        let attempt = delivery_count(props).saturating_add(1);
+        let limits = self.pipeline.limits();
+        if delivery.data.len() as u64 > limits.max_message_bytes {
+            let why = format!("message is {} bytes, over limits.max_message_bytes ({})", delivery.data.len(), limits.max_message_bytes);
+            return self.poison(delivery, message_id, "too_large", &why).await;
+        }
+        let msg = match shoal_schemas::decode_job(&delivery.data) {
+            Ok(msg) => msg,
+            Err(errors) => {
+                let id = message_id.or_else(|| json_id(&delivery.data));
+                let why = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+                return self.poison(delivery, id, "invalid_job", &why).await;
+            }
+        };
+        let mut msg = msg;
+        if msg.id.is_none() {
+            msg.id = message_id.clone();
+        }
+        let job = match self.pipeline.resolve(msg) {
+            Ok(job) => job,
+            Err(e) => {
+                let id = message_id.or_else(|| json_id(&delivery.data));
+                return self.poison(delivery, id, "invalid_job", &e.message).await;
+            }
+        };
+        let id = job.id.clone();
+        match self.pipeline.process(job, attempt).await {
+            Ok(result) => {
+                self.publish_result(&result, props).await?;
+                ack(delivery).await
+            }
+            Err(e) if attempt >= self.amqp.max_attempts => {
+                tracing::error!(job_id = %id, attempt, error = %e, "giving up on a job after repeated infrastructure failures");
+                let mut result = ResultMessage::failure(
+                    &id,
+                    Status::Error,
+                    ErrorKind::Internal,
+                    format!("gave up after {attempt} attempts: {e}"),
+                    self.pipeline.worker_name(),
+                );
+                result.attempt = attempt;
+                self.publish_result(&result, props).await?;
+                self.dead_letter(delivery, "retries_exhausted", &e.to_string(), attempt).await?;
+                ack(delivery).await
+            }
+            Err(e) => {
+                let delay = backoff(attempt, self.amqp.retry_base_ms, self.amqp.retry_max_ms, false);
+                tracing::warn!(job_id = %id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "infrastructure failure; will retry");
+                tokio::time::sleep(delay).await;
+                delivery
+                    .acker
+                    .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| InfraError::Broker(e.to_string()))
+            }
+        }
+    }
+
+    /// Not a job: a `rejected` result if it names an id, a copy to the
+    /// dead-letter exchange with the reason, then ack.
+    async fn poison(&self, delivery: &Delivery, id: Option<String>, reason: &str, why: &str) -> Result<(), InfraError> {
+        tracing::warn!(job_id = id.as_deref().unwrap_or("-"), reason, error = why, "dead-lettering a message that is not a valid job");
+        if let Some(id) = id.filter(|id| valid_id(id)) {
+            let result = ResultMessage::failure(&id, Status::Rejected, ErrorKind::InvalidJob, why, self.pipeline.worker_name());
+            self.publish_result(&result, &delivery.properties).await?;
+        }
+        self.dead_letter(delivery, reason, why, delivery_count(&delivery.properties) + 1).await?;
+        ack(delivery).await
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str, error: &str, attempts: u32) -> Result<(), InfraError> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ShortString::from("x-shoal-reason"), AMQPValue::LongString(reason.into()));
+        let error: String = error.chars().take(4000).collect();
+        headers.insert(ShortString::from("x-shoal-error"), AMQPValue::LongString(error.as_str().into()));
+        headers.insert(ShortString::from("x-shoal-attempts"), AMQPValue::LongUInt(attempts));
+        let mut props = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+        if props.content_type().is_none() {
+            props = props.with_content_type(ShortString::from("application/octet-stream"));
+        }
+        self.publish_confirmed(&self.amqp.dead_letter, "", &delivery.data, props).await
+    }
+
+    async fn publish_result(&self, result: &ResultMessage, job_props: &BasicProperties) -> Result<(), InfraError> {
+        let body = serde_json::to_vec(result).map_err(|e| InfraError::Broker(format!("encoding result: {e}")))?;
+        let mut props = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(result.job_id.as_str()))
+            .with_type(ShortString::from(shoal_schemas::RESULT_SCHEMA));
+        if let Some(corr) = job_props.correlation_id() {
+            props = props.with_correlation_id(corr.clone());
+        }
+        self.publish_confirmed(&self.amqp.results_exchange, &result_routing_key(&result.job_id), &body, props.clone())
+            .await?;
+        if let Some(reply_to) = job_props.reply_to() {
+            self.publish_confirmed("", reply_to.as_str(), &body, props).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_confirmed(&self, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> Result<(), InfraError> {
+        let confirm = self
+            .publish
+            .basic_publish(ShortString::from(exchange), ShortString::from(key), BasicPublishOptions::default(), body, props)
+            .await
+            .map_err(|e| InfraError::Broker(format!("publishing to {exchange:?}: {e}")))?
+            .await
+            .map_err(|e| InfraError::Broker(format!("confirm from {exchange:?}: {e}")))?;
+        if confirm.is_nack() {
+            return Err(InfraError::Broker(format!("the broker refused a message to {exchange:?}")));
+        }
+        Ok(())
+    }
+}
+
+async fn ack(delivery: &Delivery) -> Result<(), InfraError> {
+    delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| InfraError::Broker(format!("acking: {e}")))
+}
+
+/// Previous deliveries of this message, from the quorum queue's header.
+fn delivery_count(props: &BasicProperties) -> u32 {
+    let Some(headers) = props.headers() else { return 0 };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The `id` of a message that is JSON but not a valid job, if it has one.
+fn json_id(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("id")?.as_str().map(str::to_owned)
+}
+
+/// Ids that are safe as routing keys and object keys (the schema's pattern).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1, 500, 30_000, false), Duration::from_millis(500));
+        assert_eq!(backoff(2, 500, 30_000, false), Duration::from_millis(1000));
+        assert_eq!(backoff(10, 500, 30_000, false), Duration::from_millis(30_000));
+        let jittered = backoff(3, 500, 30_000, true);
+        assert!(jittered >= Duration::from_millis(1000) && jittered <= Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn only_safe_ids_get_results() {
+        assert!(valid_id("job-1.a_b"));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a b"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The results store: everything a job left, under `results/<job id>/`, in
+//! the object store the fleet shares. Re-running a job id overwrites the
+//! same keys, and `result.json` is written last, so a reader that finds it
+//! finds everything it names.
+use super::Collected;
+use crate::error::InfraError;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as StorePath};
+use shoal_schemas::{ResultMessage, Stream};
+
+/// The key of a job's result message.
+pub fn result_key(job_id: &str) -> StorePath {
+    StorePath::from(format!("results/{job_id}/result.json"))
+}
+
+async fn put(store: &dyn ObjectStore, key: &StorePath, bytes: Vec<u8>) -> Result<(), InfraError> {
+    store
+        .put(key, PutPayload::from(bytes))
+        .await
+        .map(|_| ())
+        .map_err(|e| InfraError::Store(format!("writing {key}: {e}")))
+}
+
+/// Uploads each mount's kept files; returns each mount's prefix.
+pub async fn put_outputs(store: &dyn ObjectStore, job_id: &str, collected: &[Collected]) -> Result<Vec<String>, InfraError> {
+    let mut prefixes = Vec::with_capacity(collected.len());
+    for mount in collected {
+        let prefix = format!("results/{job_id}/{}/", mount.mount.name);
+        for (entry, host) in &mount.files {
+            let bytes = tokio::fs::read(host)
+                .await
+                .map_err(|e| InfraError::Disk(format!("reading output {}: {e}", entry.path)))?;
+            // Object keys are `/`-separated parts; StorePath::parse refuses
+            // `..` and empty parts, so no name leaves the job's prefix.
+            let key = StorePath::parse(format!("{prefix}{}", entry.path))
+                .map_err(|e| InfraError::Store(format!("output {} has no valid key: {e}", entry.path)))?;
+            put(store, &key, bytes).await?;
+        }
+        prefixes.push(prefix);
+    }
+    Ok(prefixes)
+}
+
+/// Stores a stream when it is too large to carry inline.
+pub async fn put_stream(
+    store: &dyn ObjectStore,
+    job_id: &str,
+    name: &str,
+    bytes: &[u8],
+    truncated: bool,
+    inline_cap: u64,
+) -> Result<Stream, InfraError> {
+    if bytes.len() as u64 <= inline_cap {
+        return Ok(crate::pipeline::stream_of(bytes, truncated, inline_cap, None));
+    }
+    let key = StorePath::from(format!("results/{job_id}/{name}"));
+    put(store, &key, bytes.to_vec()).await?;
+    Ok(crate::pipeline::stream_of(bytes, truncated, inline_cap, Some(key.to_string())))
+}
+
+/// Writes `results/<id>/result.json`.
+pub async fn put_result(store: &dyn ObjectStore, result: &ResultMessage) -> Result<(), InfraError> {
+    let json = serde_json::to_vec_pretty(result).map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
+    put(store, &result_key(&result.job_id), json).await
+}
+
+/// Reads a stored result, if there is one.
+pub async fn get_result(store: &dyn ObjectStore, job_id: &str) -> Result<Option<ResultMessage>, InfraError> {
+    let key = result_key(job_id);
+    match store.get(&key).await {
+        Ok(got) => {
+            let bytes = got.bytes().await.map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| InfraError::Store(format!("{key} is not a result: {e}")))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(InfraError::Store(format!("reading {key}: {e}"))),
+    }
+}
