@@ -143,3 +143,70 @@ fn bad_arguments_say_what_to_type() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no such file"), "{}", text(&out.stderr));
 }
+
+/// `submit run` without `--local`: through a real RabbitMQ to a worker
+/// (in this test's process) sharing the cache folder, then `submit get`.
+#[test]
+fn run_against_a_fleet_then_get_the_result_again() {
+    let cli = Cli::new();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let env: Vec<(String, String)> = vec![
+        ("SHOAL_CACHE_DIR".into(), cli.cache.path().display().to_string()),
+        ("SHOAL_AMQP_JOB_QUEUE".into(), format!("cli.jobs.{suffix}")),
+        ("SHOAL_AMQP_RESULTS_EXCHANGE".into(), format!("cli.results.{suffix}")),
+        ("SHOAL_AMQP_DEAD_LETTER".into(), format!("cli.dead.{suffix}")),
+    ];
+    let config = shoal_worker::Config::load_from(None, env.clone()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let pipeline = shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+    let worker = runtime.spawn(shoal_worker::consume::run(pipeline, config.amqp.clone(), 2, rx));
+
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_submit"))
+            .args(args)
+            .current_dir(cli.work.path())
+            .envs(env.iter().cloned())
+            .output()
+            .unwrap()
+    };
+    let dl = cli.work.path().join("fleet-wc");
+    let out = run(&[
+        "run", &path("examples/wordcount/wordcount.wasm"), "--id", &format!("wc-{suffix}"),
+        "-i", &path("examples/wordcount/sample.txt"), "/inputs/sample.txt", "--download", dl.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "3 15 89 /inputs/sample.txt\n");
+    assert_eq!(std::fs::read_to_string(dl.join("outputs/result.txt")).unwrap(), "lines 3\nwords 15\nbytes 89\n");
+
+    let again = cli.work.path().join("again");
+    let out = run(&["get", &format!("wc-{suffix}"), "--download", again.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for name in ["stdout", "stderr", "exitCode", "outputs/result.txt", "result.json"] {
+        assert_eq!(std::fs::read(dl.join(name)).unwrap(), std::fs::read(again.join(name)).unwrap(), "{name}");
+    }
+    // A job's own failure comes back as its exit code, through the fleet too.
+    let out = run(&["run", &path("tests/fixtures/probe.wasm"), "exit", "7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let out = run(&["run", "--detach", &path("tests/fixtures/probe.wasm"), "exit", "0"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!text(&out.stdout).trim().is_empty(), "--detach prints the job id");
+
+    stop.send(true).unwrap();
+    runtime.block_on(worker).unwrap().unwrap();
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error() {
+    let cli = Cli::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_submit"))
+        .args(["run", &path("examples/hello/hello.wasm")])
+        .current_dir(cli.work.path())
+        .env("SHOAL_CACHE_DIR", cli.cache.path())
+        .env("SHOAL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("connecting to the fleet") && stderr.contains("127.0.0.1:1"), "{stderr}");
+}

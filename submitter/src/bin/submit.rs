@@ -21,6 +21,23 @@ enum Command {
     /// Run a module as a job. Options may also follow the module, as with
     /// `bacalhau wasm run`; put `--` before program arguments that start with `-`.
     Run(RunArgs),
+    /// Fetch a job's result from the results store and lay it out like `run` does.
+    Get(GetArgs),
+}
+
+#[derive(Args)]
+struct GetArgs {
+    /// The job id.
+    id: String,
+    /// Where results go (default ./shoal-results/<job id>/).
+    #[arg(long, value_name = "DIR")]
+    download: Option<PathBuf>,
+    /// Print only the result message, as JSON.
+    #[arg(long)]
+    json: bool,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -28,6 +45,12 @@ struct RunArgs {
     /// Run in this process with a local folder as the cache: no broker, no S3.
     #[arg(long)]
     local: bool,
+    /// Fleet only: print the job id once it is queued, and exit without waiting.
+    #[arg(long, conflicts_with = "local")]
+    detach: bool,
+    /// Fleet only: how long to wait for the result, e.g. 10m (default: a day).
+    #[arg(long, value_parser = args::duration, value_name = "DURATION")]
+    wait: Option<std::time::Duration>,
     /// The module: a local .wasm or .wat file, or sha256:HEX for content already in the cache.
     module: String,
     /// Program arguments (argv[1..]).
@@ -84,6 +107,7 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Command::Run(run) => runtime.block_on(run_command(run)),
+        Command::Get(get) => runtime.block_on(get_command(get)),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -95,14 +119,17 @@ fn main() -> ExitCode {
 }
 
 async fn run_command(run: RunArgs) -> Result<u8> {
-    if !run.local {
-        bail!("submitting to a fleet needs the job queue, which this build does not have yet; add --local to run the job here");
+    if !run.local && !run.mounts.is_empty() {
+        bail!("--mount works with --local only: a fleet worker has no access to this machine's folders; use -i for inputs");
     }
     if let Some(url) = run.input_urls.first() {
         bail!("--input-url {url}: URL inputs need the staging stage, which this build does not have yet; download the file and pass it with -i FILE");
     }
     let mut config = Config::load(run.config.as_deref()).context("loading configuration")?;
-    if config.cache.dir == Path::new("shoal-cache")
+    // A fleet shares the cache folder of its workers (until S3 staging), so
+    // only local runs move the default to a per-user folder.
+    if run.local
+        && config.cache.dir == Path::new("shoal-cache")
         && let Some(home) = std::env::home_dir()
     {
         // The embedded default is a folder in the current directory; people
@@ -110,6 +137,7 @@ async fn run_command(run: RunArgs) -> Result<u8> {
         config.cache.dir = home.join(".cache").join("shoal");
     }
     config.log.filter = "warn".into();
+    let amqp = config.amqp.clone();
     let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
 
     let module = module_source(&embedded, &run.module).await?;
@@ -149,9 +177,50 @@ async fn run_command(run: RunArgs) -> Result<u8> {
         }
         mounts.push(Mount { host: m.host.clone(), guest: m.guest.clone(), writable: m.writable });
     }
+    if !run.local {
+        return run_on_fleet(&embedded, &amqp, job, &run).await;
+    }
     let options = LocalOptions { extra_mounts: mounts, download: run.download.clone() };
     let (result, dir) = embedded.run(job, options).await.context("running the job")?;
     report(&result, &dir, run.json)?;
+    Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
+}
+
+async fn run_on_fleet(embedded: &Embedded, amqp: &shoal_worker::config::AmqpSection, job: JobMessage, run: &RunArgs) -> Result<u8> {
+    let client = shoal_submitter::Client::connect(&amqp.url, amqp.topology())
+        .await
+        .context("connecting to the fleet (set SHOAL_AMQP_URL, or use --local)")?;
+    let handle = client.submit(job).await?;
+    if run.detach {
+        println!("{}", handle.id);
+        return Ok(0);
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!("job {} queued; waiting for a worker", handle.id));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let waited = client.wait_result(&handle.id, run.wait.unwrap_or(std::time::Duration::from_secs(86_400))).await;
+    spinner.finish_and_clear();
+    let result = waited.with_context(|| format!("the job is still queued or running; fetch it later with: submit get {}", handle.id))?;
+    let dir = run.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
+    shoal_submitter::local::download(embedded.stager().store().as_ref(), &result, &dir)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("downloading the results")?;
+    report(&result, &dir, run.json)?;
+    Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
+}
+
+async fn get_command(get: GetArgs) -> Result<u8> {
+    let mut config = Config::load(get.config.as_deref()).context("loading configuration")?;
+    config.log.filter = "warn".into();
+    let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
+    let store = embedded.stager().store().clone();
+    let Some(result) = shoal_submitter::local::stored_result(store.as_ref(), &get.id).await.map_err(anyhow::Error::msg)? else {
+        bail!("no result for job {} in the results store (still queued or running, or a different SHOAL_CACHE_DIR)", get.id);
+    };
+    let dir = get.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
+    shoal_submitter::local::download(store.as_ref(), &result, &dir).await.map_err(anyhow::Error::msg)?;
+    report(&result, &dir, get.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
 
