@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Run a module as a job. Options may also follow the module, as with
     /// `bacalhau wasm run`; put `--` before program arguments that start with `-`.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Fetch a job's result from the results store and lay it out like `run` does.
     Get(GetArgs),
 }
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match cli.command {
-        Command::Run(run) => runtime.block_on(run_command(run)),
+        Command::Run(run) => runtime.block_on(run_command(*run)),
         Command::Get(get) => runtime.block_on(get_command(get)),
     };
     match outcome {
