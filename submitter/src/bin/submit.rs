@@ -25,10 +25,9 @@ enum Command {
     Get(GetArgs),
 }
 
+/// Where results go and how they are shown: shared by `run` and `get`.
 #[derive(Args)]
-struct GetArgs {
-    /// The job id.
-    id: String,
+struct OutputArgs {
     /// Where results go (default ./shoal-results/<job id>/).
     #[arg(long, value_name = "DIR")]
     download: Option<PathBuf>,
@@ -38,6 +37,14 @@ struct GetArgs {
     /// A configuration file (TOML; see docs/CONFIG.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GetArgs {
+    /// The job id.
+    id: String,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 #[derive(Args)]
@@ -85,15 +92,8 @@ struct RunArgs {
     /// Job id (an idempotency key); generated when absent.
     #[arg(long)]
     id: Option<String>,
-    /// Where results go (default ./shoal-results/<job id>/).
-    #[arg(long, value_name = "DIR")]
-    download: Option<PathBuf>,
-    /// Print only the result message, as JSON.
-    #[arg(long)]
-    json: bool,
-    /// A configuration file (TOML; see docs/CONFIG.md).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 fn main() -> ExitCode {
@@ -125,7 +125,7 @@ async fn run_command(run: RunArgs) -> Result<u8> {
     if let Some(url) = run.input_urls.first() {
         bail!("--input-url {url}: URL inputs need the staging stage, which this build does not have yet; download the file and pass it with -i FILE");
     }
-    let mut config = Config::load(run.config.as_deref()).context("loading configuration")?;
+    let mut config = Config::load(run.out.config.as_deref()).context("loading configuration")?;
     // A fleet shares the cache folder of its workers (until S3 staging), so
     // only local runs move the default to a per-user folder.
     if run.local
@@ -180,9 +180,9 @@ async fn run_command(run: RunArgs) -> Result<u8> {
     if !run.local {
         return run_on_fleet(&embedded, &amqp, job, &run).await;
     }
-    let options = LocalOptions { extra_mounts: mounts, download: run.download.clone() };
+    let options = LocalOptions { extra_mounts: mounts, download: run.out.download.clone() };
     let (result, dir) = embedded.run(job, options).await.context("running the job")?;
-    report(&result, &dir, run.json)?;
+    report(&result, &dir, run.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
 
@@ -201,26 +201,26 @@ async fn run_on_fleet(embedded: &Embedded, amqp: &shoal_worker::config::AmqpSect
     let waited = client.wait_result(&handle.id, run.wait.unwrap_or(std::time::Duration::from_secs(86_400))).await;
     spinner.finish_and_clear();
     let result = waited.with_context(|| format!("the job is still queued or running; fetch it later with: submit get {}", handle.id))?;
-    let dir = run.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
+    let dir = run.out.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
     shoal_submitter::local::download(embedded.stager().store().as_ref(), &result, &dir)
         .await
         .map_err(anyhow::Error::msg)
         .context("downloading the results")?;
-    report(&result, &dir, run.json)?;
+    report(&result, &dir, run.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
 
 async fn get_command(get: GetArgs) -> Result<u8> {
-    let mut config = Config::load(get.config.as_deref()).context("loading configuration")?;
+    let mut config = Config::load(get.out.config.as_deref()).context("loading configuration")?;
     config.log.filter = "warn".into();
     let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
     let store = embedded.stager().store().clone();
     let Some(result) = shoal_submitter::local::stored_result(store.as_ref(), &get.id).await.map_err(anyhow::Error::msg)? else {
         bail!("no result for job {} in the results store (still queued or running, or a different SHOAL_CACHE_DIR)", get.id);
     };
-    let dir = get.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
+    let dir = get.out.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
     shoal_submitter::local::download(store.as_ref(), &result, &dir).await.map_err(anyhow::Error::msg)?;
-    report(&result, &dir, get.json)?;
+    report(&result, &dir, get.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
 
