@@ -2,7 +2,7 @@
 //! where it is missing). Each test declares its own randomly named queue,
 //! exchanges and cache, so tests run in parallel without meeting.
 use crate::support::fixture;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use shoal_schemas::{JobMessage, Status};
@@ -74,6 +74,17 @@ impl Fleet {
         self.stop.send(true).unwrap();
         for w in self.workers {
             tokio::time::timeout(WAIT, w).await.unwrap().unwrap();
+        }
+        // Durable quorum queues outlive the test; remove this test's topology
+        // so repeated runs do not pile up queues on the shared broker.
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let amqp = &self.config.amqp;
+        for queue in [&amqp.job_queue, &amqp.dead_letter] {
+            channel.queue_delete(ShortString::from(queue.as_str()), QueueDeleteOptions::default()).await.unwrap();
+        }
+        for exchange in [&amqp.results_exchange, &amqp.dead_letter] {
+            channel.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await.unwrap();
         }
         drop(self.cache);
     }
