@@ -56,7 +56,10 @@ impl JobMessage {
     pub fn output_mounts(&self) -> Vec<OutputMount> {
         match &self.outputs {
             Some(mounts) => mounts.clone(),
-            None => vec![OutputMount { name: "outputs".into(), path: "/outputs".into() }],
+            None => vec![OutputMount {
+                name: "outputs".into(),
+                path: "/outputs".into(),
+            }],
         }
     }
 }
@@ -78,7 +81,11 @@ pub struct Source {
 impl Source {
     /// A plain source with a derived name and file layout.
     pub fn new(location: Location) -> Self {
-        Source { location, name: None, unpack: None }
+        Source {
+            location,
+            name: None,
+            unpack: None,
+        }
     }
 
     /// The name this source goes by: the given one, else one derived from the location.
@@ -91,14 +98,19 @@ impl Source {
             Location::Url(url) => {
                 let path = url.split(['?', '#']).next().unwrap_or(url);
                 let path = path.splitn(4, '/').nth(3).unwrap_or("");
-                match path.rsplit('/').find(|s| !s.is_empty() && *s != "." && *s != "..") {
+                match path
+                    .rsplit('/')
+                    .find(|s| !s.is_empty() && *s != "." && *s != "..")
+                {
                     Some(last) => last.to_owned(),
                     None => "download".to_owned(),
                 }
             }
-            Location::Cid(cid) => {
-                cid.rsplit('/').find(|s| !s.is_empty()).unwrap_or(cid).to_owned()
-            }
+            Location::Cid(cid) => cid
+                .rsplit('/')
+                .find(|s| !s.is_empty())
+                .unwrap_or(cid)
+                .to_owned(),
             Location::S3(uri) => uri
                 .trim_end_matches('/')
                 .rsplit('/')

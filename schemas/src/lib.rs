@@ -13,9 +13,9 @@
 
 mod job;
 mod result;
-mod validate;
 #[cfg(feature = "amqp")]
 pub mod topology;
+mod validate;
 
 pub use job::{Input, JobMessage, Limits, Location, OutputMount, Source, Unpack};
 pub use result::{

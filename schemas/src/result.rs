@@ -61,7 +61,10 @@ impl ResultMessage {
         worker: impl Into<String>,
     ) -> Self {
         let mut result = ResultMessage::new(job_id, status, worker);
-        result.error = Some(ErrorInfo { kind, message: message.into() });
+        result.error = Some(ErrorInfo {
+            kind,
+            message: message.into(),
+        });
         result
     }
 }

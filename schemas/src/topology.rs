@@ -39,14 +39,25 @@ pub fn result_routing_key(job_id: &str) -> String {
 impl Topology {
     /// Declares everything; safe to call any number of times, from any side.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
         channel
-            .exchange_declare(ShortString::from(self.dead_letter.as_str()), ExchangeKind::Fanout, durable, FieldTable::default())
+            .exchange_declare(
+                ShortString::from(self.dead_letter.as_str()),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         channel
             .queue_declare(
                 ShortString::from(self.dead_letter.as_str()),
-                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() },
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -60,16 +71,33 @@ impl Topology {
             )
             .await?;
         channel
-            .exchange_declare(ShortString::from(self.results_exchange.as_str()), ExchangeKind::Topic, durable, FieldTable::default())
+            .exchange_declare(
+                ShortString::from(self.results_exchange.as_str()),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         let mut args = FieldTable::default();
-        args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
-        args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(self.dead_letter.as_str().into()));
-        args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongInt(self.delivery_limit as i32));
+        args.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString(self.dead_letter.as_str().into()),
+        );
+        args.insert(
+            ShortString::from("x-delivery-limit"),
+            AMQPValue::LongInt(self.delivery_limit as i32),
+        );
         channel
             .queue_declare(
                 ShortString::from(self.job_queue.as_str()),
-                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() },
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
                 args,
             )
             .await?;

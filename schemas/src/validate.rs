@@ -38,7 +38,10 @@ impl fmt::Display for SchemaError {
 fn collect(validator: &jsonschema::Validator, value: &Value) -> Vec<SchemaError> {
     validator
         .iter_errors(value)
-        .map(|e| SchemaError { path: e.instance_path().to_string(), message: e.to_string() })
+        .map(|e| SchemaError {
+            path: e.instance_path().to_string(),
+            message: e.to_string(),
+        })
         .collect()
 }
 
@@ -51,7 +54,9 @@ pub fn validate_job_value(value: &Value) -> Result<(), Vec<SchemaError>> {
         Some(other) => {
             return Err(vec![SchemaError {
                 path: "/schema".into(),
-                message: format!("unknown schema version {other} (this worker speaks \"{JOB_SCHEMA}\")"),
+                message: format!(
+                    "unknown schema version {other} (this worker speaks \"{JOB_SCHEMA}\")"
+                ),
             }]);
         }
         None if value.is_object() => {
@@ -63,23 +68,37 @@ pub fn validate_job_value(value: &Value) -> Result<(), Vec<SchemaError>> {
         None => {}
     }
     let errors = collect(&JOB_VALIDATOR, value);
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Checks a result message against `result.schema.json`.
 pub fn validate_result_value(value: &Value) -> Result<(), Vec<SchemaError>> {
     let errors = collect(&RESULT_VALIDATOR, value);
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Parses and validates a job message body: JSON syntax, then the schema,
 /// then the serde types. Every error names the field it is about.
 pub fn decode_job(body: &[u8]) -> Result<JobMessage, Vec<SchemaError>> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        vec![SchemaError { path: String::new(), message: format!("not JSON: {e}") }]
+        vec![SchemaError {
+            path: String::new(),
+            message: format!("not JSON: {e}"),
+        }]
     })?;
     validate_job_value(&value)?;
     serde_json::from_value(value).map_err(|e| {
-        vec![SchemaError { path: String::new(), message: format!("does not match the job type: {e}") }]
+        vec![SchemaError {
+            path: String::new(),
+            message: format!("does not match the job type: {e}"),
+        }]
     })
 }

@@ -7,11 +7,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn examples(kind: &str) -> Vec<(String, Value)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(kind);
     let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p: &PathBuf| p.extension().is_some_and(|x| x == "json") && !p.ends_with("expected.json"))
+        .filter(|p: &PathBuf| {
+            p.extension().is_some_and(|x| x == "json") && !p.ends_with("expected.json")
+        })
         .map(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             let value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
@@ -23,35 +27,52 @@ fn examples(kind: &str) -> Vec<(String, Value)> {
 }
 
 fn check(name: &str, value: &Value) -> Result<(), Vec<SchemaError>> {
-    if name.starts_with("job-") { validate_job_value(value) } else { validate_result_value(value) }
+    if name.starts_with("job-") {
+        validate_job_value(value)
+    } else {
+        validate_result_value(value)
+    }
 }
 
 #[test]
 fn schema_files_are_2020_12() {
     for text in [JOB_SCHEMA_JSON, RESULT_SCHEMA_JSON] {
         let schema: Value = serde_json::from_str(text).unwrap();
-        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
     }
 }
 
 #[test]
 fn valid_examples_validate_and_deserialize_round_trip() {
     let all = examples("valid");
-    assert!(all.len() >= 6, "expected the valid examples, found {}", all.len());
+    assert!(
+        all.len() >= 6,
+        "expected the valid examples, found {}",
+        all.len()
+    );
     for (name, value) in all {
         check(&name, &value).unwrap_or_else(|e| panic!("{name} should be valid: {e:?}"));
         // What validates deserializes, and serializing again gives a message
         // that still validates and means the same.
         if name.starts_with("job-") {
-            let job: JobMessage = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let job: JobMessage =
+                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
             let again = serde_json::to_value(&job).unwrap();
             validate_job_value(&again).unwrap_or_else(|e| panic!("{name} re-encoded: {e:?}"));
             assert_eq!(serde_json::from_value::<JobMessage>(again).unwrap(), job);
         } else {
-            let result: ResultMessage = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let result: ResultMessage =
+                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
             let again = serde_json::to_value(&result).unwrap();
             validate_result_value(&again).unwrap_or_else(|e| panic!("{name} re-encoded: {e:?}"));
-            assert_eq!(serde_json::from_value::<ResultMessage>(again).unwrap(), result, "{name}");
+            assert_eq!(
+                serde_json::from_value::<ResultMessage>(again).unwrap(),
+                result,
+                "{name}"
+            );
         }
     }
 }
@@ -62,12 +83,19 @@ fn invalid_examples_are_refused_naming_the_field() {
     let expected: BTreeMap<String, Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let all = examples("invalid");
-    assert_eq!(all.len(), expected.len() - 1, "every invalid example has an expectation");
+    assert_eq!(
+        all.len(),
+        expected.len() - 1,
+        "every invalid example has an expectation"
+    );
     for (name, value) in all {
         let want = expected[&name].as_str().unwrap();
         let errors = check(&name, &value).expect_err(&format!("{name} should be refused"));
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        assert!(text.iter().any(|t| t.contains(want)), "{name}: no error names {want:?}: {text:?}");
+        assert!(
+            text.iter().any(|t| t.contains(want)),
+            "{name}: no error names {want:?}: {text:?}"
+        );
     }
 }
 
@@ -76,7 +104,10 @@ fn decode_job_reports_syntax_and_schema_errors() {
     let err = decode_job(b"{not json").unwrap_err();
     assert!(err[0].message.starts_with("not JSON"), "{err:?}");
     let err = decode_job(br#"{"schema":"shoal.job/v2","module":{"sha256":"x"}}"#).unwrap_err();
-    assert!(err[0].to_string().contains("unknown schema version"), "{err:?}");
+    assert!(
+        err[0].to_string().contains("unknown schema version"),
+        "{err:?}"
+    );
     let err = decode_job(br#"[1,2]"#).unwrap_err();
     assert!(!err.is_empty());
 }
@@ -93,40 +124,95 @@ fn what_serde_emits_validates() {
     job.args = vec!["a".into(), "".into()];
     job.env.insert("K".into(), "v=w".into());
     job.inputs = vec![
-        Input { source: Source { location: Location::Url("https://example.com/x".into()), name: Some("x".into()), unpack: None }, path: None },
-        Input { source: Source { location: Location::Inline("aGk=".into()), name: None, unpack: Some(Unpack::File) }, path: Some("/inputs/hi".into()) },
-        Input { source: Source::new(Location::S3("s3://bucket/key".into())), path: None },
-        Input { source: Source::new(Location::Cid("bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi".into())), path: None },
+        Input {
+            source: Source {
+                location: Location::Url("https://example.com/x".into()),
+                name: Some("x".into()),
+                unpack: None,
+            },
+            path: None,
+        },
+        Input {
+            source: Source {
+                location: Location::Inline("aGk=".into()),
+                name: None,
+                unpack: Some(Unpack::File),
+            },
+            path: Some("/inputs/hi".into()),
+        },
+        Input {
+            source: Source::new(Location::S3("s3://bucket/key".into())),
+            path: None,
+        },
+        Input {
+            source: Source::new(Location::Cid(
+                "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi".into(),
+            )),
+            path: None,
+        },
     ];
-    job.outputs = Some(vec![OutputMount { name: "results".into(), path: "/results".into() }]);
-    job.limits = Limits { fuel: Some(u64::MAX), memory_bytes: Some(1 << 20), timeout_ms: Some(5), ..Limits::default() };
+    job.outputs = Some(vec![OutputMount {
+        name: "results".into(),
+        path: "/results".into(),
+    }]);
+    job.limits = Limits {
+        fuel: Some(u64::MAX),
+        memory_bytes: Some(1 << 20),
+        timeout_ms: Some(5),
+        ..Limits::default()
+    };
     let value = serde_json::to_value(&job).unwrap();
     validate_job_value(&value).unwrap();
     assert_eq!(serde_json::from_value::<JobMessage>(value).unwrap(), job);
 
-    for status in [Status::Succeeded, Status::Failed, Status::Error, Status::Rejected] {
+    for status in [
+        Status::Succeeded,
+        Status::Failed,
+        Status::Error,
+        Status::Rejected,
+    ] {
         for kind in ErrorKind::ALL {
             let mut result = ResultMessage::new("j", status, "w");
             if status == Status::Succeeded {
                 result.exit_code = Some(0);
             } else {
-                result.error = Some(ErrorInfo { kind, message: "m".into() });
+                result.error = Some(ErrorInfo {
+                    kind,
+                    message: "m".into(),
+                });
             }
-            result.stdout = Some(Stream { size: 2, truncated: true, sha256: Some(sha()), text: Some("hi".into()), base64: None, location: None });
+            result.stdout = Some(Stream {
+                size: 2,
+                truncated: true,
+                sha256: Some(sha()),
+                text: Some("hi".into()),
+                base64: None,
+                location: None,
+            });
             result.outputs = vec![OutputResult {
                 name: "outputs".into(),
                 path: "/outputs".into(),
                 location: Some("results/j/outputs/".into()),
-                files: vec![FileEntry { path: "a/b.txt".into(), size: 3, sha256: sha() }],
+                files: vec![FileEntry {
+                    path: "a/b.txt".into(),
+                    size: 3,
+                    sha256: sha(),
+                }],
                 bytes: 3,
                 partial: true,
-                skipped: vec![Skipped { path: "link".into(), reason: SkipReason::Symlink }],
+                skipped: vec![Skipped {
+                    path: "link".into(),
+                    reason: SkipReason::Symlink,
+                }],
             }];
             result.usage.fuel_consumed = Some(7);
             result.usage.durations.run_secs = Some(0.5);
             let value = serde_json::to_value(&result).unwrap();
             validate_result_value(&value).unwrap_or_else(|e| panic!("{status:?}/{kind:?}: {e:?}"));
-            assert_eq!(serde_json::from_value::<ResultMessage>(value).unwrap(), result);
+            assert_eq!(
+                serde_json::from_value::<ResultMessage>(value).unwrap(),
+                result
+            );
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
     }

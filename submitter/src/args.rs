@@ -18,28 +18,49 @@ pub fn input_spec(s: &str) -> Result<InputSpec, String> {
         return Err("empty --input; write -i FILE or -i FILE:/inputs/NAME".into());
     }
     match s.rsplit_once(':') {
-        Some((src, path)) if path.starts_with('/') && !src.is_empty() && !src.ends_with(":/") && !path.starts_with("//") => {
-            Ok(InputSpec { source: src.to_owned(), path: Some(path.to_owned()) })
+        Some((src, path))
+            if path.starts_with('/')
+                && !src.is_empty()
+                && !src.ends_with(":/")
+                && !path.starts_with("//") =>
+        {
+            Ok(InputSpec {
+                source: src.to_owned(),
+                path: Some(path.to_owned()),
+            })
         }
-        _ => Ok(InputSpec { source: s.to_owned(), path: None }),
+        _ => Ok(InputSpec {
+            source: s.to_owned(),
+            path: None,
+        }),
     }
 }
 
 /// `-o/--output NAME:GUEST_PATH`.
 pub fn output_spec(s: &str) -> Result<(String, String), String> {
     match s.split_once(':') {
-        Some((name, path)) if !name.is_empty() && path.starts_with('/') => Ok((name.to_owned(), path.to_owned())),
-        _ => Err(format!("--output {s:?}: write NAME:/GUEST/PATH, e.g. -o results:/results")),
+        Some((name, path)) if !name.is_empty() && path.starts_with('/') => {
+            Ok((name.to_owned(), path.to_owned()))
+        }
+        _ => Err(format!(
+            "--output {s:?}: write NAME:/GUEST/PATH, e.g. -o results:/results"
+        )),
     }
 }
 
 /// `-e/--env KEY=VALUE`.
 pub fn env_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some(("", _)) => Err(format!("--env {s:?}: the name is empty; write -e NAME=VALUE")),
-        Some((k, v)) if k.contains('\0') || v.contains('\0') => Err(format!("--env {s:?}: contains a NUL byte")),
+        Some(("", _)) => Err(format!(
+            "--env {s:?}: the name is empty; write -e NAME=VALUE"
+        )),
+        Some((k, v)) if k.contains('\0') || v.contains('\0') => {
+            Err(format!("--env {s:?}: contains a NUL byte"))
+        }
         Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
-        None => Err(format!("--env {s:?}: write -e NAME=VALUE (an empty value is -e NAME=)")),
+        None => Err(format!(
+            "--env {s:?}: write -e NAME=VALUE (an empty value is -e NAME=)"
+        )),
     }
 }
 
@@ -62,10 +83,14 @@ pub fn mount_spec(s: &str) -> Result<MountSpec, String> {
         _ => (s, false),
     };
     match rest.rsplit_once(':') {
-        Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => {
-            Ok(MountSpec { host: PathBuf::from(host), guest: guest.to_owned(), writable })
-        }
-        _ => Err(format!("--mount {s:?}: write HOST_DIR:/GUEST/PATH, with :rw to allow writes")),
+        Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => Ok(MountSpec {
+            host: PathBuf::from(host),
+            guest: guest.to_owned(),
+            writable,
+        }),
+        _ => Err(format!(
+            "--mount {s:?}: write HOST_DIR:/GUEST/PATH, with :rw to allow writes"
+        )),
     }
 }
 
@@ -74,7 +99,9 @@ pub fn size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: write a size such as 64MiB, 1GiB or 65536"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: write a size such as 64MiB, 1GiB or 65536"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -83,9 +110,14 @@ pub fn size(s: &str) -> Result<u64, String> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        other => return Err(format!("{s:?}: unknown unit {other:?}; use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?}; use KiB, MiB or GiB"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `--timeout DURATION`: `30s`, `500ms`, `2m`, or plain seconds.
@@ -93,7 +125,8 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(s).map_err(|_| format!("{s:?}: write a duration such as 30s, 500ms or 2m"))
+    humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?}: write a duration such as 30s, 500ms or 2m"))
 }
 
 /// `--fuel N|unlimited`.
@@ -114,15 +147,27 @@ mod tests {
 
     #[test]
     fn inputs() {
-        assert_eq!(input_spec("data.txt").unwrap(), InputSpec { source: "data.txt".into(), path: None });
+        assert_eq!(
+            input_spec("data.txt").unwrap(),
+            InputSpec {
+                source: "data.txt".into(),
+                path: None
+            }
+        );
         assert_eq!(
             input_spec("dir/x.csv:/inputs/y.csv").unwrap(),
-            InputSpec { source: "dir/x.csv".into(), path: Some("/inputs/y.csv".into()) }
+            InputSpec {
+                source: "dir/x.csv".into(),
+                path: Some("/inputs/y.csv".into())
+            }
         );
         assert_eq!(input_spec("https://e.com/a").unwrap().path, None);
         assert_eq!(
             input_spec("https://e.com/a:/inputs/a").unwrap(),
-            InputSpec { source: "https://e.com/a".into(), path: Some("/inputs/a".into()) }
+            InputSpec {
+                source: "https://e.com/a".into(),
+                path: Some("/inputs/a".into())
+            }
         );
     }
 
@@ -147,11 +192,18 @@ mod tests {
         assert_eq!(env_pair("A=").unwrap(), ("A".into(), "".into()));
         assert!(env_pair("=x").is_err());
         assert!(env_pair("A").unwrap_err().contains("NAME=VALUE"));
-        assert_eq!(output_spec("results:/results").unwrap(), ("results".into(), "/results".into()));
+        assert_eq!(
+            output_spec("results:/results").unwrap(),
+            ("results".into(), "/results".into())
+        );
         assert!(output_spec("/results").is_err());
         assert_eq!(
             mount_spec("/tmp/x:/data:rw").unwrap(),
-            MountSpec { host: "/tmp/x".into(), guest: "/data".into(), writable: true }
+            MountSpec {
+                host: "/tmp/x".into(),
+                guest: "/data".into(),
+                writable: true
+            }
         );
         assert!(!mount_spec("/tmp/x:/data").unwrap().writable);
         assert!(mount_spec("/tmp/x").is_err());

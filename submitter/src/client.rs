@@ -7,7 +7,10 @@
 //! whatever worker ran the job.
 use crate::{JobMessage, ResultMessage};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shoal_schemas::topology::Topology;
@@ -62,18 +65,31 @@ impl Client {
     /// Connects, declares the topology and starts listening for results.
     pub async fn connect(url: &str, topology: Topology) -> Result<Client, ClientError> {
         let broker = redact(url);
-        let err = |e: lapin::Error| ClientError::Broker { broker: broker.clone(), message: e.to_string() };
-        let conn = Connection::connect(url, ConnectionProperties::default().with_connection_name("shoal-submitter".into()))
-            .await
-            .map_err(err)?;
+        let err = |e: lapin::Error| ClientError::Broker {
+            broker: broker.clone(),
+            message: e.to_string(),
+        };
+        let conn = Connection::connect(
+            url,
+            ConnectionProperties::default().with_connection_name("shoal-submitter".into()),
+        )
+        .await
+        .map_err(err)?;
         let publish = conn.create_channel().await.map_err(err)?;
         topology.declare(&publish).await.map_err(err)?;
-        publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(err)?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(err)?;
         let replies = conn.create_channel().await.map_err(err)?;
         let queue = replies
             .queue_declare(
                 ShortString::from(""),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -93,21 +109,40 @@ impl Client {
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
                 if let Ok(result) = serde_json::from_slice::<ResultMessage>(&delivery.data) {
-                    sink.results.lock().unwrap_or_else(|e| e.into_inner()).insert(result.job_id.clone(), result);
+                    sink.results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(result.job_id.clone(), result);
                     sink.arrived.notify_waiters();
                 }
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
         });
-        Ok(Client { _conn: conn, publish, topology, reply_queue, inbox, broker })
+        Ok(Client {
+            _conn: conn,
+            publish,
+            topology,
+            reply_queue,
+            inbox,
+            broker,
+        })
     }
 
     /// Publishes one job (persistent, confirmed) and returns its handle.
     pub async fn submit(&self, mut job: JobMessage) -> Result<JobHandle, ClientError> {
-        let id = job.id.get_or_insert_with(|| uuid::Uuid::new_v4().to_string()).clone();
+        let id = job
+            .id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
         let body = serde_json::to_vec(&job).map_err(|e| ClientError::InvalidJob(e.to_string()))?;
         crate::validate(&body).map_err(|errors| {
-            ClientError::InvalidJob(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+            ClientError::InvalidJob(
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
         })?;
         let props = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
@@ -116,8 +151,16 @@ impl Client {
             .with_correlation_id(ShortString::from(id.as_str()))
             .with_reply_to(ShortString::from(self.reply_queue.as_str()))
             .with_type(ShortString::from(shoal_schemas::JOB_SCHEMA))
-            .with_timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
-        let err = |e: lapin::Error| ClientError::Broker { broker: self.broker.clone(), message: e.to_string() };
+            .with_timestamp(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            );
+        let err = |e: lapin::Error| ClientError::Broker {
+            broker: self.broker.clone(),
+            message: e.to_string(),
+        };
         let confirm = self
             .publish
             .basic_publish(
@@ -132,7 +175,10 @@ impl Client {
             .await
             .map_err(err)?;
         if confirm.is_nack() {
-            return Err(ClientError::Broker { broker: self.broker.clone(), message: format!("refused job {id}") });
+            return Err(ClientError::Broker {
+                broker: self.broker.clone(),
+                message: format!("refused job {id}"),
+            });
         }
         Ok(JobHandle { id })
     }
@@ -147,17 +193,29 @@ impl Client {
     }
 
     /// Waits for the result of a job this client submitted.
-    pub async fn wait_result(&self, id: &str, timeout: Duration) -> Result<ResultMessage, ClientError> {
+    pub async fn wait_result(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<ResultMessage, ClientError> {
         let wait = async {
             loop {
                 let notified = self.inbox.arrived.notified();
-                if let Some(result) = self.inbox.results.lock().unwrap_or_else(|e| e.into_inner()).remove(id) {
+                if let Some(result) = self
+                    .inbox
+                    .results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id)
+                {
                     return result;
                 }
                 notified.await;
             }
         };
-        tokio::time::timeout(timeout, wait).await.map_err(|_| ClientError::Timeout(id.to_owned()))
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ClientError::Timeout(id.to_owned()))
     }
 }
 

@@ -26,7 +26,8 @@ pub mod local;
 pub use client::{Client, ClientError, JobHandle};
 pub use shoal_schemas::topology::Topology;
 pub use shoal_schemas::{
-    ErrorKind, Input, JobMessage, Limits, Location, OutputMount, ResultMessage, SchemaError, Source, Status, Unpack,
+    ErrorKind, Input, JobMessage, Limits, Location, OutputMount, ResultMessage, SchemaError,
+    Source, Status, Unpack,
 };
 
 /// Checks a job message body the way a worker will: JSON, then the schema.

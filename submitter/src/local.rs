@@ -35,7 +35,11 @@ pub async fn upload_path(stager: &Stager, path: &Path) -> Result<Source, String>
     let hex = put_content(stager.store().as_ref(), bytes.into())
         .await
         .map_err(|e| format!("uploading {}: {e}", path.display()))?;
-    Ok(Source { location: Location::Sha256(hex), name, unpack })
+    Ok(Source {
+        location: Location::Sha256(hex),
+        name,
+        unpack,
+    })
 }
 
 async fn read_with_progress(path: &Path, len: u64) -> Result<Vec<u8>, String> {
@@ -51,11 +55,16 @@ async fn read_with_progress(path: &Path, len: u64) -> Result<Vec<u8>, String> {
     } else {
         ProgressBar::hidden()
     };
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::with_capacity(len as usize);
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -78,8 +87,13 @@ pub async fn download(
     use object_store::{ObjectStoreExt, path::Path as StorePath};
     let get = |key: String| async move {
         let key = StorePath::parse(&key).map_err(|e| format!("{key}: {e}"))?;
-        let got = store.get(&key).await.map_err(|e| format!("fetching {key}: {e}"))?;
-        got.bytes().await.map_err(|e| format!("fetching {key}: {e}"))
+        let got = store
+            .get(&key)
+            .await
+            .map_err(|e| format!("fetching {key}: {e}"))?;
+        got.bytes()
+            .await
+            .map_err(|e| format!("fetching {key}: {e}"))
     };
     shoal_worker::publish::local::prepare(dir).map_err(|e| e.to_string())?;
     for (name, stream) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
@@ -87,7 +101,9 @@ pub async fn download(
             None => Vec::new(),
             Some(s) => match (&s.text, &s.base64, &s.location) {
                 (Some(text), _, _) => text.as_bytes().to_vec(),
-                (None, Some(b64), _) => base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| e.to_string())?,
+                (None, Some(b64), _) => base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| e.to_string())?,
                 (None, None, Some(location)) => get(location.clone()).await?.to_vec(),
                 (None, None, None) => Vec::new(),
             },
@@ -98,7 +114,11 @@ pub async fn download(
         std::fs::write(dir.join("exitCode"), code.to_string()).map_err(|e| e.to_string())?;
     }
     let total: u64 = result.outputs.iter().map(|o| o.bytes).sum();
-    let bar = if total >= PROGRESS_BYTES { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    let bar = if total >= PROGRESS_BYTES {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("downloading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -106,17 +126,24 @@ pub async fn download(
     for output in &result.outputs {
         let folder = dir.join(&output.name);
         std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
-        let prefix = output.location.clone().unwrap_or_else(|| format!("results/{}/{}/", result.job_id, output.name));
+        let prefix = output
+            .location
+            .clone()
+            .unwrap_or_else(|| format!("results/{}/{}/", result.job_id, output.name));
         for file in &output.files {
             let bytes = get(format!("{prefix}{}", file.path)).await?;
             if shoal_worker::stage::sha256_hex(&bytes) != file.sha256 {
-                return Err(format!("output {}/{} does not match its manifest hash", output.name, file.path));
+                return Err(format!(
+                    "output {}/{} does not match its manifest hash",
+                    output.name, file.path
+                ));
             }
             let target = folder.join(&file.path);
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
             }
-            std::fs::write(&target, &bytes).map_err(|e| format!("writing {}: {e}", target.display()))?;
+            std::fs::write(&target, &bytes)
+                .map_err(|e| format!("writing {}: {e}", target.display()))?;
             bar.inc(file.size);
         }
     }
@@ -125,6 +152,11 @@ pub async fn download(
 }
 
 /// Reads `results/<id>/result.json` from the store.
-pub async fn stored_result(store: &dyn object_store::ObjectStore, id: &str) -> Result<Option<crate::ResultMessage>, String> {
-    shoal_worker::publish::store::get_result(store, id).await.map_err(|e| e.to_string())
+pub async fn stored_result(
+    store: &dyn object_store::ObjectStore,
+    id: &str,
+) -> Result<Option<crate::ResultMessage>, String> {
+    shoal_worker::publish::store::get_result(store, id)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -3,7 +3,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 struct Cli {
@@ -13,7 +16,10 @@ struct Cli {
 
 impl Cli {
     fn new() -> Cli {
-        Cli { cache: tempfile::tempdir().unwrap(), work: tempfile::tempdir().unwrap() }
+        Cli {
+            cache: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn submit(&self, args: &[&str]) -> Output {
@@ -40,17 +46,41 @@ fn hello_prints_args_and_env_then_a_summary() {
     let cli = Cli::new();
     // Options after the module, as with `bacalhau wasm run`, and `--` before
     // a guest argument that starts with '-'.
-    let out = cli.submit(&["run", "--local", &path("examples/hello/hello.wasm"), "shoal", "-e", "HELLO=world", "--", "-v"]);
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        &path("examples/hello/hello.wasm"),
+        "shoal",
+        "-e",
+        "HELLO=world",
+        "--",
+        "-v",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "hello from hello.wasm\narg[1] = shoal\narg[2] = -v\nHELLO = world\n");
+    assert_eq!(
+        text(&out.stdout),
+        "hello from hello.wasm\narg[1] = shoal\narg[2] = -v\nHELLO = world\n"
+    );
     let stderr = text(&out.stderr);
-    assert!(stderr.starts_with("shoal: succeeded · exit 0 · fuel "), "{stderr}");
+    assert!(
+        stderr.starts_with("shoal: succeeded · exit 0 · fuel "),
+        "{stderr}"
+    );
     assert!(stderr.contains("results in shoal-results/"), "{stderr}");
     // The default download folder holds the Bacalhau-style layout.
     let results = cli.work.path().join("shoal-results");
-    let job = std::fs::read_dir(&results).unwrap().next().unwrap().unwrap().path();
+    let job = std::fs::read_dir(&results)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     for name in ["stdout", "stderr", "exitCode", "result.json", "outputs"] {
-        assert!(job.join(name).exists(), "{name} missing in {}", job.display());
+        assert!(
+            job.join(name).exists(),
+            "{name} missing in {}",
+            job.display()
+        );
     }
 }
 
@@ -68,9 +98,23 @@ fn the_process_exits_with_the_jobs_code() {
         let mut argv = vec!["run", "--local", probe.as_str()];
         argv.extend(args.iter().copied());
         let out = cli.submit(&argv);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
-    let out = cli.submit(&["run", "--local", &probe, "spin", "--fuel", "unlimited", "--timeout", "200ms"]);
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        &probe,
+        "spin",
+        "--fuel",
+        "unlimited",
+        "--timeout",
+        "200ms",
+    ]);
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("timeout"));
     // Rejected by the worker's checks (an output over /inputs): 126.
@@ -83,19 +127,35 @@ fn wordcount_reads_an_input_and_writes_an_output() {
     let cli = Cli::new();
     let dl = cli.work.path().join("wc");
     let out = cli.submit(&[
-        "run", "--local", &path("examples/wordcount/wordcount.wasm"),
-        "-i", &format!("{}:/inputs/text.txt", path("examples/wordcount/sample.txt")),
-        "/inputs/text.txt", "--download", dl.to_str().unwrap(),
+        "run",
+        "--local",
+        &path("examples/wordcount/wordcount.wasm"),
+        "-i",
+        &format!("{}:/inputs/text.txt", path("examples/wordcount/sample.txt")),
+        "/inputs/text.txt",
+        "--download",
+        dl.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "3 15 89 /inputs/text.txt\n");
-    assert_eq!(std::fs::read_to_string(dl.join("outputs/result.txt")).unwrap(), "lines 3\nwords 15\nbytes 89\n");
+    assert_eq!(
+        std::fs::read_to_string(dl.join("outputs/result.txt")).unwrap(),
+        "lines 3\nwords 15\nbytes 89\n"
+    );
 }
 
 #[test]
 fn json_prints_the_result_only() {
     let cli = Cli::new();
-    let out = cli.submit(&["run", "--local", "--json", "--id", "json-1", &path("tests/fixtures/probe.wasm"), "env"]);
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        "--json",
+        "--id",
+        "json-1",
+        &path("tests/fixtures/probe.wasm"),
+        "env",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     shoal_schemas::validate_result_value(&value).unwrap();
@@ -111,15 +171,44 @@ fn a_mount_preopens_a_host_folder_read_only_unless_rw() {
     std::fs::write(host.path().join("a.txt"), "from host").unwrap();
     let probe = path("tests/fixtures/probe.wasm");
     let ro = format!("{}:/data", host.path().display());
-    let out = cli.submit(&["run", "--local", &probe, "--mount", &ro, "cat", "/data/a.txt"]);
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        &probe,
+        "--mount",
+        &ro,
+        "cat",
+        "/data/a.txt",
+    ]);
     assert_eq!(text(&out.stdout), "from host");
-    let out = cli.submit(&["run", "--local", &probe, "--mount", &ro, "write", "/data/b.txt", "x"]);
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        &probe,
+        "--mount",
+        &ro,
+        "write",
+        "/data/b.txt",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(!host.path().join("b.txt").exists());
     let rw = format!("{ro}:rw");
-    let out = cli.submit(&["run", "--local", &probe, "--mount", &rw, "write", "/data/b.txt", "x"]);
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        &probe,
+        "--mount",
+        &rw,
+        "write",
+        "/data/b.txt",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(std::fs::read_to_string(host.path().join("b.txt")).unwrap(), "x");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("b.txt")).unwrap(),
+        "x"
+    );
 }
 
 #[test]
@@ -137,11 +226,19 @@ fn bad_arguments_say_what_to_type() {
         argv.extend(args.iter().copied());
         let out = cli.submit(&argv);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains(hint), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(hint),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
     let out = cli.submit(&["run", "--local", "no-such.wasm"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no such file"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no such file"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// `submit run` without `--local`: through a real RabbitMQ to a worker
@@ -151,16 +248,31 @@ fn run_against_a_fleet_then_get_the_result_again() {
     let cli = Cli::new();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let env: Vec<(String, String)> = vec![
-        ("SHOAL_CACHE_DIR".into(), cli.cache.path().display().to_string()),
+        (
+            "SHOAL_CACHE_DIR".into(),
+            cli.cache.path().display().to_string(),
+        ),
         ("SHOAL_AMQP_JOB_QUEUE".into(), format!("cli.jobs.{suffix}")),
-        ("SHOAL_AMQP_RESULTS_EXCHANGE".into(), format!("cli.results.{suffix}")),
-        ("SHOAL_AMQP_DEAD_LETTER".into(), format!("cli.dead.{suffix}")),
+        (
+            "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
+            format!("cli.results.{suffix}"),
+        ),
+        (
+            "SHOAL_AMQP_DEAD_LETTER".into(),
+            format!("cli.dead.{suffix}"),
+        ),
     ];
     let config = shoal_worker::Config::load_from(None, env.clone()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let pipeline = shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
-    let worker = runtime.spawn(shoal_worker::consume::run(pipeline, config.amqp.clone(), 2, rx));
+    let pipeline =
+        shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+    let worker = runtime.spawn(shoal_worker::consume::run(
+        pipeline,
+        config.amqp.clone(),
+        2,
+        rx,
+    ));
 
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_submit"))
@@ -172,25 +284,59 @@ fn run_against_a_fleet_then_get_the_result_again() {
     };
     let dl = cli.work.path().join("fleet-wc");
     let out = run(&[
-        "run", &path("examples/wordcount/wordcount.wasm"), "--id", &format!("wc-{suffix}"),
-        "-i", &path("examples/wordcount/sample.txt"), "/inputs/sample.txt", "--download", dl.to_str().unwrap(),
+        "run",
+        &path("examples/wordcount/wordcount.wasm"),
+        "--id",
+        &format!("wc-{suffix}"),
+        "-i",
+        &path("examples/wordcount/sample.txt"),
+        "/inputs/sample.txt",
+        "--download",
+        dl.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "3 15 89 /inputs/sample.txt\n");
-    assert_eq!(std::fs::read_to_string(dl.join("outputs/result.txt")).unwrap(), "lines 3\nwords 15\nbytes 89\n");
+    assert_eq!(
+        std::fs::read_to_string(dl.join("outputs/result.txt")).unwrap(),
+        "lines 3\nwords 15\nbytes 89\n"
+    );
 
     let again = cli.work.path().join("again");
-    let out = run(&["get", &format!("wc-{suffix}"), "--download", again.to_str().unwrap()]);
+    let out = run(&[
+        "get",
+        &format!("wc-{suffix}"),
+        "--download",
+        again.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for name in ["stdout", "stderr", "exitCode", "outputs/result.txt", "result.json"] {
-        assert_eq!(std::fs::read(dl.join(name)).unwrap(), std::fs::read(again.join(name)).unwrap(), "{name}");
+    for name in [
+        "stdout",
+        "stderr",
+        "exitCode",
+        "outputs/result.txt",
+        "result.json",
+    ] {
+        assert_eq!(
+            std::fs::read(dl.join(name)).unwrap(),
+            std::fs::read(again.join(name)).unwrap(),
+            "{name}"
+        );
     }
     // A job's own failure comes back as its exit code, through the fleet too.
     let out = run(&["run", &path("tests/fixtures/probe.wasm"), "exit", "7"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
-    let out = run(&["run", "--detach", &path("tests/fixtures/probe.wasm"), "exit", "0"]);
+    let out = run(&[
+        "run",
+        "--detach",
+        &path("tests/fixtures/probe.wasm"),
+        "exit",
+        "0",
+    ]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(!text(&out.stdout).trim().is_empty(), "--detach prints the job id");
+    assert!(
+        !text(&out.stdout).trim().is_empty(),
+        "--detach prints the job id"
+    );
 
     stop.send(true).unwrap();
     runtime.block_on(worker).unwrap().unwrap();
@@ -208,5 +354,8 @@ fn an_unreachable_broker_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("connecting to the fleet") && stderr.contains("127.0.0.1:1"), "{stderr}");
+    assert!(
+        stderr.contains("connecting to the fleet") && stderr.contains("127.0.0.1:1"),
+        "{stderr}"
+    );
 }

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 fn module(path: &Path) -> ModuleBytes {
     let bytes = std::fs::read(path).expect("fixture");
-    ModuleBytes { sha256: Sha256::digest(&bytes).into(), bytes: Bytes::from(bytes) }
+    ModuleBytes {
+        sha256: Sha256::digest(&bytes).into(),
+        bytes: Bytes::from(bytes),
+    }
 }
 
 fn spec(module: &ModuleBytes, args: &[&str], fuel: u64) -> RunSpec {
@@ -48,18 +51,25 @@ fn percentiles(mut samples: Vec<Duration>) -> String {
 }
 
 fn floor(module: &ModuleBytes, pooling: bool, n: usize) -> Vec<Duration> {
-    use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Store};
+    use wasmtime::{
+        Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Store,
+    };
     let mut config = Config::new();
     config.consume_fuel(true).epoch_interruption(true);
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(16).total_memories(16).total_tables(16).max_memory_size(256 << 20);
+        pool.total_core_instances(16)
+            .total_memories(16)
+            .total_tables(16)
+            .max_memory_size(256 << 20);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     let engine = Engine::new(&config).unwrap();
     let mut linker: Linker<wasmtime_wasi::p1::WasiP1Ctx> = Linker::new(&engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s).unwrap();
-    let pre = linker.instantiate_pre(&Module::new(&engine, &module.bytes).unwrap()).unwrap();
+    let pre = linker
+        .instantiate_pre(&Module::new(&engine, &module.bytes).unwrap())
+        .unwrap();
     (0..n)
         .map(|_| {
             let started = Instant::now();
@@ -90,9 +100,16 @@ fn main() {
             started.elapsed()
         })
         .collect();
-    println!("executor.run_blocking (whole job)    {}", percentiles(samples));
+    println!(
+        "executor.run_blocking (whole job)    {}",
+        percentiles(samples)
+    );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let samples: Vec<Duration> = rt.block_on(async {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -102,15 +119,28 @@ fn main() {
         }
         out
     });
-    println!("executor.run (via the blocking pool) {}", percentiles(samples));
-    println!("floor: instantiate, on-demand alloc  {}", percentiles(floor(&hello, false, n)));
-    println!("floor: instantiate, pooling alloc    {}", percentiles(floor(&hello, true, n)));
+    println!(
+        "executor.run (via the blocking pool) {}",
+        percentiles(samples)
+    );
+    println!(
+        "floor: instantiate, on-demand alloc  {}",
+        percentiles(floor(&hello, false, n))
+    );
+    println!(
+        "floor: instantiate, pooling alloc    {}",
+        percentiles(floor(&hello, true, n))
+    );
 
     let iterations = "300000000";
     println!();
     println!("## fuel overhead: cpu.wasm, {iterations} iterations (best of 3)");
     let best = |metering: bool| {
-        let executor = Executor::new(ExecutorConfig { fuel_metering: metering, ..ExecutorConfig::default() }).unwrap();
+        let executor = Executor::new(ExecutorConfig {
+            fuel_metering: metering,
+            ..ExecutorConfig::default()
+        })
+        .unwrap();
         (0..3)
             .map(|_| {
                 let report = executor.run_blocking(spec(&cpu, &[iterations], u64::MAX));
@@ -124,5 +154,8 @@ fn main() {
     let on = best(true);
     println!("metering off {:>8.1} ms", off.as_secs_f64() * 1e3);
     println!("metering on  {:>8.1} ms", on.as_secs_f64() * 1e3);
-    println!("ratio        {:>8.2}x", on.as_secs_f64() / off.as_secs_f64());
+    println!(
+        "ratio        {:>8.2}x",
+        on.as_secs_f64() / off.as_secs_f64()
+    );
 }

@@ -235,15 +235,19 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         let keys = known_keys();
         let mut unknown = Vec::new();
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             match keys.iter().find(|key| env_name(key) == name) {
                 Some(key) => {
                     builder = builder
@@ -268,7 +272,13 @@ impl Config {
     /// Reports every problem at once, each naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        for ((name, default), (_, ceiling)) in self.limits.default.fields().into_iter().zip(self.limits.ceiling.fields()) {
+        for ((name, default), (_, ceiling)) in self
+            .limits
+            .default
+            .fields()
+            .into_iter()
+            .zip(self.limits.ceiling.fields())
+        {
             if default > ceiling {
                 problems.push(format!(
                     "limits.default.{name} ({default}) is above limits.ceiling.{name} ({ceiling})"
@@ -279,7 +289,8 @@ impl Config {
             problems.push("limits.default.memory_bytes must be at least one 64 KiB page".into());
         }
         if self.limits.default.timeout_ms == 0 || self.limits.default.fuel == 0 {
-            problems.push("limits.default.timeout_ms and limits.default.fuel must be positive".into());
+            problems
+                .push("limits.default.timeout_ms and limits.default.fuel must be positive".into());
         }
         if self.amqp.max_attempts == 0 {
             problems.push("amqp.max_attempts must be at least 1".into());
@@ -291,9 +302,16 @@ impl Config {
             problems.push("executor.module_cache_entries must be positive".into());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            problems.push(format!("log.format must be \"text\" or \"json\", not {:?}", self.log.format));
+            problems.push(format!(
+                "log.format must be \"text\" or \"json\", not {:?}",
+                self.log.format
+            ));
         }
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     /// The worker's name: configured, else `<hostname>-<pid>`.
@@ -310,7 +328,9 @@ impl Config {
     /// Jobs run at once.
     pub fn concurrency(&self) -> usize {
         match self.worker.concurrency {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n => n,
         }
     }
@@ -331,7 +351,11 @@ impl Config {
 pub fn known_keys() -> Vec<String> {
     fn walk(prefix: &str, table: &toml_table::Table, out: &mut Vec<String>) {
         for (key, value) in table {
-            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
             match value {
                 toml_table::Value::Table(inner) => walk(&path, inner, out),
                 _ => out.push(path),
@@ -358,7 +382,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -372,7 +399,11 @@ mod tests {
     fn env_overrides_nested_keys() {
         let config = Config::load_from(
             None,
-            env(&[("SHOAL_LIMITS_DEFAULT_FUEL", "1234"), ("SHOAL_WORKER_NAME", "w1"), ("PATH", "/bin")]),
+            env(&[
+                ("SHOAL_LIMITS_DEFAULT_FUEL", "1234"),
+                ("SHOAL_WORKER_NAME", "w1"),
+                ("PATH", "/bin"),
+            ]),
         )
         .unwrap();
         assert_eq!(config.limits.default.fuel, 1234);
@@ -387,14 +418,19 @@ mod tests {
 
     #[test]
     fn the_amqp_password_is_redacted() {
-        let config = Config::load_from(None, env(&[("SHOAL_AMQP_URL", "amqp://u:s3cret@h:5672/%2f")])).unwrap();
+        let config = Config::load_from(
+            None,
+            env(&[("SHOAL_AMQP_URL", "amqp://u:s3cret@h:5672/%2f")]),
+        )
+        .unwrap();
         assert_eq!(config.amqp.redacted_url(), "amqp://u:***@h:5672/%2f");
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]
     fn bad_value_names_the_key() {
-        let err = Config::load_from(None, env(&[("SHOAL_EXECUTOR_EPOCH_TICK_MS", "soon")])).unwrap_err();
+        let err =
+            Config::load_from(None, env(&[("SHOAL_EXECUTOR_EPOCH_TICK_MS", "soon")])).unwrap_err();
         assert!(err.to_string().contains("epoch_tick_ms"), "{err}");
     }
 
@@ -409,8 +445,15 @@ mod tests {
 
     #[test]
     fn default_above_ceiling_is_reported() {
-        let err = Config::load_from(None, env(&[("SHOAL_LIMITS_DEFAULT_TIMEOUT_MS", "99999999")])).unwrap_err();
-        assert!(err.to_string().contains("limits.default.timeout_ms"), "{err}");
+        let err = Config::load_from(
+            None,
+            env(&[("SHOAL_LIMITS_DEFAULT_TIMEOUT_MS", "99999999")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.default.timeout_ms"),
+            "{err}"
+        );
     }
 }
 
@@ -421,13 +464,22 @@ mod doc_tests {
     /// docs/CONFIG.md lists every key with its variable, and nothing else.
     #[test]
     fn docs_list_every_key() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md")).unwrap();
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md"))
+                .unwrap();
         let keys = known_keys();
         for key in &keys {
             let row = format!("| `{key}` | `{}` |", env_name(key));
-            assert!(doc.contains(&row), "docs/CONFIG.md has no row starting {row}");
+            assert!(
+                doc.contains(&row),
+                "docs/CONFIG.md has no row starting {row}"
+            );
         }
         let rows = doc.lines().filter(|l| l.starts_with("| `")).count();
-        assert_eq!(rows, keys.len(), "docs/CONFIG.md lists keys the configuration does not have");
+        assert_eq!(
+            rows,
+            keys.len(),
+            "docs/CONFIG.md lists keys the configuration does not have"
+        );
     }
 }

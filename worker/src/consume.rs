@@ -25,8 +25,8 @@ use crate::error::InfraError;
 use crate::pipeline::Embedded;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, message::Delivery};
@@ -69,8 +69,14 @@ pub async fn run(
 
 /// Exponential backoff, capped, optionally with full jitter.
 fn backoff(attempt: u32, base_ms: u64, max_ms: u64, jitter: bool) -> Duration {
-    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20)).min(max_ms);
-    let ms = if jitter { rand::rng().random_range(exp / 2..=exp.max(1)) } else { exp };
+    let exp = base_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+        .min(max_ms);
+    let ms = if jitter {
+        rand::rng().random_range(exp / 2..=exp.max(1))
+    } else {
+        exp
+    };
     Duration::from_millis(ms)
 }
 
@@ -93,17 +99,26 @@ async fn session(
         if amqp.url.contains('?') { "&" } else { "?" },
         amqp.heartbeat_secs
     );
-    let conn = Connection::connect(&uri, ConnectionProperties::default().with_connection_name(pipeline.worker_name().into()))
-        .await
-        .map_err(broker)?;
+    let conn = Connection::connect(
+        &uri,
+        ConnectionProperties::default().with_connection_name(pipeline.worker_name().into()),
+    )
+    .await
+    .map_err(broker)?;
     let consume = conn.create_channel().await.map_err(broker)?;
     amqp.topology().declare(&consume).await.map_err(broker)?;
     consume
-        .basic_qos(u16::try_from(concurrency).unwrap_or(u16::MAX), BasicQosOptions::default())
+        .basic_qos(
+            u16::try_from(concurrency).unwrap_or(u16::MAX),
+            BasicQosOptions::default(),
+        )
         .await
         .map_err(broker)?;
     let publish = conn.create_channel().await.map_err(broker)?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(broker)?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker)?;
     let tag = format!("{}-{}", pipeline.worker_name(), uuid::Uuid::new_v4());
     let mut consumer = consume
         .basic_consume(
@@ -115,7 +130,11 @@ async fn session(
         .await
         .map_err(broker)?;
     tracing::info!(queue = %amqp.job_queue, concurrency, broker = %amqp.redacted_url(), "consuming jobs");
-    let session = Arc::new(Session { pipeline: pipeline.clone(), amqp: amqp.clone(), publish });
+    let session = Arc::new(Session {
+        pipeline: pipeline.clone(),
+        amqp: amqp.clone(),
+        publish,
+    });
     let mut in_flight = JoinSet::new();
     let ended = loop {
         tokio::select! {
@@ -139,15 +158,32 @@ async fn session(
         // Stop taking jobs, let the running ones finish within the grace
         // period; whatever is still unacked when the channel closes goes
         // back to the queue.
-        let _ = consume.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()).await;
+        let _ = consume
+            .basic_cancel(
+                ShortString::from(tag.as_str()),
+                BasicCancelOptions::default(),
+            )
+            .await;
         let grace = Duration::from_secs(amqp.drain_grace_secs);
-        tracing::info!(in_flight = in_flight.len(), grace_secs = grace.as_secs(), "draining");
-        let drained = tokio::time::timeout(grace, async { while in_flight.join_next().await.is_some() {} }).await;
+        tracing::info!(
+            in_flight = in_flight.len(),
+            grace_secs = grace.as_secs(),
+            "draining"
+        );
+        let drained = tokio::time::timeout(grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!(abandoned = in_flight.len(), "grace period over; unfinished jobs return to the queue");
+            tracing::warn!(
+                abandoned = in_flight.len(),
+                "grace period over; unfinished jobs return to the queue"
+            );
             in_flight.abort_all();
         }
-        let _ = conn.close(200, ShortString::from("worker shutting down")).await;
+        let _ = conn
+            .close(200, ShortString::from("worker shutting down"))
+            .await;
     }
     ended
 }
@@ -167,14 +203,22 @@ impl Session {
         let attempt = delivery_count(props).saturating_add(1);
         let limits = self.pipeline.limits();
         if delivery.data.len() as u64 > limits.max_message_bytes {
-            let why = format!("message is {} bytes, over limits.max_message_bytes ({})", delivery.data.len(), limits.max_message_bytes);
+            let why = format!(
+                "message is {} bytes, over limits.max_message_bytes ({})",
+                delivery.data.len(),
+                limits.max_message_bytes
+            );
             return self.poison(delivery, message_id, "too_large", &why).await;
         }
         let msg = match shoal_schemas::decode_job(&delivery.data) {
             Ok(msg) => msg,
             Err(errors) => {
                 let id = message_id.or_else(|| json_id(&delivery.data));
-                let why = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+                let why = errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 return self.poison(delivery, id, "invalid_job", &why).await;
             }
         };
@@ -206,16 +250,25 @@ impl Session {
                 );
                 result.attempt = attempt;
                 self.publish_result(&result, props).await?;
-                self.dead_letter(delivery, "retries_exhausted", &e.to_string(), attempt).await?;
+                self.dead_letter(delivery, "retries_exhausted", &e.to_string(), attempt)
+                    .await?;
                 ack(delivery).await
             }
             Err(e) => {
-                let delay = backoff(attempt, self.amqp.retry_base_ms, self.amqp.retry_max_ms, false);
+                let delay = backoff(
+                    attempt,
+                    self.amqp.retry_base_ms,
+                    self.amqp.retry_max_ms,
+                    false,
+                );
                 tracing::warn!(job_id = %id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "infrastructure failure; will retry");
                 tokio::time::sleep(delay).await;
                 delivery
                     .acker
-                    .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
                     .await
                     .map(|_| ())
                     .map_err(|e| InfraError::Broker(e.to_string()))
@@ -225,31 +278,79 @@ impl Session {
 
     /// Not a job: a `rejected` result if it names an id, a copy to the
     /// dead-letter exchange with the reason, then ack.
-    async fn poison(&self, delivery: &Delivery, id: Option<String>, reason: &str, why: &str) -> Result<(), InfraError> {
-        tracing::warn!(job_id = id.as_deref().unwrap_or("-"), reason, error = why, "dead-lettering a message that is not a valid job");
+    async fn poison(
+        &self,
+        delivery: &Delivery,
+        id: Option<String>,
+        reason: &str,
+        why: &str,
+    ) -> Result<(), InfraError> {
+        tracing::warn!(
+            job_id = id.as_deref().unwrap_or("-"),
+            reason,
+            error = why,
+            "dead-lettering a message that is not a valid job"
+        );
         if let Some(id) = id.filter(|id| valid_id(id)) {
-            let result = ResultMessage::failure(&id, Status::Rejected, ErrorKind::InvalidJob, why, self.pipeline.worker_name());
+            let result = ResultMessage::failure(
+                &id,
+                Status::Rejected,
+                ErrorKind::InvalidJob,
+                why,
+                self.pipeline.worker_name(),
+            );
             self.publish_result(&result, &delivery.properties).await?;
         }
-        self.dead_letter(delivery, reason, why, delivery_count(&delivery.properties) + 1).await?;
+        self.dead_letter(
+            delivery,
+            reason,
+            why,
+            delivery_count(&delivery.properties) + 1,
+        )
+        .await?;
         ack(delivery).await
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str, error: &str, attempts: u32) -> Result<(), InfraError> {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), InfraError> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(ShortString::from("x-shoal-reason"), AMQPValue::LongString(reason.into()));
+        headers.insert(
+            ShortString::from("x-shoal-reason"),
+            AMQPValue::LongString(reason.into()),
+        );
         let error: String = error.chars().take(4000).collect();
-        headers.insert(ShortString::from("x-shoal-error"), AMQPValue::LongString(error.as_str().into()));
-        headers.insert(ShortString::from("x-shoal-attempts"), AMQPValue::LongUInt(attempts));
-        let mut props = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+        headers.insert(
+            ShortString::from("x-shoal-error"),
+            AMQPValue::LongString(error.as_str().into()),
+        );
+        headers.insert(
+            ShortString::from("x-shoal-attempts"),
+            AMQPValue::LongUInt(attempts),
+        );
+        let mut props = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
         if props.content_type().is_none() {
             props = props.with_content_type(ShortString::from("application/octet-stream"));
         }
-        self.publish_confirmed(&self.amqp.dead_letter, "", &delivery.data, props).await
+        self.publish_confirmed(&self.amqp.dead_letter, "", &delivery.data, props)
+            .await
     }
 
-    async fn publish_result(&self, result: &ResultMessage, job_props: &BasicProperties) -> Result<(), InfraError> {
-        let body = serde_json::to_vec(result).map_err(|e| InfraError::Broker(format!("encoding result: {e}")))?;
+    async fn publish_result(
+        &self,
+        result: &ResultMessage,
+        job_props: &BasicProperties,
+    ) -> Result<(), InfraError> {
+        let body = serde_json::to_vec(result)
+            .map_err(|e| InfraError::Broker(format!("encoding result: {e}")))?;
         let mut props = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
             .with_delivery_mode(2)
@@ -258,24 +359,44 @@ impl Session {
         if let Some(corr) = job_props.correlation_id() {
             props = props.with_correlation_id(corr.clone());
         }
-        self.publish_confirmed(&self.amqp.results_exchange, &result_routing_key(&result.job_id), &body, props.clone())
-            .await?;
+        self.publish_confirmed(
+            &self.amqp.results_exchange,
+            &result_routing_key(&result.job_id),
+            &body,
+            props.clone(),
+        )
+        .await?;
         if let Some(reply_to) = job_props.reply_to() {
-            self.publish_confirmed("", reply_to.as_str(), &body, props).await?;
+            self.publish_confirmed("", reply_to.as_str(), &body, props)
+                .await?;
         }
         Ok(())
     }
 
-    async fn publish_confirmed(&self, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> Result<(), InfraError> {
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), InfraError> {
         let confirm = self
             .publish
-            .basic_publish(ShortString::from(exchange), ShortString::from(key), BasicPublishOptions::default(), body, props)
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(key),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await
             .map_err(|e| InfraError::Broker(format!("publishing to {exchange:?}: {e}")))?
             .await
             .map_err(|e| InfraError::Broker(format!("confirm from {exchange:?}: {e}")))?;
         if confirm.is_nack() {
-            return Err(InfraError::Broker(format!("the broker refused a message to {exchange:?}")));
+            return Err(InfraError::Broker(format!(
+                "the broker refused a message to {exchange:?}"
+            )));
         }
         Ok(())
     }
@@ -292,7 +413,9 @@ async fn ack(delivery: &Delivery) -> Result<(), InfraError> {
 
 /// Previous deliveries of this message, from the quorum queue's header.
 fn delivery_count(props: &BasicProperties) -> u32 {
-    let Some(headers) = props.headers() else { return 0 };
+    let Some(headers) = props.headers() else {
+        return 0;
+    };
     match headers.inner().get("x-delivery-count") {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
         Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
@@ -312,7 +435,9 @@ fn json_id(body: &[u8]) -> Option<String> {
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && id.as_bytes()[0].is_ascii_alphanumeric()
 }
 
@@ -324,7 +449,10 @@ mod tests {
     fn backoff_doubles_and_caps() {
         assert_eq!(backoff(1, 500, 30_000, false), Duration::from_millis(500));
         assert_eq!(backoff(2, 500, 30_000, false), Duration::from_millis(1000));
-        assert_eq!(backoff(10, 500, 30_000, false), Duration::from_millis(30_000));
+        assert_eq!(
+            backoff(10, 500, 30_000, false),
+            Duration::from_millis(30_000)
+        );
         let jittered = backoff(3, 500, 30_000, true);
         assert!(jittered >= Duration::from_millis(1000) && jittered <= Duration::from_millis(2000));
     }

@@ -22,7 +22,10 @@ pub struct JobError {
 impl JobError {
     /// A job error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        JobError { kind, message: message.into() }
+        JobError {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// An invalid job: the message itself is wrong.

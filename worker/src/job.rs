@@ -50,36 +50,62 @@ pub struct JobOutput {
 impl Job {
     /// Checks what the JSON Schema cannot (paths, overlaps, ceilings) and
     /// fills in defaults. The message must already have passed the schema.
-    pub fn resolve(msg: JobMessage, limits: &LimitsSection, ceiling: &LimitValues) -> Result<Job, JobError> {
-        let id = msg.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    pub fn resolve(
+        msg: JobMessage,
+        limits: &LimitsSection,
+        ceiling: &LimitValues,
+    ) -> Result<Job, JobError> {
+        let id = msg
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut inputs = Vec::with_capacity(msg.inputs.len());
         for (i, input) in msg.inputs.iter().enumerate() {
             let raw = input.guest_path();
-            let path = paths::input_path(&raw).map_err(|e| JobError::invalid(format!("/inputs/{i}/path: {e}")))?;
-            if path == GuestPath::inputs_root() && input.source.unpack != Some(shoal_schemas::Unpack::Tar) {
+            let path = paths::input_path(&raw)
+                .map_err(|e| JobError::invalid(format!("/inputs/{i}/path: {e}")))?;
+            if path == GuestPath::inputs_root()
+                && input.source.unpack != Some(shoal_schemas::Unpack::Tar)
+            {
                 return Err(JobError::invalid(format!(
                     "/inputs/{i}/path: only a directory (unpack \"tar\") can be mounted at /inputs itself; give the file a name such as /inputs/data"
                 )));
             }
-            if let Some((j, other)) = inputs.iter().enumerate().find(|(_, o): &(usize, &JobInput)| o.path.overlaps(&path)) {
+            if let Some((j, other)) = inputs
+                .iter()
+                .enumerate()
+                .find(|(_, o): &(usize, &JobInput)| o.path.overlaps(&path))
+            {
                 return Err(JobError::invalid(format!(
-                    "/inputs/{i}/path: {path} overlaps input {j} at {}", other.path
+                    "/inputs/{i}/path: {path} overlaps input {j} at {}",
+                    other.path
                 )));
             }
-            inputs.push(JobInput { source: input.source.clone(), path });
+            inputs.push(JobInput {
+                source: input.source.clone(),
+                path,
+            });
         }
         let mut outputs: Vec<JobOutput> = Vec::new();
         for (i, mount) in msg.output_mounts().into_iter().enumerate() {
-            let path = paths::output_path(&mount.path).map_err(|e| JobError::invalid(format!("/outputs/{i}/path: {e}")))?;
+            let path = paths::output_path(&mount.path)
+                .map_err(|e| JobError::invalid(format!("/outputs/{i}/path: {e}")))?;
             if let Some(other) = outputs.iter().find(|o| o.name == mount.name) {
-                return Err(JobError::invalid(format!("/outputs/{i}/name: {:?} is used twice (also at {})", mount.name, other.path)));
+                return Err(JobError::invalid(format!(
+                    "/outputs/{i}/name: {:?} is used twice (also at {})",
+                    mount.name, other.path
+                )));
             }
             if let Some(other) = outputs.iter().find(|o| o.path.overlaps(&path)) {
                 return Err(JobError::invalid(format!(
-                    "/outputs/{i}/path: {path} overlaps output {:?} at {}", other.name, other.path
+                    "/outputs/{i}/path: {path} overlaps output {:?} at {}",
+                    other.name, other.path
                 )));
             }
-            outputs.push(JobOutput { name: mount.name, path });
+            outputs.push(JobOutput {
+                name: mount.name,
+                path,
+            });
         }
         let limits = resolve_limits(&msg.limits, &limits.default, ceiling)?;
         Ok(Job {
@@ -98,7 +124,11 @@ impl Job {
 
 /// Fills absent limits from the defaults; refuses any above the ceiling, so
 /// a job never runs with less than it asked for without knowing.
-fn resolve_limits(asked: &Limits, default: &LimitValues, ceiling: &LimitValues) -> Result<LimitValues, JobError> {
+fn resolve_limits(
+    asked: &Limits,
+    default: &LimitValues,
+    ceiling: &LimitValues,
+) -> Result<LimitValues, JobError> {
     let pick = |name: &str, asked: Option<u64>, default: u64, ceiling: u64| match asked {
         Some(v) if v > ceiling => Err(JobError::invalid(format!(
             "/limits/{name}: {v} is above this worker's ceiling of {ceiling}"
@@ -108,11 +138,41 @@ fn resolve_limits(asked: &Limits, default: &LimitValues, ceiling: &LimitValues) 
     };
     Ok(LimitValues {
         fuel: pick("fuel", asked.fuel, default.fuel, ceiling.fuel)?,
-        memory_bytes: pick("memory_bytes", asked.memory_bytes, default.memory_bytes, ceiling.memory_bytes)?,
-        timeout_ms: pick("timeout_ms", asked.timeout_ms, default.timeout_ms, ceiling.timeout_ms)?,
-        max_stdout_bytes: pick("max_stdout_bytes", asked.max_stdout_bytes, default.max_stdout_bytes, ceiling.max_stdout_bytes)?,
-        max_stderr_bytes: pick("max_stderr_bytes", asked.max_stderr_bytes, default.max_stderr_bytes, ceiling.max_stderr_bytes)?,
-        max_output_bytes: pick("max_output_bytes", asked.max_output_bytes, default.max_output_bytes, ceiling.max_output_bytes)?,
-        max_output_files: pick("max_output_files", asked.max_output_files, default.max_output_files, ceiling.max_output_files)?,
+        memory_bytes: pick(
+            "memory_bytes",
+            asked.memory_bytes,
+            default.memory_bytes,
+            ceiling.memory_bytes,
+        )?,
+        timeout_ms: pick(
+            "timeout_ms",
+            asked.timeout_ms,
+            default.timeout_ms,
+            ceiling.timeout_ms,
+        )?,
+        max_stdout_bytes: pick(
+            "max_stdout_bytes",
+            asked.max_stdout_bytes,
+            default.max_stdout_bytes,
+            ceiling.max_stdout_bytes,
+        )?,
+        max_stderr_bytes: pick(
+            "max_stderr_bytes",
+            asked.max_stderr_bytes,
+            default.max_stderr_bytes,
+            ceiling.max_stderr_bytes,
+        )?,
+        max_output_bytes: pick(
+            "max_output_bytes",
+            asked.max_output_bytes,
+            default.max_output_bytes,
+            ceiling.max_output_bytes,
+        )?,
+        max_output_files: pick(
+            "max_output_files",
+            asked.max_output_files,
+            default.max_output_files,
+            ceiling.max_output_files,
+        )?,
     })
 }

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "shoal-worker", version, about = "Shoal worker: runs WebAssembly jobs")]
+#[command(
+    name = "shoal-worker",
+    version,
+    about = "Shoal worker: runs WebAssembly jobs"
+)]
 struct Cli {
     /// Configuration file (TOML); SHOAL_* environment variables override it.
     #[arg(long, global = true, value_name = "FILE")]
@@ -49,7 +53,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     init_tracing(&config);
     match cli.command {
         Command::Serve => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -60,7 +66,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Exec { job, download } => {
             let body = std::fs::read(&job).with_context(|| format!("reading {}", job.display()))?;
             if body.len() as u64 > config.limits.max_message_bytes {
-                anyhow::bail!("{}: {} bytes is over limits.max_message_bytes", job.display(), body.len());
+                anyhow::bail!(
+                    "{}: {} bytes is over limits.max_message_bytes",
+                    job.display(),
+                    body.len()
+                );
             }
             let message = match shoal_schemas::decode_job(&body) {
                 Ok(message) => message,
@@ -71,10 +81,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::from(126));
                 }
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             let ceiling = config.limits.ceiling;
             let embedded = Embedded::new(config, ceiling).map_err(anyhow::Error::msg)?;
-            let (result, _) = runtime.block_on(embedded.run(message, LocalOptions { extra_mounts: Vec::new(), download }))?;
+            let (result, _) = runtime.block_on(embedded.run(
+                message,
+                LocalOptions {
+                    extra_mounts: Vec::new(),
+                    download,
+                },
+            ))?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -84,13 +102,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
 async fn serve(config: Config) -> Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
@@ -109,7 +128,9 @@ async fn serve(config: Config) -> Result<()> {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {

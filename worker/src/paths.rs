@@ -37,7 +37,10 @@ impl GuestPath {
     /// Parses an absolute guest path. Refuses relative paths, `.` and `..`
     /// components, NUL and backslashes (which some guests treat as separators).
     pub fn parse(path: &str) -> Result<GuestPath, PathError> {
-        let err = |reason| PathError { path: path.to_owned(), reason };
+        let err = |reason| PathError {
+            path: path.to_owned(),
+            reason,
+        };
         if !path.starts_with('/') {
             return Err(err("is not absolute (it must start with '/')"));
         }
@@ -89,7 +92,9 @@ impl GuestPath {
 
     /// The inputs root, `/inputs`.
     pub fn inputs_root() -> GuestPath {
-        GuestPath { components: vec!["inputs".to_owned()] }
+        GuestPath {
+            components: vec!["inputs".to_owned()],
+        }
     }
 }
 
@@ -109,7 +114,10 @@ impl fmt::Display for GuestPath {
 pub fn input_path(path: &str) -> Result<GuestPath, PathError> {
     let parsed = GuestPath::parse(path)?;
     if !parsed.starts_with(&GuestPath::inputs_root()) {
-        return Err(PathError { path: path.to_owned(), reason: "is outside /inputs, where inputs are mounted" });
+        return Err(PathError {
+            path: path.to_owned(),
+            reason: "is outside /inputs, where inputs are mounted",
+        });
     }
     Ok(parsed)
 }
@@ -118,10 +126,16 @@ pub fn input_path(path: &str) -> Result<GuestPath, PathError> {
 pub fn output_path(path: &str) -> Result<GuestPath, PathError> {
     let parsed = GuestPath::parse(path)?;
     if parsed.is_root() {
-        return Err(PathError { path: path.to_owned(), reason: "is the root; mount outputs at a folder such as /outputs" });
+        return Err(PathError {
+            path: path.to_owned(),
+            reason: "is the root; mount outputs at a folder such as /outputs",
+        });
     }
     if parsed.overlaps(&GuestPath::inputs_root()) {
-        return Err(PathError { path: path.to_owned(), reason: "overlaps /inputs, which is read-only" });
+        return Err(PathError {
+            path: path.to_owned(),
+            reason: "overlaps /inputs, which is read-only",
+        });
     }
     Ok(parsed)
 }
@@ -132,12 +146,23 @@ mod tests {
 
     #[test]
     fn normalizes_redundant_slashes() {
-        assert_eq!(GuestPath::parse("//inputs///a/").unwrap().to_string(), "/inputs/a");
+        assert_eq!(
+            GuestPath::parse("//inputs///a/").unwrap().to_string(),
+            "/inputs/a"
+        );
     }
 
     #[test]
     fn refuses_escapes_and_relative_paths() {
-        for bad in ["/inputs/../etc", "inputs/a", "/inputs/./a", "", "/a\\b", "/a\0b", ".."] {
+        for bad in [
+            "/inputs/../etc",
+            "inputs/a",
+            "/inputs/./a",
+            "",
+            "/a\\b",
+            "/a\0b",
+            "..",
+        ] {
             assert!(GuestPath::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

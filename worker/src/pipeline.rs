@@ -29,20 +29,41 @@ pub fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) 
         Outcome::Exited(code) => (
             Status::Failed,
             Some(*code),
-            Some(ErrorInfo { kind: ErrorKind::NonzeroExit, message: format!("exited with status {code}") }),
+            Some(ErrorInfo {
+                kind: ErrorKind::NonzeroExit,
+                message: format!("exited with status {code}"),
+            }),
         ),
         Outcome::Trapped(msg) => fail(ErrorKind::Trap, format!("trapped: {msg}")),
-        Outcome::OutOfFuel => fail(ErrorKind::OutOfFuel, "ran out of fuel (raise limits.fuel, or check for an endless loop)".into()),
+        Outcome::OutOfFuel => fail(
+            ErrorKind::OutOfFuel,
+            "ran out of fuel (raise limits.fuel, or check for an endless loop)".into(),
+        ),
         Outcome::MemoryLimit(msg) => fail(ErrorKind::MemoryLimit, msg.clone()),
-        Outcome::TimedOut => fail(ErrorKind::Timeout, "ran past its wall-clock limit (limits.timeout_ms)".into()),
+        Outcome::TimedOut => fail(
+            ErrorKind::Timeout,
+            "ran past its wall-clock limit (limits.timeout_ms)".into(),
+        ),
         Outcome::InvalidModule(msg) => fail(ErrorKind::InvalidModule, msg.clone()),
         Outcome::MissingExport(msg) => fail(ErrorKind::MissingExport, msg.clone()),
-        Outcome::Internal(msg) => (Status::Error, None, Some(ErrorInfo { kind: ErrorKind::Internal, message: msg.clone() })),
+        Outcome::Internal(msg) => (
+            Status::Error,
+            None,
+            Some(ErrorInfo {
+                kind: ErrorKind::Internal,
+                message: msg.clone(),
+            }),
+        ),
     }
 }
 
 /// Builds a stream entry: inline when small (text if UTF-8, else base64).
-pub fn stream_of(bytes: &[u8], truncated: bool, inline_cap: u64, location: Option<String>) -> Stream {
+pub fn stream_of(
+    bytes: &[u8],
+    truncated: bool,
+    inline_cap: u64,
+    location: Option<String>,
+) -> Stream {
     let mut stream = Stream {
         size: bytes.len() as u64,
         truncated,
@@ -62,7 +83,13 @@ pub fn stream_of(bytes: &[u8], truncated: bool, inline_cap: u64, location: Optio
 
 /// The wire result of a run: status from the outcome, then `output_limit`
 /// if a job that otherwise succeeded lost output files to its limits.
-pub fn result_of(job_id: &str, worker: &str, report: &Report, outputs: Vec<OutputResult>, over_limit: bool) -> ResultMessage {
+pub fn result_of(
+    job_id: &str,
+    worker: &str,
+    report: &Report,
+    outputs: Vec<OutputResult>,
+    over_limit: bool,
+) -> ResultMessage {
     let (mut status, exit_code, mut error) = status_of(&report.outcome);
     if over_limit && status == Status::Succeeded {
         status = Status::Failed;
@@ -118,7 +145,13 @@ impl Embedded {
         let executor = Executor::new(config.executor_config())?;
         let stager = Stager::new(Arc::new(store), config.limits.clone());
         let worker = config.worker_name();
-        Ok(Embedded { config, ceiling, executor, stager, worker })
+        Ok(Embedded {
+            config,
+            ceiling,
+            executor,
+            stager,
+            worker,
+        })
     }
 
     /// The stager (and through it the cache), for uploading local files.
@@ -133,7 +166,11 @@ impl Embedded {
 
     /// Runs one job and writes its results to the download folder. An
     /// `Err` means our side failed; everything the job did is in the result.
-    pub async fn run(&self, msg: JobMessage, options: LocalOptions) -> Result<(ResultMessage, PathBuf), InfraError> {
+    pub async fn run(
+        &self,
+        msg: JobMessage,
+        options: LocalOptions,
+    ) -> Result<(ResultMessage, PathBuf), InfraError> {
         let given_id = msg.id.clone();
         let job = match Job::resolve(msg, &self.config.limits, &self.ceiling)
             .and_then(|job| check_extra_mounts(&job, &options.extra_mounts).map(|()| job))
@@ -141,7 +178,8 @@ impl Embedded {
             Ok(job) => job,
             Err(e) => {
                 let id = given_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                let result = ResultMessage::failure(&id, e.status(), e.kind, e.message, &self.worker);
+                let result =
+                    ResultMessage::failure(&id, e.status(), e.kind, e.message, &self.worker);
                 let dir = self.download_dir(&id, &options);
                 return self.write_failure(&dir, result);
             }
@@ -150,11 +188,17 @@ impl Embedded {
         self.run_job(job, options).instrument(span).await
     }
 
-    async fn run_job(&self, job: Job, options: LocalOptions) -> Result<(ResultMessage, PathBuf), InfraError> {
+    async fn run_job(
+        &self,
+        job: Job,
+        options: LocalOptions,
+    ) -> Result<(ResultMessage, PathBuf), InfraError> {
         let dir = self.download_dir(&job.id, &options);
         let executed = match self.execute(&job, &options.extra_mounts).await {
             Ok(executed) => executed,
-            Err(Error::Job(e)) => return self.write_failure(&dir, job_failure(&job, e, &self.worker)),
+            Err(Error::Job(e)) => {
+                return self.write_failure(&dir, job_failure(&job, e, &self.worker));
+            }
             Err(Error::Infra(e)) => return Err(e),
         };
         let publish_started = Instant::now();
@@ -173,8 +217,18 @@ impl Embedded {
         let outputs = output_results(collected, &locations);
         let mut result = result_of(&job.id, &self.worker, &report, outputs, over_limit);
         let inline = self.config.limits.inline_stream_bytes;
-        result.stdout = Some(stream_of(&report.stdout, report.stdout_truncated, inline, Some(path_string(&dir.join("stdout")))));
-        result.stderr = Some(stream_of(&report.stderr, report.stderr_truncated, inline, Some(path_string(&dir.join("stderr")))));
+        result.stdout = Some(stream_of(
+            &report.stdout,
+            report.stdout_truncated,
+            inline,
+            Some(path_string(&dir.join("stdout"))),
+        ));
+        result.stderr = Some(stream_of(
+            &report.stderr,
+            report.stderr_truncated,
+            inline,
+            Some(path_string(&dir.join("stderr"))),
+        ));
         result.usage.durations.stage_secs = Some(executed.stage_secs);
         publish::local::write_streams(&dir, &report.stdout, &report.stderr, result.exit_code)?;
         result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
@@ -212,8 +266,28 @@ impl Embedded {
         let outputs = output_results(collected, &locations);
         let mut result = result_of(&job.id, &self.worker, &report, outputs, over_limit);
         let inline = self.config.limits.inline_stream_bytes;
-        result.stdout = Some(publish::store::put_stream(store.as_ref(), &job.id, "stdout", &report.stdout, report.stdout_truncated, inline).await?);
-        result.stderr = Some(publish::store::put_stream(store.as_ref(), &job.id, "stderr", &report.stderr, report.stderr_truncated, inline).await?);
+        result.stdout = Some(
+            publish::store::put_stream(
+                store.as_ref(),
+                &job.id,
+                "stdout",
+                &report.stdout,
+                report.stdout_truncated,
+                inline,
+            )
+            .await?,
+        );
+        result.stderr = Some(
+            publish::store::put_stream(
+                store.as_ref(),
+                &job.id,
+                "stderr",
+                &report.stderr,
+                report.stderr_truncated,
+                inline,
+            )
+            .await?,
+        );
         result.usage.durations.stage_secs = Some(executed.stage_secs);
         result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
         result.attempt = attempt;
@@ -263,14 +337,26 @@ impl Embedded {
         let collected = tokio::task::spawn_blocking(move || publish::collect(&outputs, &limits))
             .await
             .map_err(|e| InfraError::Disk(format!("collecting outputs: {e}")))??;
-        Ok(Executed { report, collected, stage_secs, _scratch: scratch })
+        Ok(Executed {
+            report,
+            collected,
+            stage_secs,
+            _scratch: scratch,
+        })
     }
 
     fn download_dir(&self, id: &str, options: &LocalOptions) -> PathBuf {
-        options.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(id))
+        options
+            .download
+            .clone()
+            .unwrap_or_else(|| Path::new("shoal-results").join(id))
     }
 
-    fn write_failure(&self, dir: &Path, result: ResultMessage) -> Result<(ResultMessage, PathBuf), InfraError> {
+    fn write_failure(
+        &self,
+        dir: &Path,
+        result: ResultMessage,
+    ) -> Result<(ResultMessage, PathBuf), InfraError> {
         publish::local::prepare(dir)?;
         publish::local::write_streams(dir, b"", b"", None)?;
         publish::local::write_result(dir, &result)?;
@@ -319,7 +405,10 @@ fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<Output
 }
 
 fn path_string(path: &Path) -> String {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// `--mount` preopens must not overlap the job's own mounts or each other.
@@ -329,12 +418,15 @@ fn check_extra_mounts(job: &Job, extra: &[Mount]) -> Result<(), JobError> {
         taken.push(GuestPath::inputs_root());
     }
     for mount in extra {
-        let path = GuestPath::parse(&mount.guest).map_err(|e| JobError::invalid(format!("--mount: {e}")))?;
+        let path = GuestPath::parse(&mount.guest)
+            .map_err(|e| JobError::invalid(format!("--mount: {e}")))?;
         if path.is_root() {
             return Err(JobError::invalid("--mount: cannot mount at /"));
         }
         if let Some(other) = taken.iter().find(|t| t.overlaps(&path)) {
-            return Err(JobError::invalid(format!("--mount: {path} overlaps the mount at {other}")));
+            return Err(JobError::invalid(format!(
+                "--mount: {path} overlaps the mount at {other}"
+            )));
         }
         taken.push(path);
     }

@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "submit", version, about = "Run WebAssembly (WASI preview1) jobs with Shoal")]
+#[command(
+    name = "submit",
+    version,
+    about = "Run WebAssembly (WASI preview1) jobs with Shoal"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,7 +102,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("submit: starting the runtime: {e}");
@@ -120,10 +127,14 @@ fn main() -> ExitCode {
 
 async fn run_command(run: RunArgs) -> Result<u8> {
     if !run.local && !run.mounts.is_empty() {
-        bail!("--mount works with --local only: a fleet worker has no access to this machine's folders; use -i for inputs");
+        bail!(
+            "--mount works with --local only: a fleet worker has no access to this machine's folders; use -i for inputs"
+        );
     }
     if let Some(url) = run.input_urls.first() {
-        bail!("--input-url {url}: URL inputs need the staging stage, which this build does not have yet; download the file and pass it with -i FILE");
+        bail!(
+            "--input-url {url}: URL inputs need the staging stage, which this build does not have yet; download the file and pass it with -i FILE"
+        );
     }
     let mut config = Config::load(run.out.config.as_deref()).context("loading configuration")?;
     // A fleet shares the cache folder of its workers (until S3 staging), so
@@ -149,20 +160,36 @@ async fn run_command(run: RunArgs) -> Result<u8> {
     for spec in &run.inputs {
         let path = Path::new(&spec.source);
         if !path.exists() {
-            bail!("--input {}: no such file or folder (URL, CID and S3 inputs need the staging stage, not in this build yet)", spec.source);
+            bail!(
+                "--input {}: no such file or folder (URL, CID and S3 inputs need the staging stage, not in this build yet)",
+                spec.source
+            );
         }
         let source = shoal_submitter::local::upload_path(embedded.stager(), path)
             .await
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("--input {}", spec.source))?;
-        job.inputs.push(Input { source, path: spec.path.clone() });
+        job.inputs.push(Input {
+            source,
+            path: spec.path.clone(),
+        });
     }
     if !run.outputs.is_empty() {
-        job.outputs = Some(run.outputs.iter().map(|(name, path)| OutputMount { name: name.clone(), path: path.clone() }).collect());
+        job.outputs = Some(
+            run.outputs
+                .iter()
+                .map(|(name, path)| OutputMount {
+                    name: name.clone(),
+                    path: path.clone(),
+                })
+                .collect(),
+        );
     }
     job.limits.fuel = run.fuel;
     job.limits.memory_bytes = run.memory;
-    job.limits.timeout_ms = run.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+    job.limits.timeout_ms = run
+        .timeout
+        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
 
     // The same check a worker makes, so a bad flag is reported before anything runs.
     let body = serde_json::to_vec(&job)?;
@@ -175,18 +202,33 @@ async fn run_command(run: RunArgs) -> Result<u8> {
         if !m.host.is_dir() {
             bail!("--mount {}: not a folder", m.host.display());
         }
-        mounts.push(Mount { host: m.host.clone(), guest: m.guest.clone(), writable: m.writable });
+        mounts.push(Mount {
+            host: m.host.clone(),
+            guest: m.guest.clone(),
+            writable: m.writable,
+        });
     }
     if !run.local {
         return run_on_fleet(&embedded, &amqp, job, &run).await;
     }
-    let options = LocalOptions { extra_mounts: mounts, download: run.out.download.clone() };
-    let (result, dir) = embedded.run(job, options).await.context("running the job")?;
+    let options = LocalOptions {
+        extra_mounts: mounts,
+        download: run.out.download.clone(),
+    };
+    let (result, dir) = embedded
+        .run(job, options)
+        .await
+        .context("running the job")?;
     report(&result, &dir, run.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
 
-async fn run_on_fleet(embedded: &Embedded, amqp: &shoal_worker::config::AmqpSection, job: JobMessage, run: &RunArgs) -> Result<u8> {
+async fn run_on_fleet(
+    embedded: &Embedded,
+    amqp: &shoal_worker::config::AmqpSection,
+    job: JobMessage,
+    run: &RunArgs,
+) -> Result<u8> {
     let client = shoal_submitter::Client::connect(&amqp.url, amqp.topology())
         .await
         .context("connecting to the fleet (set SHOAL_AMQP_URL, or use --local)")?;
@@ -198,10 +240,24 @@ async fn run_on_fleet(embedded: &Embedded, amqp: &shoal_worker::config::AmqpSect
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!("job {} queued; waiting for a worker", handle.id));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let waited = client.wait_result(&handle.id, run.wait.unwrap_or(std::time::Duration::from_secs(86_400))).await;
+    let waited = client
+        .wait_result(
+            &handle.id,
+            run.wait.unwrap_or(std::time::Duration::from_secs(86_400)),
+        )
+        .await;
     spinner.finish_and_clear();
-    let result = waited.with_context(|| format!("the job is still queued or running; fetch it later with: submit get {}", handle.id))?;
-    let dir = run.out.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
+    let result = waited.with_context(|| {
+        format!(
+            "the job is still queued or running; fetch it later with: submit get {}",
+            handle.id
+        )
+    })?;
+    let dir = run
+        .out
+        .download
+        .clone()
+        .unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
     shoal_submitter::local::download(embedded.stager().store().as_ref(), &result, &dir)
         .await
         .map_err(anyhow::Error::msg)
@@ -215,11 +271,23 @@ async fn get_command(get: GetArgs) -> Result<u8> {
     config.log.filter = "warn".into();
     let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
     let store = embedded.stager().store().clone();
-    let Some(result) = shoal_submitter::local::stored_result(store.as_ref(), &get.id).await.map_err(anyhow::Error::msg)? else {
-        bail!("no result for job {} in the results store (still queued or running, or a different SHOAL_CACHE_DIR)", get.id);
+    let Some(result) = shoal_submitter::local::stored_result(store.as_ref(), &get.id)
+        .await
+        .map_err(anyhow::Error::msg)?
+    else {
+        bail!(
+            "no result for job {} in the results store (still queued or running, or a different SHOAL_CACHE_DIR)",
+            get.id
+        );
     };
-    let dir = get.out.download.clone().unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
-    shoal_submitter::local::download(store.as_ref(), &result, &dir).await.map_err(anyhow::Error::msg)?;
+    let dir = get
+        .out
+        .download
+        .clone()
+        .unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
+    shoal_submitter::local::download(store.as_ref(), &result, &dir)
+        .await
+        .map_err(anyhow::Error::msg)?;
     report(&result, &dir, get.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
@@ -242,7 +310,9 @@ async fn module_source(embedded: &Embedded, module: &str) -> Result<Source> {
         bail!("module {module}: is a folder; give the .wasm file");
     }
     if module.contains("://") || module.starts_with("Qm") || module.starts_with("bafy") {
-        bail!("module {module}: URL and IPFS modules need the staging stage, which this build does not have yet; give a local .wasm file");
+        bail!(
+            "module {module}: URL and IPFS modules need the staging stage, which this build does not have yet; give a local .wasm file"
+        );
     }
     bail!("module {module}: no such file; give a local .wasm or .wat file, or sha256:HEX")
 }

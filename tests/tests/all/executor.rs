@@ -15,7 +15,9 @@ async fn args_and_env_reach_the_guest_but_host_env_does_not() {
     // PATH, HOME or anything else of the host's.
     assert_eq!(stdout(&result), "EMPTY=\nGREETING=hello world\n");
 
-    let (result, _) = h.run(h.probe(&["args", "one", "two words", ""]).await).await;
+    let (result, _) = h
+        .run(h.probe(&["args", "one", "two words", ""]).await)
+        .await;
     assert_eq!(stdout(&result), "probe.wasm\nargs\none\ntwo words\n\n");
 }
 
@@ -24,20 +26,33 @@ async fn inputs_are_readable_and_read_only() {
     let h = Harness::new();
     let data = h.upload_bytes(b"input bytes\n", "data.txt").await;
     let mut job = h.probe(&["cat", "/inputs/data.txt"]).await;
-    job.inputs.push(Input { source: data.clone(), path: None });
+    job.inputs.push(Input {
+        source: data.clone(),
+        path: None,
+    });
     let (result, _) = h.run(job).await;
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
     assert_eq!(stdout(&result), "input bytes\n");
 
     let mut job = h.probe(&["write", "/inputs/data.txt", "overwritten"]).await;
-    job.inputs.push(Input { source: data.clone(), path: None });
+    job.inputs.push(Input {
+        source: data.clone(),
+        path: None,
+    });
     let (result, _) = h.run(job).await;
     assert_eq!(result.exit_code, Some(1), "{result:?}");
-    assert!(stdout(&result).starts_with("error: "), "{}", stdout(&result));
+    assert!(
+        stdout(&result).starts_with("error: "),
+        "{}",
+        stdout(&result)
+    );
 
     // A new file beside an input is refused too: /inputs is read-only as a whole.
     let mut job = h.probe(&["write", "/inputs/new.txt", "x"]).await;
-    job.inputs.push(Input { source: data, path: None });
+    job.inputs.push(Input {
+        source: data,
+        path: None,
+    });
     let (result, _) = h.run(job).await;
     assert_eq!(result.exit_code, Some(1), "{result:?}");
 }
@@ -51,7 +66,10 @@ async fn a_folder_input_is_unpacked_under_its_path() {
     let source = h.upload(src.path()).await;
     assert_eq!(source.unpack, Some(Unpack::Tar));
     let mut job = h.probe(&["cat", "/inputs/set/sub/deep.txt"]).await;
-    job.inputs.push(Input { source, path: Some("/inputs/set".into()) });
+    job.inputs.push(Input {
+        source,
+        path: Some("/inputs/set".into()),
+    });
     let (result, _) = h.run(job).await;
     assert_eq!(stdout(&result), "deep\n", "{result:?}");
 }
@@ -59,15 +77,29 @@ async fn a_folder_input_is_unpacked_under_its_path() {
 #[tokio::test]
 async fn outputs_land_in_the_download_folder_with_a_manifest() {
     let h = Harness::new();
-    let mut job = h.probe(&["write", "/results/report.txt", "forty-two"]).await;
-    job.outputs = Some(vec![OutputMount { name: "results".into(), path: "/results".into() }]);
+    let mut job = h
+        .probe(&["write", "/results/report.txt", "forty-two"])
+        .await;
+    job.outputs = Some(vec![OutputMount {
+        name: "results".into(),
+        path: "/results".into(),
+    }]);
     let (result, dir) = h.run(job).await;
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
-    assert_eq!(std::fs::read_to_string(dir.join("results/report.txt")).unwrap(), "forty-two");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("results/report.txt")).unwrap(),
+        "forty-two"
+    );
     let out = &result.outputs[0];
-    assert_eq!((out.name.as_str(), out.path.as_str(), out.bytes, out.partial), ("results", "/results", 9, false));
+    assert_eq!(
+        (out.name.as_str(), out.path.as_str(), out.bytes, out.partial),
+        ("results", "/results", 9, false)
+    );
     assert_eq!(out.files[0].path, "report.txt");
-    assert_eq!(out.files[0].sha256, shoal_worker::stage::sha256_hex(b"forty-two"));
+    assert_eq!(
+        out.files[0].sha256,
+        shoal_worker::stage::sha256_hex(b"forty-two")
+    );
     assert_eq!(std::fs::read_to_string(dir.join("exitCode")).unwrap(), "0");
     let stored: shoal_schemas::ResultMessage =
         serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
@@ -78,27 +110,47 @@ async fn outputs_land_in_the_download_folder_with_a_manifest() {
 async fn escaping_a_mount_fails() {
     let h = Harness::new();
     let data = h.upload_bytes(b"x", "data.txt").await;
-    for path in ["/inputs/../../etc/passwd", "/etc/passwd", "/outputs/../../../etc/passwd", "../etc/passwd"] {
+    for path in [
+        "/inputs/../../etc/passwd",
+        "/etc/passwd",
+        "/outputs/../../../etc/passwd",
+        "../etc/passwd",
+    ] {
         let mut job = h.probe(&["cat", path]).await;
-        job.inputs.push(Input { source: data.clone(), path: None });
+        job.inputs.push(Input {
+            source: data.clone(),
+            path: None,
+        });
         let (result, _) = h.run(job).await;
         assert_eq!(result.exit_code, Some(1), "cat {path}: {result:?}");
-        assert!(!stdout(&result).contains("root:"), "cat {path} leaked the host file");
+        assert!(
+            !stdout(&result).contains("root:"),
+            "cat {path} leaked the host file"
+        );
     }
     let (result, _) = h.run(h.probe(&["ls", "/"]).await).await;
     assert_eq!(result.exit_code, Some(1), "listing / must fail: {result:?}");
 
-    let (result, _) = h.run(h.probe(&["write", "/outputs/../escaped.txt", "x"]).await).await;
+    let (result, _) = h
+        .run(h.probe(&["write", "/outputs/../escaped.txt", "x"]).await)
+        .await;
     assert_eq!(result.exit_code, Some(1), "{result:?}");
 
     // A symlink to a host path: creating it may be refused, but it must
     // never lead out, and it is never stored as an output.
-    let (created, _) = h.run(h.probe(&["symlink", "/etc/passwd", "/outputs/link"]).await).await;
+    let (created, _) = h
+        .run(h.probe(&["symlink", "/etc/passwd", "/outputs/link"]).await)
+        .await;
     let mut job = h.probe(&["cat", "/outputs/link"]).await;
     job.id = Some(format!("{}-cat", created.job_id));
     let (result, _) = h.run(job).await;
     assert_eq!(result.exit_code, Some(1), "{result:?}");
-    let (result, _) = h.run(h.probe(&["symlink", "../../../../etc/passwd", "/outputs/rel"]).await).await;
+    let (result, _) = h
+        .run(
+            h.probe(&["symlink", "../../../../etc/passwd", "/outputs/rel"])
+                .await,
+        )
+        .await;
     assert!(result.outputs[0].files.is_empty(), "{result:?}");
     if result.exit_code == Some(0) {
         assert_eq!(result.outputs[0].skipped[0].path, "rel");
@@ -112,9 +164,26 @@ async fn exit_codes_come_back() {
     for code in [0, 1, 42] {
         let (result, dir) = h.run(h.probe(&["exit", &code.to_string()]).await).await;
         assert_eq!(result.exit_code, Some(code));
-        assert_eq!(result.status, if code == 0 { Status::Succeeded } else { Status::Failed });
-        assert_eq!(kind(&result), if code == 0 { None } else { Some("nonzero_exit") });
-        assert_eq!(std::fs::read_to_string(dir.join("exitCode")).unwrap(), code.to_string());
+        assert_eq!(
+            result.status,
+            if code == 0 {
+                Status::Succeeded
+            } else {
+                Status::Failed
+            }
+        );
+        assert_eq!(
+            kind(&result),
+            if code == 0 {
+                None
+            } else {
+                Some("nonzero_exit")
+            }
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("exitCode")).unwrap(),
+            code.to_string()
+        );
     }
 }
 
@@ -122,7 +191,11 @@ async fn exit_codes_come_back() {
 async fn a_trap_is_reported_with_where_it_happened() {
     let h = Harness::new();
     let (result, dir) = h.run(h.probe(&["trap"]).await).await;
-    assert_eq!((result.status, kind(&result)), (Status::Failed, Some("trap")), "{result:?}");
+    assert_eq!(
+        (result.status, kind(&result)),
+        (Status::Failed, Some("trap")),
+        "{result:?}"
+    );
     let message = &result.error.as_ref().unwrap().message;
     assert!(message.contains("unreachable"), "{message}");
     assert!(message.contains(" in "), "a backtrace summary: {message}");
@@ -133,9 +206,20 @@ async fn a_trap_is_reported_with_where_it_happened() {
 #[tokio::test]
 async fn deep_recursion_is_a_stack_overflow_trap() {
     let h = Harness::new();
-    let (result, _) = h.run(shoal_schemas::JobMessage::new(h.upload(&fixture("recurse.wat")).await)).await;
+    let (result, _) = h
+        .run(shoal_schemas::JobMessage::new(
+            h.upload(&fixture("recurse.wat")).await,
+        ))
+        .await;
     assert_eq!(kind(&result), Some("trap"), "{result:?}");
-    assert!(result.error.unwrap().message.contains("call stack exhausted"), "wasm stack overflow");
+    assert!(
+        result
+            .error
+            .unwrap()
+            .message
+            .contains("call stack exhausted"),
+        "wasm stack overflow"
+    );
     // C keeps its stack in linear memory: there, unbounded recursion runs
     // off the bottom of memory, which is a trap as well.
     let (result, _) = h.run(h.probe(&["recurse"]).await).await;
@@ -149,14 +233,22 @@ async fn an_endless_loop_runs_out_of_fuel_or_time() {
     let mut job = h.probe(&["spin"]).await;
     job.limits.fuel = Some(50_000_000);
     let (result, _) = h.run(job).await;
-    assert_eq!((result.status, kind(&result)), (Status::Failed, Some("out_of_fuel")), "{result:?}");
+    assert_eq!(
+        (result.status, kind(&result)),
+        (Status::Failed, Some("out_of_fuel")),
+        "{result:?}"
+    );
     assert_eq!(result.usage.fuel_consumed, Some(50_000_000));
 
     let mut job = h.probe(&["spin"]).await;
     job.limits.fuel = Some(u64::MAX);
     job.limits.timeout_ms = Some(300);
     let (result, _) = h.run(job).await;
-    assert_eq!((result.status, kind(&result)), (Status::Failed, Some("timeout")), "{result:?}");
+    assert_eq!(
+        (result.status, kind(&result)),
+        (Status::Failed, Some("timeout")),
+        "{result:?}"
+    );
     assert!(result.usage.durations.run_secs.unwrap() >= 0.3);
 
     // Blocked in a host call rather than spinning in wasm: the wall clock
@@ -174,12 +266,24 @@ async fn a_memory_bomb_hits_the_memory_limit() {
     let mut job = h.probe(&["grow"]).await;
     job.limits.memory_bytes = Some(16 << 20);
     let (result, _) = h.run(job).await;
-    assert_eq!((result.status, kind(&result)), (Status::Failed, Some("memory_limit")), "{result:?}");
+    assert_eq!(
+        (result.status, kind(&result)),
+        (Status::Failed, Some("memory_limit")),
+        "{result:?}"
+    );
     let peak = result.usage.peak_memory_bytes.unwrap();
     assert!(peak <= 16 << 20 && peak > 8 << 20, "peak {peak}");
 
-    let (result, _) = h.run(shoal_schemas::JobMessage::new(h.upload(&fixture("table_grow.wat")).await)).await;
-    assert_eq!(kind(&result), Some("memory_limit"), "table growth is bounded too: {result:?}");
+    let (result, _) = h
+        .run(shoal_schemas::JobMessage::new(
+            h.upload(&fixture("table_grow.wat")).await,
+        ))
+        .await;
+    assert_eq!(
+        kind(&result),
+        Some("memory_limit"),
+        "table growth is bounded too: {result:?}"
+    );
 }
 
 #[tokio::test]
@@ -188,7 +292,11 @@ async fn stdout_and_stderr_floods_are_cut_at_the_cap() {
     let mut job = h.probe(&["flood", "5000000"]).await;
     job.limits.max_stdout_bytes = Some(1000);
     let (result, dir) = h.run(job).await;
-    assert_eq!(result.status, Status::Succeeded, "a truncated stream is not a failure: {result:?}");
+    assert_eq!(
+        result.status,
+        Status::Succeeded,
+        "a truncated stream is not a failure: {result:?}"
+    );
     let out = result.stdout.unwrap();
     assert_eq!((out.size, out.truncated), (1000, true));
     assert_eq!(std::fs::read(dir.join("stdout")).unwrap(), vec![b'x'; 1000]);
@@ -197,29 +305,58 @@ async fn stdout_and_stderr_floods_are_cut_at_the_cap() {
     job.limits.max_stderr_bytes = Some(10);
     let (result, _) = h.run(job).await;
     let err = result.stderr.unwrap();
-    assert_eq!((err.size, err.truncated, err.text.as_deref()), (10, true, Some("xxxxxxxxxx")));
+    assert_eq!(
+        (err.size, err.truncated, err.text.as_deref()),
+        (10, true, Some("xxxxxxxxxx"))
+    );
     assert!(!result.stdout.unwrap().truncated);
 }
 
 #[tokio::test]
 async fn bad_modules_are_invalid_module_or_missing_export() {
     let h = Harness::new();
-    let garbage = h.upload_bytes(b"\0asm garbage that is not a module", "garbage.wasm").await;
+    let garbage = h
+        .upload_bytes(b"\0asm garbage that is not a module", "garbage.wasm")
+        .await;
     let (result, _) = h.run(shoal_schemas::JobMessage::new(garbage)).await;
-    assert_eq!((result.status, kind(&result)), (Status::Failed, Some("invalid_module")), "{result:?}");
+    assert_eq!(
+        (result.status, kind(&result)),
+        (Status::Failed, Some("invalid_module")),
+        "{result:?}"
+    );
 
-    let (result, _) = h.run(shoal_schemas::JobMessage::new(h.upload(&fixture("beyond_wasi.wat")).await)).await;
+    let (result, _) = h
+        .run(shoal_schemas::JobMessage::new(
+            h.upload(&fixture("beyond_wasi.wat")).await,
+        ))
+        .await;
     assert_eq!(kind(&result), Some("invalid_module"), "{result:?}");
-    assert!(result.error.unwrap().message.contains("env::launch_missiles"));
+    assert!(
+        result
+            .error
+            .unwrap()
+            .message
+            .contains("env::launch_missiles")
+    );
 
-    let (result, _) = h.run(shoal_schemas::JobMessage::new(h.upload(&fixture("no_start.wat")).await)).await;
+    let (result, _) = h
+        .run(shoal_schemas::JobMessage::new(
+            h.upload(&fixture("no_start.wat")).await,
+        ))
+        .await;
     assert_eq!(kind(&result), Some("missing_export"), "{result:?}");
 
     let mut job = h.probe(&["env"]).await;
     job.entrypoint = "main_that_is_not_there".into();
     let (result, _) = h.run(job).await;
     assert_eq!(kind(&result), Some("missing_export"), "{result:?}");
-    assert!(result.error.unwrap().message.contains("main_that_is_not_there"));
+    assert!(
+        result
+            .error
+            .unwrap()
+            .message
+            .contains("main_that_is_not_there")
+    );
 }
 
 #[tokio::test]
@@ -244,37 +381,72 @@ async fn jobs_share_compiled_modules_but_nothing_else() {
 #[tokio::test]
 async fn the_examples_run() {
     let h = Harness::new();
-    let mut job = shoal_schemas::JobMessage::new(h.upload(&repo().join("examples/wordcount/wordcount.wasm")).await);
-    job.inputs.push(Input { source: h.upload(&repo().join("examples/wordcount/sample.txt")).await, path: None });
+    let mut job = shoal_schemas::JobMessage::new(
+        h.upload(&repo().join("examples/wordcount/wordcount.wasm"))
+            .await,
+    );
+    job.inputs.push(Input {
+        source: h
+            .upload(&repo().join("examples/wordcount/sample.txt"))
+            .await,
+        path: None,
+    });
     job.args = vec!["/inputs/sample.txt".into()];
     let (result, dir) = h.run(job).await;
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
     assert_eq!(stdout(&result), "3 15 89 /inputs/sample.txt\n");
-    assert_eq!(std::fs::read_to_string(dir.join("outputs/result.txt")).unwrap(), "lines 3\nwords 15\nbytes 89\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("outputs/result.txt")).unwrap(),
+        "lines 3\nwords 15\nbytes 89\n"
+    );
 }
 
 #[tokio::test]
 async fn invalid_jobs_are_rejected_before_anything_runs() {
     let h = Harness::new();
     let mut job = h.probe(&["env"]).await;
-    job.outputs = Some(vec![OutputMount { name: "o".into(), path: "/inputs/o".into() }]);
+    job.outputs = Some(vec![OutputMount {
+        name: "o".into(),
+        path: "/inputs/o".into(),
+    }]);
     let (result, _) = h.run(job).await;
-    assert_eq!((result.status, kind(&result)), (Status::Rejected, Some("invalid_job")), "{result:?}");
+    assert_eq!(
+        (result.status, kind(&result)),
+        (Status::Rejected, Some("invalid_job")),
+        "{result:?}"
+    );
     assert!(result.error.unwrap().message.contains("/outputs/0/path"));
 
     let mut job = h.probe(&["env"]).await;
     job.outputs = Some(vec![
-        OutputMount { name: "a".into(), path: "/out".into() },
-        OutputMount { name: "b".into(), path: "/out/inner".into() },
+        OutputMount {
+            name: "a".into(),
+            path: "/out".into(),
+        },
+        OutputMount {
+            name: "b".into(),
+            path: "/out/inner".into(),
+        },
     ]);
     let (result, _) = h.run(job).await;
-    assert_eq!(kind(&result), Some("invalid_job"), "overlapping mounts: {result:?}");
+    assert_eq!(
+        kind(&result),
+        Some("invalid_job"),
+        "overlapping mounts: {result:?}"
+    );
 
     let missing = shoal_schemas::Source::new(shoal_schemas::Location::Sha256("ab".repeat(32)));
     let mut job = h.probe(&["env"]).await;
-    job.inputs.push(Input { source: missing, path: Some("/inputs/x".into()) });
+    job.inputs.push(Input {
+        source: missing,
+        path: Some("/inputs/x".into()),
+    });
     let (result, _) = h.run(job).await;
-    assert_eq!((result.status, kind(&result)), (Status::Failed, Some("input_unavailable")), "{result:?}");
+    assert_eq!(
+        (result.status, kind(&result)),
+        (Status::Failed, Some("input_unavailable")),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
@@ -282,19 +454,36 @@ async fn limits_above_the_ceiling_are_rejected() {
     let cache = tempfile::tempdir().unwrap();
     let config = shoal_worker::Config::load_from(
         None,
-        vec![("SHOAL_CACHE_DIR".to_string(), cache.path().display().to_string())],
+        vec![(
+            "SHOAL_CACHE_DIR".to_string(),
+            cache.path().display().to_string(),
+        )],
     )
     .unwrap();
     let ceiling = config.limits.ceiling;
     let embedded = shoal_worker::pipeline::Embedded::new(config, ceiling).unwrap();
-    let source = shoal_submitter::local::upload_path(embedded.stager(), &fixture("probe.wasm")).await.unwrap();
+    let source = shoal_submitter::local::upload_path(embedded.stager(), &fixture("probe.wasm"))
+        .await
+        .unwrap();
     let mut job = shoal_schemas::JobMessage::new(source);
     job.limits.memory_bytes = Some(ceiling.memory_bytes + 1);
     let dl = tempfile::tempdir().unwrap();
     let (result, _) = embedded
-        .run(job, shoal_worker::pipeline::LocalOptions { extra_mounts: vec![], download: Some(dl.path().join("r")) })
+        .run(
+            job,
+            shoal_worker::pipeline::LocalOptions {
+                extra_mounts: vec![],
+                download: Some(dl.path().join("r")),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(result.status, Status::Rejected);
-    assert!(result.error.unwrap().message.contains("/limits/memory_bytes"));
+    assert!(
+        result
+            .error
+            .unwrap()
+            .message
+            .contains("/limits/memory_bytes")
+    );
 }

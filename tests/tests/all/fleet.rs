@@ -2,7 +2,9 @@
 //! where it is missing). Each test declares its own randomly named queue,
 //! exchanges and cache, so tests run in parallel without meeting.
 use crate::support::fixture;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use shoal_schemas::{JobMessage, Status};
@@ -31,8 +33,14 @@ impl Fleet {
             ("SHOAL_CACHE_DIR".into(), cache.path().display().to_string()),
             ("SHOAL_AMQP_URL".into(), AMQP_URL.into()),
             ("SHOAL_AMQP_JOB_QUEUE".into(), format!("test.jobs.{suffix}")),
-            ("SHOAL_AMQP_RESULTS_EXCHANGE".into(), format!("test.results.{suffix}")),
-            ("SHOAL_AMQP_DEAD_LETTER".into(), format!("test.dead.{suffix}")),
+            (
+                "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
+                format!("test.results.{suffix}"),
+            ),
+            (
+                "SHOAL_AMQP_DEAD_LETTER".into(),
+                format!("test.dead.{suffix}"),
+            ),
             ("SHOAL_AMQP_DRAIN_GRACE_SECS".into(), "5".into()),
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -50,21 +58,32 @@ impl Fleet {
                 let pipeline = Embedded::new(config.clone(), config.limits.ceiling).unwrap();
                 let rx = rx.clone();
                 tokio::spawn(async move {
-                    shoal_worker::consume::run(pipeline, config.amqp.clone(), 2, rx).await.unwrap();
+                    shoal_worker::consume::run(pipeline, config.amqp.clone(), 2, rx)
+                        .await
+                        .unwrap();
                 })
             })
             .collect();
-        Fleet { config, cache, stop, workers }
+        Fleet {
+            config,
+            cache,
+            stop,
+            workers,
+        }
     }
 
     async fn client(&self) -> Client {
-        Client::connect(AMQP_URL, self.config.amqp.topology()).await.unwrap()
+        Client::connect(AMQP_URL, self.config.amqp.topology())
+            .await
+            .unwrap()
     }
 
     /// A job running probe, with the module uploaded to the shared cache.
     async fn probe(&self, args: &[&str]) -> JobMessage {
         let embedded = Embedded::new(self.config.clone(), self.config.limits.ceiling).unwrap();
-        let source = shoal_submitter::local::upload_path(embedded.stager(), &fixture("probe.wasm")).await.unwrap();
+        let source = shoal_submitter::local::upload_path(embedded.stager(), &fixture("probe.wasm"))
+            .await
+            .unwrap();
         let mut job = JobMessage::new(source);
         job.args = args.iter().map(|a| a.to_string()).collect();
         job
@@ -77,14 +96,28 @@ impl Fleet {
         }
         // Durable quorum queues outlive the test; remove this test's topology
         // so repeated runs do not pile up queues on the shared broker.
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap();
         let channel = conn.create_channel().await.unwrap();
         let amqp = &self.config.amqp;
         for queue in [&amqp.job_queue, &amqp.dead_letter] {
-            channel.queue_delete(ShortString::from(queue.as_str()), QueueDeleteOptions::default()).await.unwrap();
+            channel
+                .queue_delete(
+                    ShortString::from(queue.as_str()),
+                    QueueDeleteOptions::default(),
+                )
+                .await
+                .unwrap();
         }
         for exchange in [&amqp.results_exchange, &amqp.dead_letter] {
-            channel.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await.unwrap();
+            channel
+                .exchange_delete(
+                    ShortString::from(exchange.as_str()),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await
+                .unwrap();
         }
         drop(self.cache);
     }
@@ -99,11 +132,20 @@ async fn a_job_round_trips_through_a_worker() {
     let handle = client.submit(job).await.unwrap();
     let result = client.wait_result(&handle.id, WAIT).await.unwrap();
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
-    assert_eq!(result.stdout.unwrap().text.as_deref(), Some("probe.wasm\nargs\nover\namqp\n"));
+    assert_eq!(
+        result.stdout.unwrap().text.as_deref(),
+        Some("probe.wasm\nargs\nover\namqp\n")
+    );
     assert_eq!(result.attempt, 1);
     assert_eq!(result.worker, "test-worker-0");
     // The same result is in the results store, for `submit get`.
-    let stored = std::fs::read(fleet.cache.path().join(format!("results/{}/result.json", handle.id))).unwrap();
+    let stored = std::fs::read(
+        fleet
+            .cache
+            .path()
+            .join(format!("results/{}/result.json", handle.id)),
+    )
+    .unwrap();
     let stored: shoal_schemas::ResultMessage = serde_json::from_slice(&stored).unwrap();
     assert_eq!(stored.job_id, handle.id);
     fleet.stop().await;
@@ -113,7 +155,9 @@ async fn a_job_round_trips_through_a_worker() {
 async fn a_poison_message_is_dead_lettered_and_the_next_job_succeeds() {
     let fleet = Fleet::start(1, &[]);
     let client = fleet.client().await;
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
     let poison_id = format!("poison-{}", uuid::Uuid::new_v4().simple());
     // Not JSON, but it carries an id and a reply route: it gets a rejected result.
@@ -132,15 +176,25 @@ async fn a_poison_message_is_dead_lettered_and_the_next_job_succeeds() {
         .unwrap()
         .await
         .unwrap();
-    let handle = client.submit(fleet.probe(&["exit", "0"]).await).await.unwrap();
+    let handle = client
+        .submit(fleet.probe(&["exit", "0"]).await)
+        .await
+        .unwrap();
     let result = client.wait_result(&handle.id, WAIT).await.unwrap();
-    assert_eq!(result.status, Status::Succeeded, "the job after the poison is served: {result:?}");
+    assert_eq!(
+        result.status,
+        Status::Succeeded,
+        "the job after the poison is served: {result:?}"
+    );
 
     // The poison message sits in the dead-letter queue with its reason.
     let dead = tokio::time::timeout(WAIT, async {
         loop {
             if let Some(msg) = channel
-                .basic_get(ShortString::from(fleet.config.amqp.dead_letter.as_str()), BasicGetOptions { no_ack: true })
+                .basic_get(
+                    ShortString::from(fleet.config.amqp.dead_letter.as_str()),
+                    BasicGetOptions { no_ack: true },
+                )
                 .await
                 .unwrap()
             {
@@ -153,7 +207,10 @@ async fn a_poison_message_is_dead_lettered_and_the_next_job_succeeds() {
     .unwrap();
     assert_eq!(dead.delivery.data, b"{this is not json");
     let headers = dead.delivery.properties.headers().clone().unwrap();
-    assert_eq!(headers.inner().get("x-shoal-reason"), Some(&AMQPValue::LongString("invalid_job".into())));
+    assert_eq!(
+        headers.inner().get("x-shoal-reason"),
+        Some(&AMQPValue::LongString("invalid_job".into()))
+    );
     fleet.stop().await;
 }
 
@@ -177,29 +234,58 @@ async fn many_jobs_through_two_workers_are_each_answered_once() {
     }
     assert_eq!(workers.len(), 2, "both workers took jobs");
     // Nothing else arrives: every id was answered exactly once.
-    assert!(client.wait_result(&ids[0], Duration::from_millis(300)).await.is_err());
+    assert!(
+        client
+            .wait_result(&ids[0], Duration::from_millis(300))
+            .await
+            .is_err()
+    );
     fleet.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infrastructure_failure_is_retried_then_ends_as_error_in_the_dead_letter_queue() {
-    let fleet = Fleet::start(1, &[("SHOAL_AMQP_MAX_ATTEMPTS", "3"), ("SHOAL_AMQP_RETRY_BASE_MS", "20")]);
+    let fleet = Fleet::start(
+        1,
+        &[
+            ("SHOAL_AMQP_MAX_ATTEMPTS", "3"),
+            ("SHOAL_AMQP_RETRY_BASE_MS", "20"),
+        ],
+    );
     let client = fleet.client().await;
     let job = fleet.probe(&["exit", "0"]).await;
     // The results store cannot be written: `results` is a file, not a folder.
     std::fs::write(fleet.cache.path().join("results"), "in the way").unwrap();
     let handle = client.submit(job).await.unwrap();
     let result = client.wait_result(&handle.id, WAIT).await.unwrap();
-    assert_eq!((result.status, result.attempt), (Status::Error, 3), "{result:?}");
-    assert!(result.error.unwrap().message.contains("gave up after 3 attempts"));
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+    assert_eq!(
+        (result.status, result.attempt),
+        (Status::Error, 3),
+        "{result:?}"
+    );
+    assert!(
+        result
+            .error
+            .unwrap()
+            .message
+            .contains("gave up after 3 attempts")
+    );
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
     let dead = channel
-        .basic_get(ShortString::from(fleet.config.amqp.dead_letter.as_str()), BasicGetOptions { no_ack: true })
+        .basic_get(
+            ShortString::from(fleet.config.amqp.dead_letter.as_str()),
+            BasicGetOptions { no_ack: true },
+        )
         .await
         .unwrap()
         .expect("the job is dead-lettered");
     let headers = dead.delivery.properties.headers().clone().unwrap();
-    assert_eq!(headers.inner().get("x-shoal-reason"), Some(&AMQPValue::LongString("retries_exhausted".into())));
+    assert_eq!(
+        headers.inner().get("x-shoal-reason"),
+        Some(&AMQPValue::LongString("retries_exhausted".into()))
+    );
     fleet.stop().await;
 }

@@ -27,7 +27,10 @@ pub(crate) struct CappedPipe {
 
 impl CappedPipe {
     pub(crate) fn new(cap: usize) -> Self {
-        CappedPipe { cap, inner: Arc::default() }
+        CappedPipe {
+            cap,
+            inner: Arc::default(),
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -69,7 +72,11 @@ impl Pollable for CappedPipe {
 }
 
 impl AsyncWrite for CappedPipe {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -277,7 +277,8 @@ impl Executor {
         wasm.consume_fuel(config.fuel_metering)
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack_bytes);
-        let engine = Engine::new(&wasm).map_err(|e| format!("creating the wasmtime engine: {e}"))?;
+        let engine =
+            Engine::new(&wasm).map_err(|e| format!("creating the wasmtime engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| format!("adding WASI to the linker: {e}"))?;
@@ -299,7 +300,8 @@ impl Executor {
                 })
                 .map_err(|e| format!("starting the epoch ticker: {e}"))?;
         }
-        let entries = NonZeroUsize::new(config.module_cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let entries =
+            NonZeroUsize::new(config.module_cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Executor {
             inner: Arc::new(Inner {
                 engine,
@@ -372,27 +374,44 @@ impl Inner {
     }
 
     /// The module compiled and linked against WASI, from the cache when possible.
-    fn instance_pre(&self, module: &ModuleBytes) -> Result<(InstancePre<GuestState>, bool), Outcome> {
-        if let Some(pre) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&module.sha256) {
+    fn instance_pre(
+        &self,
+        module: &ModuleBytes,
+    ) -> Result<(InstancePre<GuestState>, bool), Outcome> {
+        if let Some(pre) = self
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&module.sha256)
+        {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok((pre.clone(), true));
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         // Compiled outside the lock: other jobs keep running while this one compiles.
-        let compiled = Module::new(&self.engine, &module.bytes)
-            .map_err(|e| Outcome::InvalidModule(format!("not a valid WebAssembly module: {}", root_cause(&e))))?;
+        let compiled = Module::new(&self.engine, &module.bytes).map_err(|e| {
+            Outcome::InvalidModule(format!(
+                "not a valid WebAssembly module: {}",
+                root_cause(&e)
+            ))
+        })?;
         let pre = self
             .linker
             .instantiate_pre(&compiled)
             .map_err(|e| Outcome::InvalidModule(root_cause(&e)))?;
-        self.modules.lock().unwrap_or_else(|e| e.into_inner()).put(module.sha256, pre.clone());
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(module.sha256, pre.clone());
         Ok((pre, false))
     }
 
     async fn run_async(&self, pre: InstancePre<GuestState>, spec: RunSpec) -> Report {
         let limits = &spec.limits;
-        let stdout = CappedPipe::new(usize::try_from(limits.max_stdout_bytes).unwrap_or(usize::MAX));
-        let stderr = CappedPipe::new(usize::try_from(limits.max_stderr_bytes).unwrap_or(usize::MAX));
+        let stdout =
+            CappedPipe::new(usize::try_from(limits.max_stdout_bytes).unwrap_or(usize::MAX));
+        let stderr =
+            CappedPipe::new(usize::try_from(limits.max_stderr_bytes).unwrap_or(usize::MAX));
         let mut builder = WasiCtxBuilder::new();
         let mut argv = Vec::with_capacity(spec.args.len() + 1);
         argv.push(spec.argv0.as_str());
@@ -411,10 +430,18 @@ impl Inner {
             builder.env(key, value);
         }
         for mount in &spec.mounts {
-            let perms = if mount.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            let perms = if mount.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
             if let Err(e) = builder.preopened_dir(&mount.host, &mount.guest, perms) {
                 return Report::early(
-                    Outcome::Internal(format!("mounting {} at {}: {e}", mount.host.display(), mount.guest)),
+                    Outcome::Internal(format!(
+                        "mounting {} at {}: {e}",
+                        mount.host.display(),
+                        mount.guest
+                    )),
                     Duration::ZERO,
                     false,
                 );
@@ -434,7 +461,11 @@ impl Inner {
         if self.config.fuel_metering
             && let Err(e) = store.set_fuel(limits.fuel)
         {
-            return Report::early(Outcome::Internal(format!("setting fuel: {e}")), Duration::ZERO, false);
+            return Report::early(
+                Outcome::Internal(format!("setting fuel: {e}")),
+                Duration::ZERO,
+                false,
+            );
         }
         let tick = self.config.epoch_tick.as_nanos().max(1);
         let ticks = limits.timeout.as_nanos().div_ceil(tick) as u64 + 1;
@@ -442,7 +473,8 @@ impl Inner {
         store.epoch_deadline_trap();
 
         let started = Instant::now();
-        let ended = tokio::time::timeout(limits.timeout, call(&pre, &mut store, &spec.entrypoint)).await;
+        let ended =
+            tokio::time::timeout(limits.timeout, call(&pre, &mut store, &spec.entrypoint)).await;
         let run = started.elapsed();
         let outcome = match ended {
             Err(_elapsed) => Outcome::TimedOut,
@@ -451,7 +483,10 @@ impl Inner {
             Ok(Err(CallError::Wasm(e))) => classify(e, &store.data().limiter),
         };
         let fuel_consumed = if self.config.fuel_metering {
-            store.get_fuel().ok().map(|left| limits.fuel.saturating_sub(left))
+            store
+                .get_fuel()
+                .ok()
+                .map(|left| limits.fuel.saturating_sub(left))
         } else {
             None
         };
@@ -479,8 +514,15 @@ enum CallError {
     Wasm(wasmtime::Error),
 }
 
-async fn call(pre: &InstancePre<GuestState>, store: &mut Store<GuestState>, entrypoint: &str) -> Result<(), CallError> {
-    let instance = pre.instantiate_async(&mut *store).await.map_err(CallError::Wasm)?;
+async fn call(
+    pre: &InstancePre<GuestState>,
+    store: &mut Store<GuestState>,
+    entrypoint: &str,
+) -> Result<(), CallError> {
+    let instance = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(CallError::Wasm)?;
     let func = match instance.get_func(&mut *store, entrypoint) {
         Some(func) => func,
         None => {
@@ -490,9 +532,13 @@ async fn call(pre: &InstancePre<GuestState>, store: &mut Store<GuestState>, entr
         }
     };
     let func = func.typed::<(), ()>(&*store).map_err(|e| {
-        CallError::MissingExport(format!("`{entrypoint}` is not a function taking and returning nothing: {e}"))
+        CallError::MissingExport(format!(
+            "`{entrypoint}` is not a function taking and returning nothing: {e}"
+        ))
     })?;
-    func.call_async(&mut *store, ()).await.map_err(CallError::Wasm)
+    func.call_async(&mut *store, ())
+        .await
+        .map_err(CallError::Wasm)
 }
 
 /// Classifies a failed instantiation or call once, by what caused it.
@@ -503,7 +549,10 @@ fn classify(error: wasmtime::Error, limiter: &JobLimiter) -> Outcome {
     if let Some(why) = &limiter.exceeded {
         return Outcome::MemoryLimit(why.clone());
     }
-    let backtrace = error.downcast_ref::<WasmBacktrace>().map(summarize).unwrap_or_default();
+    let backtrace = error
+        .downcast_ref::<WasmBacktrace>()
+        .map(summarize)
+        .unwrap_or_default();
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::OutOfFuel,
         Some(Trap::Interrupt) => Outcome::TimedOut,
@@ -529,7 +578,11 @@ fn summarize(backtrace: &WasmBacktrace) -> String {
     if frames.is_empty() {
         String::new()
     } else {
-        let more = if backtrace.frames().len() > frames.len() { " <- …" } else { "" };
+        let more = if backtrace.frames().len() > frames.len() {
+            " <- …"
+        } else {
+            ""
+        };
         format!("; in {}{more}", frames.join(" <- "))
     }
 }

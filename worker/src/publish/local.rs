@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 /// is refused rather than overwritten.
 pub fn prepare(dir: &Path) -> Result<(), InfraError> {
     if dir.exists() {
-        let mut entries = std::fs::read_dir(dir).map_err(|e| InfraError::Disk(format!("reading {}: {e}", dir.display())))?;
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(|e| InfraError::Disk(format!("reading {}: {e}", dir.display())))?;
         let empty = entries.next().is_none();
         if !empty {
             if !dir.join("result.json").exists() {
@@ -26,10 +27,12 @@ pub fn prepare(dir: &Path) -> Result<(), InfraError> {
                     dir.display()
                 )));
             }
-            std::fs::remove_dir_all(dir).map_err(|e| InfraError::Disk(format!("clearing {}: {e}", dir.display())))?;
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| InfraError::Disk(format!("clearing {}: {e}", dir.display())))?;
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| InfraError::Disk(format!("creating {}: {e}", dir.display())))
+    std::fs::create_dir_all(dir)
+        .map_err(|e| InfraError::Disk(format!("creating {}: {e}", dir.display())))
 }
 
 /// Copies the kept output files into `<dir>/<mount name>/` and returns each
@@ -38,13 +41,16 @@ pub fn copy_outputs(dir: &Path, collected: &[Collected]) -> Result<Vec<PathBuf>,
     let mut folders = Vec::with_capacity(collected.len());
     for mount in collected {
         let folder = dir.join(&mount.mount.name);
-        std::fs::create_dir_all(&folder).map_err(|e| InfraError::Disk(format!("creating {}: {e}", folder.display())))?;
+        std::fs::create_dir_all(&folder)
+            .map_err(|e| InfraError::Disk(format!("creating {}: {e}", folder.display())))?;
         for (entry, host) in &mount.files {
             let target = folder.join(&entry.path);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| InfraError::Disk(format!("creating {}: {e}", parent.display())))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| InfraError::Disk(format!("creating {}: {e}", parent.display())))?;
             }
-            std::fs::copy(host, &target).map_err(|e| InfraError::Disk(format!("copying {}: {e}", entry.path)))?;
+            std::fs::copy(host, &target)
+                .map_err(|e| InfraError::Disk(format!("copying {}: {e}", entry.path)))?;
         }
         folders.push(folder);
     }
@@ -52,9 +58,15 @@ pub fn copy_outputs(dir: &Path, collected: &[Collected]) -> Result<Vec<PathBuf>,
 }
 
 /// Writes stdout, stderr and exitCode.
-pub fn write_streams(dir: &Path, stdout: &[u8], stderr: &[u8], exit_code: Option<i32>) -> Result<(), InfraError> {
+pub fn write_streams(
+    dir: &Path,
+    stdout: &[u8],
+    stderr: &[u8],
+    exit_code: Option<i32>,
+) -> Result<(), InfraError> {
     let write = |name: &str, data: &[u8]| {
-        std::fs::write(dir.join(name), data).map_err(|e| InfraError::Disk(format!("writing {name}: {e}")))
+        std::fs::write(dir.join(name), data)
+            .map_err(|e| InfraError::Disk(format!("writing {name}: {e}")))
     };
     write("stdout", stdout)?;
     write("stderr", stderr)?;
@@ -66,8 +78,11 @@ pub fn write_streams(dir: &Path, stdout: &[u8], stderr: &[u8], exit_code: Option
 
 /// Writes result.json, last.
 pub fn write_result(dir: &Path, result: &ResultMessage) -> Result<(), InfraError> {
-    let json = serde_json::to_vec_pretty(result).map_err(|e| InfraError::Disk(format!("encoding result: {e}")))?;
+    let json = serde_json::to_vec_pretty(result)
+        .map_err(|e| InfraError::Disk(format!("encoding result: {e}")))?;
     let tmp = dir.join(".result.json.tmp");
-    std::fs::write(&tmp, json).map_err(|e| InfraError::Disk(format!("writing result.json: {e}")))?;
-    std::fs::rename(&tmp, dir.join("result.json")).map_err(|e| InfraError::Disk(format!("writing result.json: {e}")))
+    std::fs::write(&tmp, json)
+        .map_err(|e| InfraError::Disk(format!("writing result.json: {e}")))?;
+    std::fs::rename(&tmp, dir.join("result.json"))
+        .map_err(|e| InfraError::Disk(format!("writing result.json: {e}")))
 }

@@ -33,43 +33,80 @@ pub struct Collected {
 }
 
 /// Walks the output mounts (blocking; call from a blocking thread).
-pub fn collect(outputs: &[(JobOutput, PathBuf)], limits: &LimitValues) -> Result<Vec<Collected>, InfraError> {
+pub fn collect(
+    outputs: &[(JobOutput, PathBuf)],
+    limits: &LimitValues,
+) -> Result<Vec<Collected>, InfraError> {
     let mut files_left = limits.max_output_files;
     let mut bytes_left = limits.max_output_bytes;
     let mut collected = Vec::with_capacity(outputs.len());
     for (mount, host) in outputs {
-        let mut out = Collected { mount: mount.clone(), files: Vec::new(), skipped: Vec::new(), bytes: 0, over_limit: false };
-        for entry in walkdir::WalkDir::new(host).follow_links(false).sort_by_file_name().min_depth(1) {
-            let entry = entry.map_err(|e| InfraError::Disk(format!("walking output {}: {e}", mount.name)))?;
+        let mut out = Collected {
+            mount: mount.clone(),
+            files: Vec::new(),
+            skipped: Vec::new(),
+            bytes: 0,
+            over_limit: false,
+        };
+        for entry in walkdir::WalkDir::new(host)
+            .follow_links(false)
+            .sort_by_file_name()
+            .min_depth(1)
+        {
+            let entry = entry
+                .map_err(|e| InfraError::Disk(format!("walking output {}: {e}", mount.name)))?;
             let rel = entry.path().strip_prefix(host).unwrap_or(entry.path());
             let ft = entry.file_type();
             if ft.is_dir() {
                 continue;
             }
             let Some(rel_str) = rel.to_str() else {
-                out.skipped.push(Skipped { path: rel.to_string_lossy().into_owned(), reason: SkipReason::UnreadableName });
+                out.skipped.push(Skipped {
+                    path: rel.to_string_lossy().into_owned(),
+                    reason: SkipReason::UnreadableName,
+                });
                 continue;
             };
             let rel_str = rel_str.to_owned();
             if ft.is_symlink() {
-                out.skipped.push(Skipped { path: rel_str, reason: SkipReason::Symlink });
+                out.skipped.push(Skipped {
+                    path: rel_str,
+                    reason: SkipReason::Symlink,
+                });
                 continue;
             }
             if !ft.is_file() {
-                out.skipped.push(Skipped { path: rel_str, reason: SkipReason::SpecialFile });
+                out.skipped.push(Skipped {
+                    path: rel_str,
+                    reason: SkipReason::SpecialFile,
+                });
                 continue;
             }
-            let size = entry.metadata().map_err(|e| InfraError::Disk(format!("{rel_str}: {e}")))?.len();
+            let size = entry
+                .metadata()
+                .map_err(|e| InfraError::Disk(format!("{rel_str}: {e}")))?
+                .len();
             if files_left == 0 || size > bytes_left {
-                out.skipped.push(Skipped { path: rel_str, reason: SkipReason::OutputLimit });
+                out.skipped.push(Skipped {
+                    path: rel_str,
+                    reason: SkipReason::OutputLimit,
+                });
                 out.over_limit = true;
                 continue;
             }
-            let sha256 = hash_file(entry.path()).map_err(|e| InfraError::Disk(format!("hashing {rel_str}: {e}")))?;
+            let sha256 = hash_file(entry.path())
+                .map_err(|e| InfraError::Disk(format!("hashing {rel_str}: {e}")))?;
             files_left -= 1;
             bytes_left -= size;
             out.bytes += size;
-            out.files.push((FileEntry { path: rel_str, size, sha256 }, entry.path().to_path_buf()));
+            out.files.push((
+                FileEntry {
+                    path: rel_str,
+                    size,
+                    sha256,
+                },
+                entry.path().to_path_buf(),
+            ));
         }
         collected.push(out);
     }

@@ -21,7 +21,11 @@ async fn put(store: &dyn ObjectStore, key: &StorePath, bytes: Vec<u8>) -> Result
 }
 
 /// Uploads each mount's kept files; returns each mount's prefix.
-pub async fn put_outputs(store: &dyn ObjectStore, job_id: &str, collected: &[Collected]) -> Result<Vec<String>, InfraError> {
+pub async fn put_outputs(
+    store: &dyn ObjectStore,
+    job_id: &str,
+    collected: &[Collected],
+) -> Result<Vec<String>, InfraError> {
     let mut prefixes = Vec::with_capacity(collected.len());
     for mount in collected {
         let prefix = format!("results/{job_id}/{}/", mount.mount.name);
@@ -31,8 +35,9 @@ pub async fn put_outputs(store: &dyn ObjectStore, job_id: &str, collected: &[Col
                 .map_err(|e| InfraError::Disk(format!("reading output {}: {e}", entry.path)))?;
             // Object keys are `/`-separated parts; StorePath::parse refuses
             // `..` and empty parts, so no name leaves the job's prefix.
-            let key = StorePath::parse(format!("{prefix}{}", entry.path))
-                .map_err(|e| InfraError::Store(format!("output {} has no valid key: {e}", entry.path)))?;
+            let key = StorePath::parse(format!("{prefix}{}", entry.path)).map_err(|e| {
+                InfraError::Store(format!("output {} has no valid key: {e}", entry.path))
+            })?;
             put(store, &key, bytes).await?;
         }
         prefixes.push(prefix);
@@ -50,26 +55,42 @@ pub async fn put_stream(
     inline_cap: u64,
 ) -> Result<Stream, InfraError> {
     if bytes.len() as u64 <= inline_cap {
-        return Ok(crate::pipeline::stream_of(bytes, truncated, inline_cap, None));
+        return Ok(crate::pipeline::stream_of(
+            bytes, truncated, inline_cap, None,
+        ));
     }
     let key = StorePath::from(format!("results/{job_id}/{name}"));
     put(store, &key, bytes.to_vec()).await?;
-    Ok(crate::pipeline::stream_of(bytes, truncated, inline_cap, Some(key.to_string())))
+    Ok(crate::pipeline::stream_of(
+        bytes,
+        truncated,
+        inline_cap,
+        Some(key.to_string()),
+    ))
 }
 
 /// Writes `results/<id>/result.json`.
 pub async fn put_result(store: &dyn ObjectStore, result: &ResultMessage) -> Result<(), InfraError> {
-    let json = serde_json::to_vec_pretty(result).map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
+    let json = serde_json::to_vec_pretty(result)
+        .map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
     put(store, &result_key(&result.job_id), json).await
 }
 
 /// Reads a stored result, if there is one.
-pub async fn get_result(store: &dyn ObjectStore, job_id: &str) -> Result<Option<ResultMessage>, InfraError> {
+pub async fn get_result(
+    store: &dyn ObjectStore,
+    job_id: &str,
+) -> Result<Option<ResultMessage>, InfraError> {
     let key = result_key(job_id);
     match store.get(&key).await {
         Ok(got) => {
-            let bytes = got.bytes().await.map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
-            serde_json::from_slice(&bytes).map(Some).map_err(|e| InfraError::Store(format!("{key} is not a result: {e}")))
+            let bytes = got
+                .bytes()
+                .await
+                .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| InfraError::Store(format!("{key} is not a result: {e}")))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(InfraError::Store(format!("reading {key}: {e}"))),

@@ -85,7 +85,10 @@ impl Stager {
     /// Stages the module and inputs of `job` under `scratch` (an empty folder).
     pub async fn stage(&self, job: &Job, scratch: &Path) -> Result<Staged, Error> {
         let bytes = self.fetch(&job.module, "module").await?;
-        let module = ModuleBytes { sha256: Sha256::digest(&bytes).into(), bytes };
+        let module = ModuleBytes {
+            sha256: Sha256::digest(&bytes).into(),
+            bytes,
+        };
 
         let mut mounts = Vec::new();
         if !job.inputs.is_empty() {
@@ -111,18 +114,26 @@ impl Stager {
                             .await
                             .map_err(|e| InfraError::Disk(format!("unpacking {what}: {e}")))?
                             .map_err(|e| match e {
-                                tarball::UnpackError::Job(msg) => {
-                                    Error::Job(JobError::new(ErrorKind::InvalidJob, format!("{what}: {msg}")))
+                                tarball::UnpackError::Job(msg) => Error::Job(JobError::new(
+                                    ErrorKind::InvalidJob,
+                                    format!("{what}: {msg}"),
+                                )),
+                                tarball::UnpackError::TooLarge(msg) => Error::Job(JobError::new(
+                                    ErrorKind::InputTooLarge,
+                                    format!("{what}: {msg}"),
+                                )),
+                                tarball::UnpackError::Disk(msg) => {
+                                    Error::Infra(InfraError::Disk(format!("{what}: {msg}")))
                                 }
-                                tarball::UnpackError::TooLarge(msg) => {
-                                    Error::Job(JobError::new(ErrorKind::InputTooLarge, format!("{what}: {msg}")))
-                                }
-                                tarball::UnpackError::Disk(msg) => Error::Infra(InfraError::Disk(format!("{what}: {msg}"))),
                             })?;
                     }
                 }
             }
-            mounts.push(Mount { host: root, guest: GuestPath::inputs_root().to_string(), writable: false });
+            mounts.push(Mount {
+                host: root,
+                guest: GuestPath::inputs_root().to_string(),
+                writable: false,
+            });
         }
 
         let mut outputs = Vec::new();
@@ -131,10 +142,18 @@ impl Stager {
             // with another folder of the scratch directory.
             let host = scratch.join(format!("out-{i}"));
             mkdir(&host).await?;
-            mounts.push(Mount { host: host.clone(), guest: out.path.to_string(), writable: true });
+            mounts.push(Mount {
+                host: host.clone(),
+                guest: out.path.to_string(),
+                writable: true,
+            });
             outputs.push((out.clone(), host));
         }
-        Ok(Staged { module, mounts, outputs })
+        Ok(Staged {
+            module,
+            mounts,
+            outputs,
+        })
     }
 
     /// The bytes of one source, verified and size-capped.
@@ -203,7 +222,10 @@ impl Stager {
 
 fn host_path(root: &Path, guest: &GuestPath) -> PathBuf {
     let mut host = root.to_path_buf();
-    for c in guest.relative_to(&GuestPath::inputs_root()).unwrap_or_default() {
+    for c in guest
+        .relative_to(&GuestPath::inputs_root())
+        .unwrap_or_default()
+    {
         host.push(c);
     }
     host

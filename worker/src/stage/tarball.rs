@@ -19,30 +19,47 @@ pub enum UnpackError {
 /// Unpacks a tar archive into `dest`: regular files and folders only, at
 /// most `max_bytes` of file content.
 pub fn unpack(archive: &[u8], dest: &Path, max_bytes: u64) -> Result<(), UnpackError> {
-    std::fs::create_dir_all(dest).map_err(|e| UnpackError::Disk(format!("creating {}: {e}", dest.display())))?;
+    std::fs::create_dir_all(dest)
+        .map_err(|e| UnpackError::Disk(format!("creating {}: {e}", dest.display())))?;
     let mut tar = tar::Archive::new(archive);
     let mut total: u64 = 0;
-    let entries = tar.entries().map_err(|e| UnpackError::Job(format!("not a tar archive: {e}")))?;
+    let entries = tar
+        .entries()
+        .map_err(|e| UnpackError::Job(format!("not a tar archive: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| UnpackError::Job(format!("corrupt tar archive: {e}")))?;
-        let path = entry.path().map_err(|e| UnpackError::Job(format!("bad path in archive: {e}")))?.into_owned();
-        if path.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-            return Err(UnpackError::Job(format!("archive entry {} escapes its folder", path.display())));
+        let path = entry
+            .path()
+            .map_err(|e| UnpackError::Job(format!("bad path in archive: {e}")))?
+            .into_owned();
+        if path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(UnpackError::Job(format!(
+                "archive entry {} escapes its folder",
+                path.display()
+            )));
         }
         let target = dest.join(&path);
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
-                std::fs::create_dir_all(&target).map_err(|e| UnpackError::Disk(format!("{}: {e}", path.display())))?;
+                std::fs::create_dir_all(&target)
+                    .map_err(|e| UnpackError::Disk(format!("{}: {e}", path.display())))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 total = total.saturating_add(entry.size());
                 if total > max_bytes {
-                    return Err(UnpackError::TooLarge(format!("unpacks to more than {max_bytes} bytes")));
+                    return Err(UnpackError::TooLarge(format!(
+                        "unpacks to more than {max_bytes} bytes"
+                    )));
                 }
                 if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| UnpackError::Disk(format!("{}: {e}", path.display())))?;
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| UnpackError::Disk(format!("{}: {e}", path.display())))?;
                 }
-                let mut file = std::fs::File::create(&target).map_err(|e| UnpackError::Disk(format!("{}: {e}", path.display())))?;
+                let mut file = std::fs::File::create(&target)
+                    .map_err(|e| UnpackError::Disk(format!("{}: {e}", path.display())))?;
                 io::copy(&mut (&mut entry).take(max_bytes), &mut file)
                     .map_err(|e| UnpackError::Disk(format!("{}: {e}", path.display())))?;
             }
@@ -104,8 +121,14 @@ mod tests {
         assert_eq!(one, two);
         let dest = tempfile::tempdir().unwrap();
         unpack(&one, dest.path(), 1 << 20).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.path().join("a/b/c.txt")).unwrap(), "hello");
-        assert_eq!(std::fs::read_to_string(dest.path().join("top.txt")).unwrap(), "top");
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("a/b/c.txt")).unwrap(),
+            "hello"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("top.txt")).unwrap(),
+            "top"
+        );
     }
 
     #[test]
@@ -120,7 +143,10 @@ mod tests {
         builder.append(&header, &b"x"[..]).unwrap();
         let archive = builder.into_inner().unwrap();
         let dest = tempfile::tempdir().unwrap();
-        assert!(matches!(unpack(&archive, &dest.path().join("in"), 10), Err(UnpackError::Job(_))));
+        assert!(matches!(
+            unpack(&archive, &dest.path().join("in"), 10),
+            Err(UnpackError::Job(_))
+        ));
         assert!(!dest.path().join("escape").exists());
     }
 
@@ -130,6 +156,9 @@ mod tests {
         std::fs::write(src.path().join("big"), vec![0u8; 1000]).unwrap();
         let archive = pack_dir(src.path()).unwrap();
         let dest = tempfile::tempdir().unwrap();
-        assert!(matches!(unpack(&archive, dest.path(), 999), Err(UnpackError::TooLarge(_))));
+        assert!(matches!(
+            unpack(&archive, dest.path(), 999),
+            Err(UnpackError::TooLarge(_))
+        ));
     }
 }
