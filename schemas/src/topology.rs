@@ -31,6 +31,17 @@ impl Default for Topology {
     }
 }
 
+/// A broker URL with its password replaced, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// The routing key of a job's result.
 pub fn result_routing_key(job_id: &str) -> String {
     format!("job.{job_id}")

@@ -64,7 +64,7 @@ pub struct Client {
 impl Client {
     /// Connects, declares the topology and starts listening for results.
     pub async fn connect(url: &str, topology: Topology) -> Result<Client, ClientError> {
-        let broker = redact(url);
+        let broker = shoal_schemas::topology::redact_url(url);
         let err = |e: lapin::Error| ClientError::Broker {
             broker: broker.clone(),
             message: e.to_string(),
@@ -216,15 +216,5 @@ impl Client {
         tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| ClientError::Timeout(id.to_owned()))
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let user = url[s + 3..at].split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }

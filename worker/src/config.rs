@@ -73,14 +73,7 @@ pub struct AmqpSection {
 impl AmqpSection {
     /// The URL with its password replaced, for logs.
     pub fn redacted_url(&self) -> String {
-        match (self.url.find("://"), self.url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                let creds = &self.url[scheme + 3..at];
-                let user = creds.split(':').next().unwrap_or("");
-                format!("{}{user}:***{}", &self.url[..scheme + 3], &self.url[at..])
-            }
-            _ => self.url.clone(),
-        }
+        shoal_schemas::topology::redact_url(&self.url)
     }
 
     /// The shared topology.
