@@ -13,6 +13,7 @@
 
 mod job;
 mod result;
+mod state;
 #[cfg(feature = "amqp")]
 pub mod topology;
 mod validate;
@@ -22,13 +23,20 @@ pub use result::{
     Durations, ErrorInfo, ErrorKind, FileEntry, OutputResult, ResultMessage, SkipReason, Skipped,
     Status, Stream, Usage,
 };
-pub use validate::{SchemaError, decode_job, validate_job_value, validate_result_value};
+pub use state::{JobState, StateMessage};
+pub use validate::{
+    SchemaError, decode_job, validate_job_value, validate_result_value, validate_state_value,
+};
 
 /// Version tag of job messages this crate speaks.
 pub const JOB_SCHEMA: &str = "shoal.job/v1";
 /// Version tag of result messages this crate speaks.
 pub const RESULT_SCHEMA: &str = "shoal.result/v1";
+/// Version tag of state messages this crate speaks.
+pub const STATE_SCHEMA: &str = "shoal.state/v1";
 /// The job message JSON Schema (2020-12), as shipped in `schemas/job.schema.json`.
 pub const JOB_SCHEMA_JSON: &str = include_str!("../job.schema.json");
 /// The result message JSON Schema (2020-12), as shipped in `schemas/result.schema.json`.
 pub const RESULT_SCHEMA_JSON: &str = include_str!("../result.schema.json");
+/// The state message JSON Schema (2020-12), as shipped in `schemas/state.schema.json`.
+pub const STATE_SCHEMA_JSON: &str = include_str!("../state.schema.json");

@@ -2,7 +2,10 @@
 //! alike (feature `amqp`). Both sides must declare the job queue with the
 //! same arguments, or RabbitMQ refuses the second declaration; keeping the
 //! one definition here makes that impossible to get wrong.
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -11,7 +14,8 @@ use lapin::{Channel, ExchangeKind};
 pub struct Topology {
     /// Durable quorum queue of job messages.
     pub job_queue: String,
-    /// Topic exchange of result messages, routing key `job.<id>`.
+    /// Topic exchange of result messages (routing key `job.<id>`) and
+    /// best-effort state messages (`state.<id>`).
     pub results_exchange: String,
     /// Fanout exchange and durable queue of messages that could not be processed.
     pub dead_letter: String,
@@ -45,6 +49,16 @@ pub fn redact_url(url: &str) -> String {
 /// The routing key of a job's result.
 pub fn result_routing_key(job_id: &str) -> String {
     format!("job.{job_id}")
+}
+
+/// Job message header with the publish time in milliseconds since the
+/// epoch, which workers turn into the result's `queue_secs` (the AMQP
+/// `timestamp` property, which submitters also set, only has seconds).
+pub const PUBLISHED_MS_HEADER: &str = "x-shoal-published-ms";
+
+/// The routing key of a job's state messages on the results exchange.
+pub fn state_routing_key(job_id: &str) -> String {
+    format!("state.{job_id}")
 }
 
 impl Topology {
@@ -112,6 +126,28 @@ impl Topology {
                 args,
             )
             .await?;
+        Ok(())
+    }
+
+    /// Deletes the queues and exchanges, messages and all: for tearing
+    /// down a test's or a staging fleet's topology, never a live one.
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for queue in [&self.job_queue, &self.dead_letter] {
+            channel
+                .queue_delete(
+                    ShortString::from(queue.as_str()),
+                    QueueDeleteOptions::default(),
+                )
+                .await?;
+        }
+        for exchange in [&self.results_exchange, &self.dead_letter] {
+            channel
+                .exchange_delete(
+                    ShortString::from(exchange.as_str()),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 }

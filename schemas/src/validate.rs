@@ -1,6 +1,6 @@
 //! Validation of raw JSON against the shipped schemas, with errors that name
 //! the offending field (a JSON pointer such as `/limits/fuel`).
-use crate::{JOB_SCHEMA, JOB_SCHEMA_JSON, JobMessage, RESULT_SCHEMA_JSON};
+use crate::{JOB_SCHEMA, JOB_SCHEMA_JSON, JobMessage, RESULT_SCHEMA_JSON, STATE_SCHEMA_JSON};
 use serde_json::Value;
 use std::fmt;
 use std::sync::LazyLock;
@@ -8,6 +8,8 @@ use std::sync::LazyLock;
 static JOB_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| compile(JOB_SCHEMA_JSON));
 static RESULT_VALIDATOR: LazyLock<jsonschema::Validator> =
     LazyLock::new(|| compile(RESULT_SCHEMA_JSON));
+static STATE_VALIDATOR: LazyLock<jsonschema::Validator> =
+    LazyLock::new(|| compile(STATE_SCHEMA_JSON));
 
 fn compile(text: &str) -> jsonschema::Validator {
     // The schemas are compiled into the binary and checked by this crate's
@@ -78,6 +80,16 @@ pub fn validate_job_value(value: &Value) -> Result<(), Vec<SchemaError>> {
 /// Checks a result message against `result.schema.json`.
 pub fn validate_result_value(value: &Value) -> Result<(), Vec<SchemaError>> {
     let errors = collect(&RESULT_VALIDATOR, value);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks a state message against `state.schema.json`.
+pub fn validate_state_value(value: &Value) -> Result<(), Vec<SchemaError>> {
+    let errors = collect(&STATE_VALIDATOR, value);
     if errors.is_empty() {
         Ok(())
     } else {

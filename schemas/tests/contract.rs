@@ -29,6 +29,8 @@ fn examples(kind: &str) -> Vec<(String, Value)> {
 fn check(name: &str, value: &Value) -> Result<(), Vec<SchemaError>> {
     if name.starts_with("job-") {
         validate_job_value(value)
+    } else if name.starts_with("state-") {
+        validate_state_value(value)
     } else {
         validate_result_value(value)
     }
@@ -36,7 +38,7 @@ fn check(name: &str, value: &Value) -> Result<(), Vec<SchemaError>> {
 
 #[test]
 fn schema_files_are_2020_12() {
-    for text in [JOB_SCHEMA_JSON, RESULT_SCHEMA_JSON] {
+    for text in [JOB_SCHEMA_JSON, RESULT_SCHEMA_JSON, STATE_SCHEMA_JSON] {
         let schema: Value = serde_json::from_str(text).unwrap();
         assert_eq!(
             schema["$schema"],
@@ -63,6 +65,11 @@ fn valid_examples_validate_and_deserialize_round_trip() {
             let again = serde_json::to_value(&job).unwrap();
             validate_job_value(&again).unwrap_or_else(|e| panic!("{name} re-encoded: {e:?}"));
             assert_eq!(serde_json::from_value::<JobMessage>(again).unwrap(), job);
+        } else if name.starts_with("state-") {
+            let state: StateMessage =
+                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let again = serde_json::to_value(&state).unwrap();
+            validate_state_value(&again).unwrap_or_else(|e| panic!("{name} re-encoded: {e:?}"));
         } else {
             let result: ResultMessage =
                 serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -118,6 +125,12 @@ fn sha() -> String {
 
 #[test]
 fn what_serde_emits_validates() {
+    for state in [JobState::Staging, JobState::Running, JobState::Publishing] {
+        let message = StateMessage::new("job-1", state, "w", 1);
+        let value = serde_json::to_value(&message).unwrap();
+        validate_state_value(&value).unwrap();
+        assert_eq!(value["state"], state.to_string());
+    }
     let mut job = JobMessage::new(Source::new(Location::Sha256(sha())));
     validate_job_value(&serde_json::to_value(&job).unwrap()).unwrap();
     job.id = Some("job-1".into());

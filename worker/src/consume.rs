@@ -22,7 +22,7 @@
 //! idle one could take.
 use crate::config::AmqpSection;
 use crate::error::InfraError;
-use crate::pipeline::Embedded;
+use crate::pipeline::{Delivered, Embedded, OnState};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -31,8 +31,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, message::Delivery};
 use rand::Rng;
-use shoal_schemas::topology::result_routing_key;
-use shoal_schemas::{ErrorKind, ResultMessage, Status};
+use shoal_schemas::topology::{PUBLISHED_MS_HEADER, result_routing_key, state_routing_key};
+use shoal_schemas::{ErrorKind, JobState, ResultMessage, StateMessage, Status};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -234,7 +234,12 @@ impl Session {
             }
         };
         let id = job.id.clone();
-        match self.pipeline.process(job, attempt).await {
+        let delivered = Delivered {
+            attempt,
+            queue_secs: queue_secs(props),
+        };
+        let on_state = self.state_sink(&id, attempt, props);
+        match self.pipeline.process(job, delivered, &on_state).await {
             Ok(result) => {
                 self.publish_result(&result, props).await?;
                 ack(delivery).await
@@ -274,6 +279,52 @@ impl Session {
                     .map_err(|e| InfraError::Broker(e.to_string()))
             }
         }
+    }
+
+    /// Publishes the job's progress to its reply queue and to the results
+    /// exchange (`state.<id>`): not persistent, not confirmed, and a failure
+    /// is only logged, since the result alone settles the job.
+    fn state_sink(&self, id: &str, attempt: u32, props: &BasicProperties) -> OnState {
+        let publish = self.publish.clone();
+        let exchange = self.amqp.results_exchange.clone();
+        let reply_to = props.reply_to().as_ref().map(|r| r.as_str().to_owned());
+        let correlation = props.correlation_id().clone();
+        let id = id.to_owned();
+        let worker = self.pipeline.worker_name().to_owned();
+        Arc::new(move |state: JobState| {
+            let publish = publish.clone();
+            let exchange = exchange.clone();
+            let reply_to = reply_to.clone();
+            let mut props = BasicProperties::default()
+                .with_content_type(ShortString::from("application/json"))
+                .with_message_id(ShortString::from(id.as_str()))
+                .with_type(ShortString::from(shoal_schemas::STATE_SCHEMA));
+            if let Some(corr) = &correlation {
+                props = props.with_correlation_id(corr.clone());
+            }
+            let body = serde_json::to_vec(&StateMessage::new(&id, state, &worker, attempt))
+                .unwrap_or_default();
+            let key = state_routing_key(&id);
+            Box::pin(async move {
+                let routes = std::iter::once((exchange.as_str(), key.as_str()))
+                    .chain(reply_to.as_deref().map(|r| ("", r)));
+                for (exchange, key) in routes {
+                    // Dropping the confirm: state messages are best-effort.
+                    if let Err(e) = publish
+                        .basic_publish(
+                            ShortString::from(exchange),
+                            ShortString::from(key),
+                            BasicPublishOptions::default(),
+                            &body,
+                            props.clone(),
+                        )
+                        .await
+                    {
+                        tracing::debug!(error = %e, "could not publish a state message");
+                    }
+                }
+            })
+        })
     }
 
     /// Not a job: a `rejected` result if it names an id, a copy to the
@@ -423,6 +474,25 @@ fn delivery_count(props: &BasicProperties) -> u32 {
         Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
         _ => 0,
     }
+}
+
+/// Time the message spent queued, from the submitter's clock to ours (so
+/// clock skew shows up here; it is clamped at zero).
+fn queue_secs(props: &BasicProperties) -> Option<f64> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as f64;
+    let header = props
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get(PUBLISHED_MS_HEADER) {
+            Some(AMQPValue::LongLongInt(ms)) => Some(*ms as f64),
+            Some(AMQPValue::Timestamp(ms)) => Some(*ms as f64),
+            _ => None,
+        });
+    let published_ms = header.or_else(|| props.timestamp().map(|s| s as f64 * 1000.0))?;
+    Some(((now_ms - published_ms) / 1000.0).max(0.0))
 }
 
 /// The `id` of a message that is JSON but not a valid job, if it has one.

@@ -56,7 +56,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(config))?;
+            let served = runtime.block_on(serve(config));
+            // Jobs abandoned at the end of the grace period may still hold a
+            // blocking thread in the guest; their messages are back in the
+            // queue already, so do not wait for them.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config => {
@@ -91,6 +96,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 LocalOptions {
                     extra_mounts: Vec::new(),
                     download,
+                    ..LocalOptions::default()
                 },
             ))?;
             println!("{}", serde_json::to_string_pretty(&result)?);

@@ -13,8 +13,10 @@ use crate::paths::GuestPath;
 use crate::publish::{self, Collected};
 use crate::stage::Stager;
 use base64::Engine as _;
+use futures::future::BoxFuture;
 use shoal_schemas::{
-    Durations, ErrorInfo, ErrorKind, JobMessage, OutputResult, ResultMessage, Status, Stream, Usage,
+    Durations, ErrorInfo, ErrorKind, JobMessage, JobState, OutputResult, ResultMessage, Status,
+    Stream, Usage,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,13 +117,36 @@ pub fn result_of(
     result
 }
 
+/// Where a job's progress goes: the fleet publishes it as state messages,
+/// the CLI shows it on its spinner. Awaited in order, so a sink that
+/// publishes keeps the states in the order they happened; it must not fail
+/// the job, so it returns nothing.
+pub type OnState = Arc<dyn Fn(JobState) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A sink that drops every state.
+pub fn ignore_states() -> OnState {
+    Arc::new(|_| Box::pin(async {}))
+}
+
 /// Options of an embedded run that the wire job does not carry.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct LocalOptions {
     /// Extra preopens (`submit run --local --mount`), for debugging.
     pub extra_mounts: Vec<Mount>,
     /// Where results go; `shoal-results/<job id>` when absent.
     pub download: Option<PathBuf>,
+    /// Progress of the job, for a spinner.
+    pub on_state: Option<OnState>,
+}
+
+/// How a job reached a fleet worker: facts of the delivery, not the job.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    /// Delivery attempt, from 1.
+    pub attempt: u32,
+    /// Seconds from publishing to this worker taking the job, when the
+    /// message said when it was published.
+    pub queue_secs: Option<f64>,
 }
 
 /// The whole pipeline in one process, with a local folder as the cache.
@@ -138,12 +163,9 @@ impl Embedded {
     /// Opens the cache folder and builds the executor. `ceiling` is the
     /// most a job may ask for (`LimitValues::UNLIMITED` for local runs).
     pub fn new(config: Config, ceiling: LimitValues) -> Result<Embedded, String> {
-        std::fs::create_dir_all(&config.cache.dir)
-            .map_err(|e| format!("creating cache folder {}: {e}", config.cache.dir.display()))?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(&config.cache.dir)
-            .map_err(|e| format!("opening cache folder {}: {e}", config.cache.dir.display()))?;
+        let store = crate::stage::open_store(&config.cache)?;
         let executor = Executor::new(config.executor_config())?;
-        let stager = Stager::new(Arc::new(store), config.limits.clone());
+        let stager = Stager::new(store, config.limits.clone());
         let worker = config.worker_name();
         Ok(Embedded {
             config,
@@ -194,7 +216,8 @@ impl Embedded {
         options: LocalOptions,
     ) -> Result<(ResultMessage, PathBuf), InfraError> {
         let dir = self.download_dir(&job.id, &options);
-        let executed = match self.execute(&job, &options.extra_mounts).await {
+        let on_state = options.on_state.clone().unwrap_or_else(ignore_states);
+        let executed = match self.execute(&job, &options.extra_mounts, &on_state).await {
             Ok(executed) => executed,
             Err(Error::Job(e)) => {
                 return self.write_failure(&dir, job_failure(&job, e, &self.worker));
@@ -241,18 +264,32 @@ impl Embedded {
     /// and the result itself to `results/<id>/result.json`, last. This is
     /// the fleet's path; an `Err` means our side failed and the job should
     /// be retried.
-    pub async fn process(&self, job: Job, attempt: u32) -> Result<ResultMessage, InfraError> {
-        let span = tracing::info_span!("job", job_id = %job.id, attempt);
-        self.process_job(job, attempt).instrument(span).await
+    pub async fn process(
+        &self,
+        job: Job,
+        delivered: Delivered,
+        on_state: &OnState,
+    ) -> Result<ResultMessage, InfraError> {
+        let span = tracing::info_span!("job", job_id = %job.id, attempt = delivered.attempt);
+        self.process_job(job, delivered, on_state)
+            .instrument(span)
+            .await
     }
 
-    async fn process_job(&self, job: Job, attempt: u32) -> Result<ResultMessage, InfraError> {
+    async fn process_job(
+        &self,
+        job: Job,
+        delivered: Delivered,
+        on_state: &OnState,
+    ) -> Result<ResultMessage, InfraError> {
         let store = self.stager.store().clone();
-        let executed = match self.execute(&job, &[]).await {
+        let attempt = delivered.attempt;
+        let executed = match self.execute(&job, &[], on_state).await {
             Ok(executed) => executed,
             Err(Error::Job(e)) => {
                 let mut result = job_failure(&job, e, &self.worker);
                 result.attempt = attempt;
+                result.usage.durations.queue_secs = delivered.queue_secs;
                 publish::store::put_result(store.as_ref(), &result).await?;
                 return Ok(result);
             }
@@ -290,6 +327,7 @@ impl Embedded {
         );
         result.usage.durations.stage_secs = Some(executed.stage_secs);
         result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
+        result.usage.durations.queue_secs = delivered.queue_secs;
         result.attempt = attempt;
         publish::store::put_result(store.as_ref(), &result).await?;
         Ok(result)
@@ -311,7 +349,13 @@ impl Embedded {
     }
 
     /// Stage, execute and collect: the part every destination shares.
-    async fn execute(&self, job: &Job, extra_mounts: &[Mount]) -> Result<Executed, Error> {
+    async fn execute(
+        &self,
+        job: &Job,
+        extra_mounts: &[Mount],
+        on_state: &OnState,
+    ) -> Result<Executed, Error> {
+        on_state(JobState::Staging).await;
         let scratch = tempfile::Builder::new()
             .prefix("shoal-job-")
             .tempdir()
@@ -330,7 +374,9 @@ impl Embedded {
             mounts,
             limits: run_limits(&job.limits),
         };
+        on_state(JobState::Running).await;
         let report = self.executor.run(spec).await;
+        on_state(JobState::Publishing).await;
         tracing::info!(outcome = ?report.outcome, run_secs = report.run.as_secs_f64(), "guest finished");
         let outputs = staged.outputs;
         let limits = job.limits;

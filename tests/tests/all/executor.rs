@@ -474,6 +474,7 @@ async fn limits_above_the_ceiling_are_rejected() {
             shoal_worker::pipeline::LocalOptions {
                 extra_mounts: vec![],
                 download: Some(dl.path().join("r")),
+                ..shoal_worker::pipeline::LocalOptions::default()
             },
         )
         .await

@@ -2,12 +2,10 @@
 //! where it is missing). Each test declares its own randomly named queue,
 //! exchanges and cache, so tests run in parallel without meeting.
 use crate::support::fixture;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use shoal_schemas::{JobMessage, Status};
+use shoal_schemas::{JobMessage, JobState, Status};
 use shoal_submitter::Client;
 use shoal_worker::Config;
 use shoal_worker::pipeline::Embedded;
@@ -100,25 +98,7 @@ impl Fleet {
             .await
             .unwrap();
         let channel = conn.create_channel().await.unwrap();
-        let amqp = &self.config.amqp;
-        for queue in [&amqp.job_queue, &amqp.dead_letter] {
-            channel
-                .queue_delete(
-                    ShortString::from(queue.as_str()),
-                    QueueDeleteOptions::default(),
-                )
-                .await
-                .unwrap();
-        }
-        for exchange in [&amqp.results_exchange, &amqp.dead_letter] {
-            channel
-                .exchange_delete(
-                    ShortString::from(exchange.as_str()),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await
-                .unwrap();
-        }
+        self.config.amqp.topology().delete(&channel).await.unwrap();
         drop(self.cache);
     }
 }
@@ -130,7 +110,11 @@ async fn a_job_round_trips_through_a_worker() {
     let mut job = fleet.probe(&["args", "over", "amqp"]).await;
     job.id = Some(format!("rt-{}", uuid::Uuid::new_v4().simple()));
     let handle = client.submit(job).await.unwrap();
-    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    let mut states = Vec::new();
+    let result = client
+        .wait_result_with(&handle.id, WAIT, |state| states.push(state.clone()))
+        .await
+        .unwrap();
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
     assert_eq!(
         result.stdout.unwrap().text.as_deref(),
@@ -138,6 +122,20 @@ async fn a_job_round_trips_through_a_worker() {
     );
     assert_eq!(result.attempt, 1);
     assert_eq!(result.worker, "test-worker-0");
+    let queued = result.usage.durations.queue_secs.expect("queue time");
+    assert!((0.0..30.0).contains(&queued), "{queued}");
+    // Progress arrived in order from the worker that ran it (best-effort:
+    // some may be coalesced, but never reordered or from another job).
+    assert!(!states.is_empty(), "no state message arrived");
+    let order: Vec<JobState> = states.iter().map(|s| s.state).collect();
+    let mut sorted = order.clone();
+    sorted.sort_by_key(|s| *s as u8);
+    assert_eq!(order, sorted, "states out of order: {order:?}");
+    assert!(
+        states
+            .iter()
+            .all(|s| s.job_id == handle.id && s.worker == "test-worker-0" && s.attempt == 1)
+    );
     // The same result is in the results store, for `submit get`.
     let stored = std::fs::read(
         fleet
@@ -219,13 +217,22 @@ async fn many_jobs_through_two_workers_are_each_answered_once() {
     let fleet = Fleet::start(2, &[]);
     let client = fleet.client().await;
     let template = fleet.probe(&["exit", "0"]).await;
-    let n = 100;
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let mut job = template.clone();
-        job.args = vec!["exit".into(), (i % 3).to_string()];
-        ids.push(client.submit(job).await.unwrap().id);
-    }
+    let n = 500;
+    let jobs = (0..n)
+        .map(|i| {
+            let mut job = template.clone();
+            job.args = vec!["exit".into(), (i % 3).to_string()];
+            job
+        })
+        .collect();
+    let ids: Vec<String> = client
+        .submit_batch(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), n);
     let mut workers = HashSet::new();
     for (i, id) in ids.iter().enumerate() {
         let result = client.wait_result(id, WAIT).await.unwrap();
@@ -234,12 +241,11 @@ async fn many_jobs_through_two_workers_are_each_answered_once() {
     }
     assert_eq!(workers.len(), 2, "both workers took jobs");
     // Nothing else arrives: every id was answered exactly once.
-    assert!(
-        client
-            .wait_result(&ids[0], Duration::from_millis(300))
-            .await
-            .is_err()
-    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &ids {
+        let again = client.wait_result(id, Duration::ZERO).await;
+        assert!(again.is_err(), "a second result for {id}: {again:?}");
+    }
     fleet.stop().await;
 }
 

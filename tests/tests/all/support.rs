@@ -89,6 +89,7 @@ impl Harness {
                 LocalOptions {
                     extra_mounts: Vec::new(),
                     download: Some(download),
+                    ..LocalOptions::default()
                 },
             )
             .await

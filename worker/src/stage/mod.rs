@@ -11,7 +11,7 @@
 //! anything and does not look at outputs.
 mod tarball;
 
-use crate::config::LimitsSection;
+use crate::config::{CacheSection, LimitsSection};
 use crate::error::{Error, InfraError, JobError};
 use crate::execute::{ModuleBytes, Mount};
 use crate::job::{Job, JobOutput};
@@ -25,6 +25,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use tarball::pack_dir;
+
+/// Opens the store the configuration names: the content cache and the
+/// results store in one. Today that is the local folder `cache.dir` (the
+/// embedded default, which a fleet on one machine can share).
+pub fn open_store(cache: &CacheSection) -> Result<Arc<dyn ObjectStore>, String> {
+    std::fs::create_dir_all(&cache.dir)
+        .map_err(|e| format!("creating cache folder {}: {e}", cache.dir.display()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&cache.dir)
+        .map_err(|e| format!("opening cache folder {}: {e}", cache.dir.display()))?;
+    Ok(Arc::new(store))
+}
 
 /// The cache key of content with this SHA-256.
 pub fn sha256_key(hex: &str) -> StorePath {
