@@ -1,19 +1,46 @@
 //! The fleet client: publish jobs to RabbitMQ and wait for their results.
 //!
-//! One connection with two channels: one in confirm mode for publishing
-//! (every job is persistent and confirmed by the broker before `submit`
-//! returns), one consuming an exclusive, auto-deleted reply queue that every
-//! job names as its `reply_to`, so results come straight back to this client
-//! whatever worker ran the job.
-use crate::{JobMessage, ResultMessage};
+//! Publishing goes through two pools: deadpool-lapin keeps a few
+//! connections, and on top of them a pool of channels already in confirm
+//! mode, so a busy service publishing from many tasks neither opens a
+//! channel per job nor serialises every job on one channel. Every job is
+//! persistent and confirmed by the broker before `submit` returns; a pooled
+//! channel or connection that broke is replaced on its next use.
+//!
+//! Results come back on one exclusive, auto-deleted reply queue that every
+//! job names as its `reply_to`, on a connection of its own, so results
+//! reach this client whatever worker ran the job. Workers also send
+//! best-effort state messages (staging, running, publishing) there, which
+//! [`Client::wait_result_with`] hands to the caller, for a spinner.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shoal_submitter::ClientError> {
+//! use shoal_submitter::{Client, JobMessage, Location, Source, Topology};
+//! use std::time::Duration;
+//!
+//! let client = Client::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Topology::default()).await?;
+//! // A module already in the fleet's cache, named by its sha256.
+//! let module = Source::new(Location::Sha256("a3f5…".into()));
+//! let mut job = JobMessage::new(module);
+//! job.args = vec!["hello".into()];
+//! let handle = client.submit(job).await?;
+//! let result = client.wait_result(&handle.id, Duration::from_secs(60)).await?;
+//! println!("{} ended {:?}", result.job_id, result.status);
+//! # Ok(()) }
+//! ```
+//!
+//! `submitter/examples/batch.rs` is a complete service (1,000 jobs in, every
+//! result out) that runs against a real broker and worker.
+use crate::{JobMessage, ResultMessage, StateMessage};
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures::StreamExt;
+use lapin::PublisherConfirm;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use shoal_schemas::topology::Topology;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, ConnectionProperties};
+use shoal_schemas::topology::{PUBLISHED_MS_HEADER, Topology};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +63,14 @@ pub enum ClientError {
     /// No result arrived in time; the job may still finish later.
     #[error("no result for job {0} within the timeout")]
     Timeout(String),
+    /// The reply queue went away with its connection: results of jobs
+    /// submitted through this client can no longer arrive here, but workers
+    /// still publish them to the results exchange and the results store
+    /// (`submit get`). Connect a new client for new jobs.
+    #[error(
+        "lost the reply queue ({0}); results still reach the results store: fetch them with `submit get`"
+    )]
+    RepliesLost(String),
 }
 
 /// A submitted job.
@@ -45,16 +80,76 @@ pub struct JobHandle {
     pub id: String,
 }
 
+/// Pool sizes. The defaults suit a service publishing from a few dozen
+/// tasks; a channel carries many unconfirmed publishes at once, so more
+/// channels help only when many tasks publish at the same instant.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// Most AMQP connections used for publishing.
+    pub max_connections: usize,
+    /// Most confirm-mode channels, over all those connections.
+    pub max_channels: usize,
+    /// How long `submit` waits for a free channel before it fails.
+    pub wait_for_channel: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            max_connections: 2,
+            max_channels: 16,
+            wait_for_channel: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inbox {
-    results: Mutex<HashMap<String, ResultMessage>>,
+    state: Mutex<InboxState>,
     arrived: Notify,
 }
 
-/// A connection to a Shoal fleet.
+#[derive(Default)]
+struct InboxState {
+    results: HashMap<String, ResultMessage>,
+    states: HashMap<String, StateMessage>,
+    lost: Option<String>,
+}
+
+/// Makes confirm-mode channels on pooled connections.
+struct ConfirmChannels {
+    connections: deadpool_lapin::Pool,
+}
+
+impl managed::Manager for ConfirmChannels {
+    type Type = Channel;
+    type Error = String;
+
+    async fn create(&self) -> Result<Channel, String> {
+        let conn = self.connections.get().await.map_err(|e| e.to_string())?;
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(channel)
+    }
+
+    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<String> {
+        if channel.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("channel closed"))
+        }
+    }
+}
+
+/// A connection to a Shoal fleet. Cheap to share: wrap it in an `Arc` and
+/// submit from as many tasks as you like.
 pub struct Client {
-    _conn: Connection,
-    publish: Channel,
+    channels: managed::Pool<ConfirmChannels>,
+    /// Kept open for the reply queue, which lives as long as it does.
+    _replies: lapin::Connection,
     topology: Topology,
     reply_queue: String,
     inbox: Arc<Inbox>,
@@ -62,27 +157,57 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects, declares the topology and starts listening for results.
+    /// Connects with default pool sizes, declares the topology and starts
+    /// listening for results.
     pub async fn connect(url: &str, topology: Topology) -> Result<Client, ClientError> {
+        Client::connect_with(url, topology, ClientOptions::default()).await
+    }
+
+    /// Connects with the given pool sizes.
+    pub async fn connect_with(
+        url: &str,
+        topology: Topology,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         let broker = shoal_schemas::topology::redact_url(url);
-        let err = |e: lapin::Error| ClientError::Broker {
+        let err = |message: String| ClientError::Broker {
             broker: broker.clone(),
-            message: e.to_string(),
+            message,
         };
-        let conn = Connection::connect(
-            url,
-            ConnectionProperties::default().with_connection_name("shoal-submitter".into()),
-        )
-        .await
-        .map_err(err)?;
-        let publish = conn.create_channel().await.map_err(err)?;
-        topology.declare(&publish).await.map_err(err)?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
+        let properties =
+            || ConnectionProperties::default().with_connection_name("shoal-submitter".into());
+        let connections = deadpool_lapin::Config {
+            url: Some(url.to_owned()),
+            pool: Some(deadpool_lapin::PoolConfig::new(options.max_connections)),
+        }
+        .create_pool(properties, deadpool_lapin::Runtime::Tokio1)
+        .map_err(|e| err(e.to_string()))?;
+        let channels: managed::Pool<ConfirmChannels> = managed::Pool::builder(ConfirmChannels {
+            connections: connections.clone(),
+        })
+        .max_size(options.max_channels)
+        .wait_timeout(Some(options.wait_for_channel))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+
+        // The first connection proves the broker is there and declares the
+        // topology; it then stays in the pool for publishing.
+        {
+            let channel = channels.get().await.map_err(|e| err(e.to_string()))?;
+            topology
+                .declare(&channel)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+        }
+
+        let replies =
+            managed::Object::take(connections.get().await.map_err(|e| err(e.to_string()))?);
+        let channel = replies
+            .create_channel()
             .await
-            .map_err(err)?;
-        let replies = conn.create_channel().await.map_err(err)?;
-        let queue = replies
+            .map_err(|e| err(e.to_string()))?;
+        let queue = channel
             .queue_declare(
                 ShortString::from(""),
                 QueueDeclareOptions {
@@ -93,34 +218,27 @@ impl Client {
                 FieldTable::default(),
             )
             .await
-            .map_err(err)?;
+            .map_err(|e| err(e.to_string()))?;
         let reply_queue = queue.name().as_str().to_owned();
-        let mut consumer = replies
+        let consumer = channel
             .basic_consume(
                 ShortString::from(reply_queue.as_str()),
                 ShortString::from(""),
-                BasicConsumeOptions::default(),
+                // The queue is exclusive to this client: nobody else could
+                // take a result back, so acks would only cost round trips.
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
-            .map_err(err)?;
+            .map_err(|e| err(e.to_string()))?;
         let inbox = Arc::new(Inbox::default());
-        let sink = inbox.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                if let Ok(result) = serde_json::from_slice::<ResultMessage>(&delivery.data) {
-                    sink.results
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(result.job_id.clone(), result);
-                    sink.arrived.notify_waiters();
-                }
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            }
-        });
+        tokio::spawn(listen(consumer, inbox.clone()));
         Ok(Client {
-            _conn: conn,
-            publish,
+            channels,
+            _replies: replies,
             topology,
             reply_queue,
             inbox,
@@ -128,93 +246,179 @@ impl Client {
         })
     }
 
-    /// Publishes one job (persistent, confirmed) and returns its handle.
-    pub async fn submit(&self, mut job: JobMessage) -> Result<JobHandle, ClientError> {
-        let id = job
-            .id
-            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
-            .clone();
-        let body = serde_json::to_vec(&job).map_err(|e| ClientError::InvalidJob(e.to_string()))?;
-        crate::validate(&body).map_err(|errors| {
-            ClientError::InvalidJob(
-                errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
-        let props = BasicProperties::default()
-            .with_content_type(ShortString::from("application/json"))
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(id.as_str()))
-            .with_correlation_id(ShortString::from(id.as_str()))
-            .with_reply_to(ShortString::from(self.reply_queue.as_str()))
-            .with_type(ShortString::from(shoal_schemas::JOB_SCHEMA))
-            .with_timestamp(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            );
-        let err = |e: lapin::Error| ClientError::Broker {
-            broker: self.broker.clone(),
-            message: e.to_string(),
-        };
-        let confirm = self
-            .publish
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(self.topology.job_queue.as_str()),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-            .map_err(err)?
-            .await
-            .map_err(err)?;
-        if confirm.is_nack() {
-            return Err(ClientError::Broker {
-                broker: self.broker.clone(),
-                message: format!("refused job {id}"),
-            });
-        }
-        Ok(JobHandle { id })
+    /// The queue this client's results arrive on (the jobs' `reply_to`).
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
     }
 
-    /// Publishes many jobs; each is confirmed before this returns.
+    /// Publishes one job (persistent, confirmed) and returns its handle.
+    pub async fn submit(&self, job: JobMessage) -> Result<JobHandle, ClientError> {
+        let mut handles = self.submit_batch(vec![job]).await?;
+        Ok(handles.remove(0))
+    }
+
+    /// Publishes many jobs on one channel without waiting for each confirm
+    /// in turn, then waits for all of them: much faster than calling
+    /// [`Client::submit`] in a loop. Every job is validated first, so an
+    /// invalid one fails the batch before anything is published. On a
+    /// broker error some jobs may have been published; their handles are
+    /// lost with the error, so give jobs your own ids when a retry must not
+    /// run them twice.
     pub async fn submit_batch(&self, jobs: Vec<JobMessage>) -> Result<Vec<JobHandle>, ClientError> {
-        let mut handles = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            handles.push(self.submit(job).await?);
+        let mut bodies = Vec::with_capacity(jobs.len());
+        for mut job in jobs {
+            let id = job
+                .id
+                .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+                .clone();
+            let body =
+                serde_json::to_vec(&job).map_err(|e| ClientError::InvalidJob(e.to_string()))?;
+            crate::validate(&body).map_err(|errors| {
+                ClientError::InvalidJob(format!(
+                    "job {id}: {}",
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ))
+            })?;
+            bodies.push((id, body));
+        }
+        let err = |message: String| ClientError::Broker {
+            broker: self.broker.clone(),
+            message,
+        };
+        let channel = self.channels.get().await.map_err(|e| err(e.to_string()))?;
+        let mut confirms: Vec<(String, PublisherConfirm)> = Vec::with_capacity(bodies.len());
+        for (id, body) in bodies {
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(self.topology.job_queue.as_str()),
+                    BasicPublishOptions::default(),
+                    &body,
+                    self.properties(&id),
+                )
+                .await
+                .map_err(|e| err(format!("publishing job {id}: {e}")))?;
+            confirms.push((id, confirm));
+        }
+        let mut handles = Vec::with_capacity(confirms.len());
+        for (id, confirm) in confirms {
+            let confirm = confirm
+                .await
+                .map_err(|e| err(format!("confirming job {id}: {e}")))?;
+            if confirm.is_nack() {
+                return Err(err(format!("the broker refused job {id}")));
+            }
+            handles.push(JobHandle { id });
         }
         Ok(handles)
     }
 
-    /// Waits for the result of a job this client submitted.
+    fn properties(&self, id: &str) -> BasicProperties {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(PUBLISHED_MS_HEADER),
+            AMQPValue::LongLongInt(i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
+        );
+        BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(id))
+            .with_correlation_id(ShortString::from(id))
+            .with_reply_to(ShortString::from(self.reply_queue.as_str()))
+            .with_type(ShortString::from(shoal_schemas::JOB_SCHEMA))
+            .with_timestamp(now.as_secs())
+            .with_headers(headers)
+    }
+
+    /// Waits for the result of a job this client submitted. Results are
+    /// kept until waited for, so wait for every job you submit (or drop the
+    /// client) to keep memory bounded.
     pub async fn wait_result(
         &self,
         id: &str,
         timeout: Duration,
     ) -> Result<ResultMessage, ClientError> {
+        self.wait_result_with(id, timeout, |_| {}).await
+    }
+
+    /// Waits for the result of a job this client submitted, calling
+    /// `on_state` whenever a worker reports progress. States are
+    /// best-effort: some may be skipped, and a redelivered job starts
+    /// again from `staging` with a higher attempt.
+    pub async fn wait_result_with(
+        &self,
+        id: &str,
+        timeout: Duration,
+        mut on_state: impl FnMut(&StateMessage),
+    ) -> Result<ResultMessage, ClientError> {
         let wait = async {
+            let mut seen: Option<StateMessage> = None;
             loop {
                 let notified = self.inbox.arrived.notified();
-                if let Some(result) = self
-                    .inbox
-                    .results
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(id)
-                {
-                    return result;
+                let (result, state, lost) = {
+                    let mut inbox = self.inbox.state.lock().unwrap_or_else(|e| e.into_inner());
+                    let result = inbox.results.remove(id);
+                    let state = if result.is_some() {
+                        inbox.states.remove(id)
+                    } else {
+                        inbox.states.get(id).cloned()
+                    };
+                    (result, state, inbox.lost.clone())
+                };
+                if let Some(result) = result {
+                    return Ok(result);
+                }
+                if let Some(state) = state.filter(|s| seen.as_ref() != Some(s)) {
+                    on_state(&state);
+                    seen = Some(state);
+                }
+                if let Some(why) = lost {
+                    return Err(ClientError::RepliesLost(why));
                 }
                 notified.await;
             }
         };
         tokio::time::timeout(timeout, wait)
             .await
-            .map_err(|_| ClientError::Timeout(id.to_owned()))
+            .map_err(|_| ClientError::Timeout(id.to_owned()))?
     }
+}
+
+/// Files results and states by job id until the reply queue goes away.
+async fn listen(mut consumer: lapin::Consumer, inbox: Arc<Inbox>) {
+    let why = loop {
+        let delivery = match consumer.next().await {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => break e.to_string(),
+            None => break "the broker cancelled the reply consumer".to_owned(),
+        };
+        let is_state = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .is_some_and(|k| k.as_str() == shoal_schemas::STATE_SCHEMA);
+        {
+            let mut state = inbox.state.lock().unwrap_or_else(|e| e.into_inner());
+            if is_state {
+                if let Ok(message) = serde_json::from_slice::<StateMessage>(&delivery.data) {
+                    state.states.insert(message.job_id.clone(), message);
+                }
+            } else if let Ok(result) = serde_json::from_slice::<ResultMessage>(&delivery.data) {
+                state.results.insert(result.job_id.clone(), result);
+            } else {
+                tracing::warn!("ignoring a reply that is neither a result nor a state");
+            }
+        }
+        inbox.arrived.notify_waiters();
+    };
+    tracing::warn!(error = %why, "reply queue lost");
+    inbox.state.lock().unwrap_or_else(|e| e.into_inner()).lost = Some(why);
+    inbox.arrived.notify_waiters();
 }

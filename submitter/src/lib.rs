@@ -23,11 +23,11 @@ pub mod client;
 #[cfg(feature = "local")]
 pub mod local;
 
-pub use client::{Client, ClientError, JobHandle};
+pub use client::{Client, ClientError, ClientOptions, JobHandle};
 pub use shoal_schemas::topology::Topology;
 pub use shoal_schemas::{
-    ErrorKind, Input, JobMessage, Limits, Location, OutputMount, ResultMessage, SchemaError,
-    Source, Status, Unpack,
+    ErrorKind, Input, JobMessage, JobState, Limits, Location, OutputMount, ResultMessage,
+    SchemaError, Source, StateMessage, Status, Unpack,
 };
 
 /// Checks a job message body the way a worker will: JSON, then the schema.

@@ -2,11 +2,12 @@
 //! the embedded cache by hash, then the worker's own pipeline runs the job.
 use crate::{Location, Source, Unpack};
 use indicatif::{ProgressBar, ProgressStyle};
-use shoal_worker::stage::{Stager, pack_dir, put_content};
+pub use shoal_worker::stage::{Stager, open_store};
+use shoal_worker::stage::{pack_dir, put_content};
 use std::path::Path;
 
 pub use shoal_worker::Config;
-pub use shoal_worker::config::LimitValues;
+pub use shoal_worker::config::{AmqpSection, LimitValues};
 pub use shoal_worker::execute::Mount;
 pub use shoal_worker::pipeline::{Embedded, LocalOptions};
 

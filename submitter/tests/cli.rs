@@ -340,6 +340,14 @@ fn run_against_a_fleet_then_get_the_result_again() {
 
     stop.send(true).unwrap();
     runtime.block_on(worker).unwrap().unwrap();
+    runtime.block_on(async {
+        let conn =
+            lapin::Connection::connect(&config.amqp.url, lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        config.amqp.topology().delete(&channel).await.unwrap();
+    });
 }
 
 #[test]

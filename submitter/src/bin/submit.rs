@@ -3,11 +3,14 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use shoal_submitter::args::{self, InputSpec, MountSpec};
-use shoal_submitter::local::{Config, Embedded, LimitValues, LocalOptions, Mount};
-use shoal_submitter::{Input, JobMessage, Location, OutputMount, ResultMessage, Source};
+use shoal_submitter::local::{Config, Embedded, LimitValues, LocalOptions, Mount, Stager};
+use shoal_submitter::{
+    Input, JobMessage, JobState, Location, OutputMount, ResultMessage, Source, StateMessage,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -148,10 +151,10 @@ async fn run_command(run: RunArgs) -> Result<u8> {
         config.cache.dir = home.join(".cache").join("shoal");
     }
     config.log.filter = "warn".into();
-    let amqp = config.amqp.clone();
-    let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
+    let store = shoal_submitter::local::open_store(&config.cache).map_err(anyhow::Error::msg)?;
+    let stager = Stager::new(store, config.limits.clone());
 
-    let module = module_source(&embedded, &run.module).await?;
+    let module = module_source(&stager, &run.module).await?;
     let mut job = JobMessage::new(module);
     job.id = run.id.clone();
     job.entrypoint = run.entrypoint.clone();
@@ -165,7 +168,7 @@ async fn run_command(run: RunArgs) -> Result<u8> {
                 spec.source
             );
         }
-        let source = shoal_submitter::local::upload_path(embedded.stager(), path)
+        let source = shoal_submitter::local::upload_path(&stager, path)
             .await
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("--input {}", spec.source))?;
@@ -209,23 +212,47 @@ async fn run_command(run: RunArgs) -> Result<u8> {
         });
     }
     if !run.local {
-        return run_on_fleet(&embedded, &amqp, job, &run).await;
+        return run_on_fleet(&stager, &config.amqp, job, &run).await;
     }
+    let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
+    let spinner = spinner("staging");
+    let shown = spinner.clone();
     let options = LocalOptions {
         extra_mounts: mounts,
         download: run.out.download.clone(),
+        on_state: Some(Arc::new(move |state: JobState| {
+            shown.set_message(state.to_string());
+            Box::pin(async {})
+        })),
     };
-    let (result, dir) = embedded
-        .run(job, options)
-        .await
-        .context("running the job")?;
+    let ran = embedded.run(job, options).await;
+    spinner.finish_and_clear();
+    let (result, dir) = ran.context("running the job")?;
     report(&result, &dir, run.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
 
+/// A spinner on stderr, hidden when stderr is not a terminal.
+fn spinner(message: &str) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(message.to_owned());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
+}
+
+/// What the spinner says about a job on a worker.
+fn describe(id: &str, state: &StateMessage) -> String {
+    let retry = if state.attempt > 1 {
+        format!(" (attempt {})", state.attempt)
+    } else {
+        String::new()
+    };
+    format!("job {id}: {} on {}{retry}", state.state, state.worker)
+}
+
 async fn run_on_fleet(
-    embedded: &Embedded,
-    amqp: &shoal_worker::config::AmqpSection,
+    stager: &Stager,
+    amqp: &shoal_submitter::local::AmqpSection,
     job: JobMessage,
     run: &RunArgs,
 ) -> Result<u8> {
@@ -237,13 +264,12 @@ async fn run_on_fleet(
         println!("{}", handle.id);
         return Ok(0);
     }
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_message(format!("job {} queued; waiting for a worker", handle.id));
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let spinner = spinner(&format!("job {}: queued, waiting for a worker", handle.id));
     let waited = client
-        .wait_result(
+        .wait_result_with(
             &handle.id,
             run.wait.unwrap_or(std::time::Duration::from_secs(86_400)),
+            |state| spinner.set_message(describe(&handle.id, state)),
         )
         .await;
     spinner.finish_and_clear();
@@ -258,7 +284,7 @@ async fn run_on_fleet(
         .download
         .clone()
         .unwrap_or_else(|| Path::new("shoal-results").join(&result.job_id));
-    shoal_submitter::local::download(embedded.stager().store().as_ref(), &result, &dir)
+    shoal_submitter::local::download(stager.store().as_ref(), &result, &dir)
         .await
         .map_err(anyhow::Error::msg)
         .context("downloading the results")?;
@@ -269,8 +295,7 @@ async fn run_on_fleet(
 async fn get_command(get: GetArgs) -> Result<u8> {
     let mut config = Config::load(get.out.config.as_deref()).context("loading configuration")?;
     config.log.filter = "warn".into();
-    let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
-    let store = embedded.stager().store().clone();
+    let store = shoal_submitter::local::open_store(&config.cache).map_err(anyhow::Error::msg)?;
     let Some(result) = shoal_submitter::local::stored_result(store.as_ref(), &get.id)
         .await
         .map_err(anyhow::Error::msg)?
@@ -292,10 +317,10 @@ async fn get_command(get: GetArgs) -> Result<u8> {
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
 
-async fn module_source(embedded: &Embedded, module: &str) -> Result<Source> {
+async fn module_source(stager: &Stager, module: &str) -> Result<Source> {
     let path = Path::new(module);
     if path.is_file() {
-        return shoal_submitter::local::upload_path(embedded.stager(), path)
+        return shoal_submitter::local::upload_path(stager, path)
             .await
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("module {module}"));

@@ -1,0 +1,408 @@
+//! Job queue benchmark (not a timed test), against the real RabbitMQ on
+//! 127.0.0.1:5672 (or `SHOAL_AMQP_URL`):
+//!
+//! ```text
+//! cargo bench -p shoal-submitter --bench fleet
+//! ```
+//!
+//! With persistent messages, publisher confirms and manual acks, in one run:
+//!
+//! 1. the floor: the same broker doing publish → consume → publish reply →
+//!    ack, with no WebAssembly and no results store;
+//! 2. Shoal: `Client` → quorum job queue → an in-process worker running
+//!    `examples/hello/hello.wasm` (warm module cache) → result to the store,
+//!    the results exchange and the reply queue → ack.
+//!
+//! Each side reports the throughput of a pipelined burst and the p50/p99
+//! submit→result latency of sequential jobs. Results go to
+//! docs/BENCHMARKS.md by hand.
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use shoal_submitter::{Client, JobMessage, Status, Topology};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const BURST: usize = 2000;
+const SEQUENTIAL: usize = 500;
+const CONCURRENCY: usize = 2;
+
+fn url() -> String {
+    // A benchmark, not the product: reading the environment directly is fine.
+    #[allow(clippy::disallowed_methods)]
+    std::env::var("SHOAL_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50).as_secs_f64() * 1e3, at(0.99).as_secs_f64() * 1e3)
+}
+
+struct Measured {
+    jobs_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn persistent(id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(id))
+        .with_correlation_id(ShortString::from(id))
+}
+
+/// The floor's consumer: prefetch = concurrency, each delivery answered
+/// with a persistent, confirmed reply before it is acked — the worker's
+/// protocol with nothing in between.
+async fn echo(conn: &Connection, queue: &str) {
+    let consume = conn.create_channel().await.unwrap();
+    consume
+        .basic_qos(CONCURRENCY as u16, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let publish = conn.create_channel().await.unwrap();
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consume
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from("floor-echo"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let publish = publish.clone();
+            tokio::spawn(async move {
+                let reply_to = delivery.properties.reply_to().clone().unwrap();
+                let id = delivery.properties.message_id().clone().unwrap();
+                publish
+                    .basic_publish(
+                        ShortString::from(""),
+                        reply_to,
+                        BasicPublishOptions::default(),
+                        &delivery.data,
+                        persistent(id.as_str()),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+}
+
+/// The floor's submitter: a confirm channel and an exclusive reply queue.
+struct FloorClient {
+    publish: Channel,
+    queue: String,
+    reply_to: String,
+    arrived: Arc<(Mutex<HashMap<String, Instant>>, Notify)>,
+}
+
+impl FloorClient {
+    async fn new(conn: &Connection, queue: &str) -> FloorClient {
+        let publish = conn.create_channel().await.unwrap();
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let replies = conn.create_channel().await.unwrap();
+        let reply_to = replies
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .name()
+            .as_str()
+            .to_owned();
+        let mut consumer = replies
+            .basic_consume(
+                ShortString::from(reply_to.as_str()),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let arrived = Arc::new((Mutex::new(HashMap::new()), Notify::new()));
+        let sink = arrived.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let id = delivery.properties.correlation_id().clone().unwrap();
+                sink.0
+                    .lock()
+                    .unwrap()
+                    .insert(id.as_str().to_owned(), Instant::now());
+                sink.1.notify_waiters();
+            }
+        });
+        FloorClient {
+            publish,
+            queue: queue.to_owned(),
+            reply_to,
+            arrived,
+        }
+    }
+
+    async fn submit_all(&self, ids: &[String], body: &[u8]) {
+        let mut confirms = Vec::new();
+        for id in ids {
+            confirms.push(
+                self.publish
+                    .basic_publish(
+                        ShortString::from(""),
+                        ShortString::from(self.queue.as_str()),
+                        BasicPublishOptions::default(),
+                        body,
+                        persistent(id).with_reply_to(ShortString::from(self.reply_to.as_str())),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for confirm in confirms {
+            assert!(confirm.await.unwrap().is_ack());
+        }
+    }
+
+    async fn wait(&self, id: &str) {
+        loop {
+            let notified = self.arrived.1.notified();
+            if self.arrived.0.lock().unwrap().remove(id).is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+async fn quorum_queue(conn: &Connection, name: &str) {
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            ShortString::from(name),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+}
+
+async fn floor(conn: &Connection, body: &[u8]) -> Measured {
+    let queue = format!("bench.floor.{}", uuid::Uuid::new_v4().simple());
+    quorum_queue(conn, &queue).await;
+    echo(conn, &queue).await;
+    let client = FloorClient::new(conn, &queue).await;
+    let ids =
+        |n: usize, tag: &str| -> Vec<String> { (0..n).map(|i| format!("{tag}-{i}")).collect() };
+
+    client.submit_all(&ids(100, "warm"), body).await;
+    for id in ids(100, "warm") {
+        client.wait(&id).await;
+    }
+    let burst = ids(BURST, "burst");
+    let started = Instant::now();
+    client.submit_all(&burst, body).await;
+    for id in &burst {
+        client.wait(id).await;
+    }
+    let jobs_per_sec = BURST as f64 / started.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(SEQUENTIAL);
+    for id in ids(SEQUENTIAL, "seq") {
+        let started = Instant::now();
+        client.submit_all(std::slice::from_ref(&id), body).await;
+        client.wait(&id).await;
+        latencies.push(started.elapsed());
+    }
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_delete(ShortString::from(queue.as_str()), Default::default())
+        .await
+        .unwrap();
+    let (p50_ms, p99_ms) = percentiles(latencies);
+    Measured {
+        jobs_per_sec,
+        p50_ms,
+        p99_ms,
+    }
+}
+
+async fn shoal(url: &str) -> (Measured, Vec<f64>) {
+    let cache = tempfile::tempdir().unwrap();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let config = shoal_worker::Config::load_from(
+        None,
+        vec![
+            ("SHOAL_CACHE_DIR".into(), cache.path().display().to_string()),
+            ("SHOAL_AMQP_URL".into(), url.to_owned()),
+            (
+                "SHOAL_AMQP_JOB_QUEUE".into(),
+                format!("bench.jobs.{suffix}"),
+            ),
+            (
+                "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
+                format!("bench.results.{suffix}"),
+            ),
+            (
+                "SHOAL_AMQP_DEAD_LETTER".into(),
+                format!("bench.dead.{suffix}"),
+            ),
+            ("SHOAL_LOG_FILTER".into(), "warn".into()),
+        ],
+    )
+    .unwrap();
+    let pipeline =
+        shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+    let hello =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello/hello.wasm");
+    let module = shoal_submitter::local::upload_path(pipeline.stager(), &hello)
+        .await
+        .unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(shoal_worker::consume::run(
+        pipeline,
+        config.amqp.clone(),
+        CONCURRENCY,
+        rx,
+    ));
+    let topology: Topology = config.amqp.topology();
+    let client = Client::connect(url, topology.clone()).await.unwrap();
+    let job = |i: usize| {
+        let mut job = JobMessage::new(module.clone());
+        job.args = vec![i.to_string()];
+        job
+    };
+
+    let warm = client
+        .submit_batch((0..100).map(job).collect())
+        .await
+        .unwrap();
+    for h in &warm {
+        client
+            .wait_result(&h.id, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let handles = client
+        .submit_batch((0..BURST).map(job).collect())
+        .await
+        .unwrap();
+    let mut run_ms = Vec::with_capacity(BURST);
+    for h in &handles {
+        let result = client
+            .wait_result(&h.id, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(result.status, Status::Succeeded);
+        run_ms.push(result.usage.durations.run_secs.unwrap_or(0.0) * 1e3);
+    }
+    let jobs_per_sec = BURST as f64 / started.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(SEQUENTIAL);
+    let mut parts: Vec<[f64; 4]> = Vec::with_capacity(SEQUENTIAL);
+    for i in 0..SEQUENTIAL {
+        let started = Instant::now();
+        let handle = client.submit(job(i)).await.unwrap();
+        let result = client
+            .wait_result(&handle.id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        latencies.push(started.elapsed());
+        let d = &result.usage.durations;
+        parts.push([
+            d.queue_secs.unwrap_or(0.0),
+            d.stage_secs.unwrap_or(0.0),
+            d.run_secs.unwrap_or(0.0),
+            d.publish_secs.unwrap_or(0.0),
+        ]);
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    topology
+        .delete(&conn.create_channel().await.unwrap())
+        .await
+        .unwrap();
+    let mean = |k: usize| parts.iter().map(|p| p[k]).sum::<f64>() / parts.len() as f64 * 1e3;
+    let (p50_ms, p99_ms) = percentiles(latencies);
+    (
+        Measured {
+            jobs_per_sec,
+            p50_ms,
+            p99_ms,
+        },
+        vec![mean(0), mean(1), mean(2), mean(3)],
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let url = url();
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("a RabbitMQ broker (scripts/services starts one)");
+    // A body the size of a typical job message.
+    let body = br#"{"schema":"shoal.job/v1","module":{"sha256":"0000000000000000000000000000000000000000000000000000000000000000"},"args":["1"]}"#;
+    let floor = floor(&conn, body).await;
+    let (shoal, parts) = shoal(&url).await;
+    println!("| path | throughput (jobs/s) | p50 latency | p99 latency |");
+    println!("|---|---|---|---|");
+    for (name, m) in [
+        ("floor: publish → consume → reply → ack", &floor),
+        ("Shoal: hello.wasm through a worker", &shoal),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms |",
+            m.jobs_per_sec, m.p50_ms, m.p99_ms
+        );
+    }
+    println!(
+        "\nthroughput {:.0}% of the floor (goal ≥ 50%); p50 {:.2}× the floor's (goal ≤ 2×)",
+        shoal.jobs_per_sec / floor.jobs_per_sec * 100.0,
+        shoal.p50_ms / floor.p50_ms
+    );
+    println!(
+        "Shoal sequential jobs, mean per stage as the worker measured it: queue {:.2} ms (from the submitter's clock), stage {:.3} ms, run {:.3} ms, publish {:.3} ms",
+        parts[0], parts[1], parts[2], parts[3]
+    );
+}
