@@ -128,6 +128,9 @@ pub enum ErrorKind {
     InputUnavailable,
     /// An input or the module is larger than allowed.
     InputTooLarge,
+    /// Fetching an input or the module was refused: a URL pointing at a
+    /// loopback, private or link-local address, or a scheme not allowed.
+    InputRefused,
     /// Content did not match its hash or CID.
     Integrity,
     /// Outputs exceeded their byte or file limits; what was kept is marked partial.
@@ -138,7 +141,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::NonzeroExit,
         ErrorKind::Trap,
         ErrorKind::OutOfFuel,
@@ -149,6 +152,7 @@ impl ErrorKind {
         ErrorKind::InvalidJob,
         ErrorKind::InputUnavailable,
         ErrorKind::InputTooLarge,
+        ErrorKind::InputRefused,
         ErrorKind::Integrity,
         ErrorKind::OutputLimit,
         ErrorKind::Internal,
@@ -167,6 +171,7 @@ impl ErrorKind {
             ErrorKind::InvalidJob => "invalid_job",
             ErrorKind::InputUnavailable => "input_unavailable",
             ErrorKind::InputTooLarge => "input_too_large",
+            ErrorKind::InputRefused => "input_refused",
             ErrorKind::Integrity => "integrity",
             ErrorKind::OutputLimit => "output_limit",
             ErrorKind::Internal => "internal",

@@ -32,8 +32,9 @@ pub async fn run(config: &Config, module: &Path, n: usize) -> Result<Summary> {
     // The module goes into the content cache once, by hash; every job names it.
     let stager = Stager::new(
         open_store(&config.cache).map_err(anyhow::Error::msg)?,
-        config.limits.clone(),
-    );
+        config,
+    )
+    .map_err(anyhow::Error::msg)?;
     let source = upload_path(&stager, module)
         .await
         .map_err(anyhow::Error::msg)?;

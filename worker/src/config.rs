@@ -26,6 +26,8 @@ pub struct Config {
     pub amqp: AmqpSection,
     /// Content cache.
     pub cache: CacheSection,
+    /// Fetching sources.
+    pub staging: StagingSection,
     /// Job limits: defaults, ceilings and message caps.
     pub limits: LimitsSection,
     /// Wasmtime engine settings.
@@ -112,6 +114,22 @@ impl std::fmt::Debug for AmqpSection {
 pub struct CacheSection {
     /// Local directory of the embedded store.
     pub dir: PathBuf,
+}
+
+/// `[staging]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagingSection {
+    /// Non-public address blocks URL sources may reach, comma-separated.
+    pub url_allow: String,
+    /// Redirects followed per URL.
+    pub url_max_redirects: usize,
+    /// Connect timeout, seconds.
+    pub url_connect_timeout_secs: u64,
+    /// Read timeout, seconds.
+    pub url_read_timeout_secs: u64,
+    /// Age below which a cached URL is used without a request, seconds.
+    pub url_revalidate_secs: u64,
 }
 
 /// `[limits]`
@@ -284,6 +302,9 @@ impl Config {
         if self.limits.default.timeout_ms == 0 || self.limits.default.fuel == 0 {
             problems
                 .push("limits.default.timeout_ms and limits.default.fuel must be positive".into());
+        }
+        if let Err(e) = crate::stage::url::parse_allow_list(&self.staging.url_allow) {
+            problems.push(format!("staging.url_allow: {e}"));
         }
         if self.amqp.max_attempts == 0 {
             problems.push("amqp.max_attempts must be at least 1".into());

@@ -52,6 +52,10 @@ pub enum InfraError {
     /// The broker failed (connection, channel, publish, confirm).
     #[error("broker: {0}")]
     Broker(String),
+    /// A source's origin could not be reached or answered 5xx/429; it may
+    /// well answer on a later attempt.
+    #[error("fetching: {0}")]
+    Fetch(String),
     /// Local disk work for the job failed (scratch space, copying outputs).
     #[error("local disk: {0}")]
     Disk(String),

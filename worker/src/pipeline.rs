@@ -165,7 +165,7 @@ impl Embedded {
     pub fn new(config: Config, ceiling: LimitValues) -> Result<Embedded, String> {
         let store = crate::stage::open_store(&config.cache)?;
         let executor = Executor::new(config.executor_config())?;
-        let stager = Stager::new(store, config.limits.clone());
+        let stager = Stager::new(store, &config)?;
         let worker = config.worker_name();
         Ok(Embedded {
             config,

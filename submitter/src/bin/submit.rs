@@ -69,7 +69,7 @@ struct RunArgs {
     module: String,
     /// Program arguments (argv[1..]).
     args: Vec<String>,
-    /// A local file or folder mounted read-only under /inputs (default /inputs/<its name>).
+    /// A local file or folder, or an http(s) URL, mounted read-only under /inputs (default /inputs/<its name>).
     #[arg(short = 'i', long = "input", value_name = "SRC[:GUEST_PATH]", value_parser = args::input_spec)]
     inputs: Vec<InputSpec>,
     /// A URL whose content appears under /inputs (Bacalhau's --input-urls).
@@ -134,11 +134,6 @@ async fn run_command(run: RunArgs) -> Result<u8> {
             "--mount works with --local only: a fleet worker has no access to this machine's folders; use -i for inputs"
         );
     }
-    if let Some(url) = run.input_urls.first() {
-        bail!(
-            "--input-url {url}: URL inputs need the staging stage, which this build does not have yet; download the file and pass it with -i FILE"
-        );
-    }
     let mut config = Config::load(run.out.config.as_deref()).context("loading configuration")?;
     // A fleet shares the cache folder of its workers (until S3 staging), so
     // only local runs move the default to a per-user folder.
@@ -152,7 +147,7 @@ async fn run_command(run: RunArgs) -> Result<u8> {
     }
     config.log.filter = "warn".into();
     let store = shoal_submitter::local::open_store(&config.cache).map_err(anyhow::Error::msg)?;
-    let stager = Stager::new(store, config.limits.clone());
+    let stager = Stager::new(store, &config).map_err(anyhow::Error::msg)?;
 
     let module = module_source(&stager, &run.module).await?;
     let mut job = JobMessage::new(module);
@@ -160,11 +155,24 @@ async fn run_command(run: RunArgs) -> Result<u8> {
     job.entrypoint = run.entrypoint.clone();
     job.args = run.args.clone();
     job.env = run.env.iter().cloned().collect();
+    for url in &run.input_urls {
+        job.inputs.push(Input {
+            source: Source::new(Location::Url(url_source(url)?)),
+            path: None,
+        });
+    }
     for spec in &run.inputs {
+        if is_url(&spec.source) {
+            job.inputs.push(Input {
+                source: Source::new(Location::Url(url_source(&spec.source)?)),
+                path: spec.path.clone(),
+            });
+            continue;
+        }
         let path = Path::new(&spec.source);
         if !path.exists() {
             bail!(
-                "--input {}: no such file or folder (URL, CID and S3 inputs need the staging stage, not in this build yet)",
+                "--input {}: no such file or folder (CID and S3 inputs need the staging stage, not in this build yet)",
                 spec.source
             );
         }
@@ -334,12 +342,31 @@ async fn module_source(stager: &Stager, module: &str) -> Result<Source> {
     if path.exists() {
         bail!("module {module}: is a folder; give the .wasm file");
     }
+    if is_url(module) {
+        return Ok(Source::new(Location::Url(url_source(module)?)));
+    }
     if module.contains("://") || module.starts_with("Qm") || module.starts_with("bafy") {
         bail!(
-            "module {module}: URL and IPFS modules need the staging stage, which this build does not have yet; give a local .wasm file"
+            "module {module}: IPFS and S3 modules need the staging stage, which this build does not have yet; give a local .wasm file or an http(s) URL"
         );
     }
     bail!("module {module}: no such file; give a local .wasm or .wat file, or sha256:HEX")
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// A URL source, checked here so a typo fails before anything is queued.
+/// The worker fetches it (and decides whether its address may be reached).
+fn url_source(s: &str) -> Result<String> {
+    match url::Url::parse(s) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(s.to_owned())
+        }
+        Ok(_) => bail!("{s}: only http and https URLs with a host can be fetched"),
+        Err(e) => bail!("{s}: not a URL: {e}"),
+    }
 }
 
 fn report(result: &ResultMessage, dir: &Path, json: bool) -> Result<()> {

@@ -3,4 +3,6 @@
 //! `tests/fixtures/` and `examples/`.
 mod executor;
 mod fleet;
+mod origin;
+mod staging;
 mod support;

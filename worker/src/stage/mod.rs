@@ -10,8 +10,9 @@
 //! the guest) and one empty folder per output mount. It does not run
 //! anything and does not look at outputs.
 mod tarball;
+pub mod url;
 
-use crate::config::{CacheSection, LimitsSection};
+use crate::config::{CacheSection, Config, LimitsSection};
 use crate::error::{Error, InfraError, JobError};
 use crate::execute::{ModuleBytes, Mount};
 use crate::job::{Job, JobOutput};
@@ -80,12 +81,18 @@ pub struct Staged {
 pub struct Stager {
     store: Arc<dyn ObjectStore>,
     limits: LimitsSection,
+    urls: url::UrlFetcher,
 }
 
 impl Stager {
-    /// A stager reading from `store`.
-    pub fn new(store: Arc<dyn ObjectStore>, limits: LimitsSection) -> Self {
-        Stager { store, limits }
+    /// A stager reading from `store`, with the configuration's limits and
+    /// staging settings.
+    pub fn new(store: Arc<dyn ObjectStore>, config: &Config) -> Result<Self, String> {
+        Ok(Stager {
+            store,
+            limits: config.limits.clone(),
+            urls: url::UrlFetcher::new(&config.staging)?,
+        })
     }
 
     /// The cache.
@@ -223,8 +230,13 @@ impl Stager {
                 }
                 Ok(Bytes::from(bytes))
             }
-            Location::Url(_) | Location::Cid(_) | Location::S3(_) => Err(JobError::invalid(format!(
-                "{what}: url, cid and s3 sources are part of shoal.job/v1 but this worker cannot stage them yet"
+            Location::Url(url) => {
+                self.urls
+                    .fetch(self.store.as_ref(), url, what, self.limits.max_input_bytes)
+                    .await
+            }
+            Location::Cid(_) | Location::S3(_) => Err(JobError::invalid(format!(
+                "{what}: cid and s3 sources are part of shoal.job/v1 but this worker cannot stage them yet"
             ))
             .into()),
         }

@@ -1,0 +1,134 @@
+//! A real HTTP/1.1 origin on 127.0.0.1 for URL staging tests: fixed
+//! routes, ETag revalidation, redirects, and counters of what it served,
+//! so a test can prove a cache hit made no request or downloaded no body.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Clone)]
+pub enum Route {
+    /// 200 with this body and an ETag derived from it; honours If-None-Match.
+    Body(Vec<u8>),
+    /// A redirect to this location.
+    Redirect(String),
+    /// This status with an empty body.
+    Status(u16),
+}
+
+#[derive(Default)]
+pub struct Counts {
+    /// Requests per path.
+    pub requests: HashMap<String, usize>,
+    /// Responses that carried a body, per path.
+    pub bodies: HashMap<String, usize>,
+}
+
+pub struct Origin {
+    pub port: u16,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl Origin {
+    pub async fn start(routes: Vec<(&str, Route)>) -> Origin {
+        let routes: Arc<HashMap<String, Route>> =
+            Arc::new(routes.into_iter().map(|(p, r)| (p.to_owned(), r)).collect());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let served = counts.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let routes = routes.clone();
+                let counts = served.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let if_none_match = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("if-none-match")
+                            .then(|| v.trim().to_owned())
+                    });
+                    *counts
+                        .lock()
+                        .unwrap()
+                        .requests
+                        .entry(path.clone())
+                        .or_default() += 1;
+                    let (status, headers, body) = match routes.get(&path) {
+                        Some(Route::Body(body)) => {
+                            let etag = format!("\"{}\"", body.len());
+                            if if_none_match.as_deref() == Some(etag.as_str()) {
+                                ("304 Not Modified", format!("ETag: {etag}\r\n"), Vec::new())
+                            } else {
+                                *counts
+                                    .lock()
+                                    .unwrap()
+                                    .bodies
+                                    .entry(path.clone())
+                                    .or_default() += 1;
+                                ("200 OK", format!("ETag: {etag}\r\n"), body.clone())
+                            }
+                        }
+                        Some(Route::Redirect(to)) => {
+                            ("302 Found", format!("Location: {to}\r\n"), Vec::new())
+                        }
+                        Some(Route::Status(500)) => {
+                            ("500 Internal Server Error", String::new(), Vec::new())
+                        }
+                        Some(Route::Status(_)) | None => {
+                            ("404 Not Found", String::new(), Vec::new())
+                        }
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                    let _ = socket.write_all(&body).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Origin { port, counts }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn requests(&self, path: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .requests
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn bodies(&self, path: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .bodies
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn total_requests(&self) -> usize {
+        self.counts.lock().unwrap().requests.values().sum()
+    }
+}
