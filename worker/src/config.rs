@@ -70,6 +70,8 @@ pub struct AmqpSection {
     pub drain_grace_secs: u64,
     /// Heartbeat, seconds.
     pub heartbeat_secs: u16,
+    /// How long a job runs before its state messages start, milliseconds.
+    pub state_delay_ms: u64,
 }
 
 impl AmqpSection {

@@ -238,8 +238,11 @@ impl Session {
             attempt,
             queue_secs: queue_secs(props),
         };
-        let on_state = self.state_sink(&id, attempt, props);
-        match self.pipeline.process(job, delivered, &on_state).await {
+        let (on_state, states) = self.state_sink(&id, attempt, props);
+        let processed = self.pipeline.process(job, delivered, &on_state).await;
+        drop(on_state);
+        let _ = states.await;
+        match processed {
             Ok(result) => {
                 self.publish_result(&result, props).await?;
                 ack(delivery).await
@@ -284,47 +287,77 @@ impl Session {
     /// Publishes the job's progress to its reply queue and to the results
     /// exchange (`state.<id>`): not persistent, not confirmed, and a failure
     /// is only logged, since the result alone settles the job.
-    fn state_sink(&self, id: &str, attempt: u32, props: &BasicProperties) -> OnState {
+    ///
+    /// Nothing is sent until the job has been here `amqp.state_delay_ms`:
+    /// a spinner has nothing to show for a job that ends sooner, and each
+    /// state costs the broker two messages, which on a busy fleet is a real
+    /// share of its work. After the delay the current state goes out, then
+    /// every change. The returned task ends when the sink is dropped; await
+    /// it before publishing the result, so no state trails the result.
+    fn state_sink(
+        &self,
+        id: &str,
+        attempt: u32,
+        props: &BasicProperties,
+    ) -> (OnState, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = watch::channel::<Option<JobState>>(None);
+        let on_state: OnState = Arc::new(move |state: JobState| {
+            tx.send_replace(Some(state));
+            Box::pin(async {})
+        });
         let publish = self.publish.clone();
         let exchange = self.amqp.results_exchange.clone();
         let reply_to = props.reply_to().as_ref().map(|r| r.as_str().to_owned());
         let correlation = props.correlation_id().clone();
+        let mut props = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(id))
+            .with_type(ShortString::from(shoal_schemas::STATE_SCHEMA));
+        if let Some(corr) = correlation {
+            props = props.with_correlation_id(corr);
+        }
         let id = id.to_owned();
         let worker = self.pipeline.worker_name().to_owned();
-        Arc::new(move |state: JobState| {
-            let publish = publish.clone();
-            let exchange = exchange.clone();
-            let reply_to = reply_to.clone();
-            let mut props = BasicProperties::default()
-                .with_content_type(ShortString::from("application/json"))
-                .with_message_id(ShortString::from(id.as_str()))
-                .with_type(ShortString::from(shoal_schemas::STATE_SCHEMA));
-            if let Some(corr) = &correlation {
-                props = props.with_correlation_id(corr.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.amqp.state_delay_ms);
+        let task = tokio::spawn(async move {
+            // Wait out the delay, or end quietly if the job ends first.
+            loop {
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return,
+                    Err(_) => break,
+                }
             }
-            let body = serde_json::to_vec(&StateMessage::new(&id, state, &worker, attempt))
-                .unwrap_or_default();
             let key = state_routing_key(&id);
-            Box::pin(async move {
-                let routes = std::iter::once((exchange.as_str(), key.as_str()))
-                    .chain(reply_to.as_deref().map(|r| ("", r)));
-                for (exchange, key) in routes {
-                    // Dropping the confirm: state messages are best-effort.
-                    if let Err(e) = publish
-                        .basic_publish(
-                            ShortString::from(exchange),
-                            ShortString::from(key),
-                            BasicPublishOptions::default(),
-                            &body,
-                            props.clone(),
-                        )
-                        .await
-                    {
-                        tracing::debug!(error = %e, "could not publish a state message");
+            loop {
+                let current = *rx.borrow_and_update();
+                if let Some(state) = current {
+                    let body = serde_json::to_vec(&StateMessage::new(&id, state, &worker, attempt))
+                        .unwrap_or_default();
+                    let routes = std::iter::once((exchange.as_str(), key.as_str()))
+                        .chain(reply_to.as_deref().map(|r| ("", r)));
+                    for (exchange, key) in routes {
+                        // Dropping the confirm: state messages are best-effort.
+                        if let Err(e) = publish
+                            .basic_publish(
+                                ShortString::from(exchange),
+                                ShortString::from(key),
+                                BasicPublishOptions::default(),
+                                &body,
+                                props.clone(),
+                            )
+                            .await
+                        {
+                            tracing::debug!(error = %e, "could not publish a state message");
+                        }
                     }
                 }
-            })
-        })
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        (on_state, task)
     }
 
     /// Not a job: a `rejected` result if it names an id, a copy to the
@@ -410,18 +443,19 @@ impl Session {
         if let Some(corr) = job_props.correlation_id() {
             props = props.with_correlation_id(corr.clone());
         }
-        self.publish_confirmed(
-            &self.amqp.results_exchange,
-            &result_routing_key(&result.job_id),
-            &body,
-            props.clone(),
-        )
-        .await?;
-        if let Some(reply_to) = job_props.reply_to() {
-            self.publish_confirmed("", reply_to.as_str(), &body, props)
-                .await?;
+        // Both copies go out before either confirm is awaited: one round
+        // trip to the broker instead of two.
+        let key = result_routing_key(&result.job_id);
+        let to_exchange =
+            self.publish_confirmed(&self.amqp.results_exchange, &key, &body, props.clone());
+        match job_props.reply_to() {
+            Some(reply_to) => {
+                let to_reply = self.publish_confirmed("", reply_to.as_str(), &body, props);
+                let (a, b) = futures::join!(to_exchange, to_reply);
+                a.and(b)
+            }
+            None => to_exchange.await,
         }
-        Ok(())
     }
 
     async fn publish_confirmed(

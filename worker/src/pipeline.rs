@@ -387,7 +387,7 @@ impl Embedded {
             report,
             collected,
             stage_secs,
-            _scratch: scratch,
+            _scratch: Scratch(Some(scratch)),
         })
     }
 
@@ -431,7 +431,26 @@ struct Executed {
     collected: Vec<Collected>,
     stage_secs: f64,
     /// The scratch folder lives until the outputs are published.
-    _scratch: tempfile::TempDir,
+    _scratch: Scratch,
+}
+
+/// A job's scratch folder, removed on a blocking thread when dropped:
+/// deleting a tree is disk work that must not hold up the async runtime or
+/// the job's result. If the runtime is shutting down, the closure (and with
+/// it the folder) is dropped in place, so the folder goes either way.
+struct Scratch(Option<tempfile::TempDir>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn_blocking(move || drop(dir));
+                }
+                Err(_) => drop(dir),
+            }
+        }
+    }
 }
 
 fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<OutputResult> {

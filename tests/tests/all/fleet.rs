@@ -105,7 +105,8 @@ impl Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_round_trips_through_a_worker() {
-    let fleet = Fleet::start(1, &[]);
+    // States from the first millisecond, so this quick job sends them all.
+    let fleet = Fleet::start(1, &[("SHOAL_AMQP_STATE_DELAY_MS", "0")]);
     let client = fleet.client().await;
     let mut job = fleet.probe(&["args", "over", "amqp"]).await;
     job.id = Some(format!("rt-{}", uuid::Uuid::new_v4().simple()));
