@@ -106,16 +106,51 @@ impl std::fmt::Debug for AmqpSection {
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("drain_grace_secs", &self.drain_grace_secs)
             .field("heartbeat_secs", &self.heartbeat_secs)
+            .field("state_delay_ms", &self.state_delay_ms)
             .finish()
     }
 }
 
 /// `[cache]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
-    /// Local directory of the embedded store.
+    /// Local directory of the embedded store (when `s3_bucket` is empty).
     pub dir: PathBuf,
+    /// S3 bucket of the shared store; empty means the local directory.
+    pub s3_bucket: String,
+    /// S3 endpoint URL (SeaweedFS, MinIO, …); empty means AWS.
+    pub s3_endpoint: String,
+    /// S3 region.
+    pub s3_region: String,
+    /// Access key id; empty means unsigned requests.
+    pub s3_access_key_id: String,
+    /// Secret access key (never printed).
+    pub s3_secret_access_key: String,
+    /// Virtual-hosted-style addressing instead of path-style.
+    pub s3_virtual_hosted: bool,
+    /// How long one store operation may keep retrying, seconds.
+    pub s3_retry_timeout_secs: u64,
+}
+
+impl std::fmt::Debug for CacheSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.s3_secret_access_key.is_empty() {
+            ""
+        } else {
+            "***"
+        };
+        f.debug_struct("CacheSection")
+            .field("dir", &self.dir)
+            .field("s3_bucket", &self.s3_bucket)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field("s3_secret_access_key", &secret)
+            .field("s3_virtual_hosted", &self.s3_virtual_hosted)
+            .field("s3_retry_timeout_secs", &self.s3_retry_timeout_secs)
+            .finish()
+    }
 }
 
 /// `[staging]`

@@ -318,7 +318,8 @@ impl Session {
         }
         let id = id.to_owned();
         let worker = self.pipeline.worker_name().to_owned();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.amqp.state_delay_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.amqp.state_delay_ms);
         let task = tokio::spawn(async move {
             // Wait out the delay, or end quietly if the job ends first.
             loop {

@@ -14,11 +14,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = Duration::from_secs(60);
 
-struct Fleet {
-    config: Config,
-    cache: tempfile::TempDir,
+pub struct Fleet {
+    pub config: Config,
+    pub cache: tempfile::TempDir,
     stop: watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -46,7 +46,7 @@ impl Fleet {
     }
 
     /// `n` in-process workers sharing one cache folder.
-    fn start(n: usize, extra: &[(&str, &str)]) -> Fleet {
+    pub fn start(n: usize, extra: &[(&str, &str)]) -> Fleet {
         let (config, cache) = Fleet::config(extra);
         let (stop, rx) = watch::channel(false);
         let workers = (0..n)
@@ -70,14 +70,14 @@ impl Fleet {
         }
     }
 
-    async fn client(&self) -> Client {
+    pub async fn client(&self) -> Client {
         Client::connect(AMQP_URL, self.config.amqp.topology())
             .await
             .unwrap()
     }
 
     /// A job running probe, with the module uploaded to the shared cache.
-    async fn probe(&self, args: &[&str]) -> JobMessage {
+    pub async fn probe(&self, args: &[&str]) -> JobMessage {
         let embedded = Embedded::new(self.config.clone(), self.config.limits.ceiling).unwrap();
         let source = shoal_submitter::local::upload_path(embedded.stager(), &fixture("probe.wasm"))
             .await
@@ -87,7 +87,7 @@ impl Fleet {
         job
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.stop.send(true).unwrap();
         for w in self.workers {
             tokio::time::timeout(WAIT, w).await.unwrap().unwrap();

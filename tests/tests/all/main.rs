@@ -4,5 +4,6 @@
 mod executor;
 mod fleet;
 mod origin;
+mod s3;
 mod staging;
 mod support;

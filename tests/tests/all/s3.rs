@@ -1,0 +1,85 @@
+//! The fleet's shared store on a real S3 server: SeaweedFS on
+//! 127.0.0.1:8333 with the bucket `shoal-test` (`scripts/services` starts
+//! it where it is missing).
+use crate::fleet::{Fleet, WAIT};
+use crate::support::{Harness, kind};
+use object_store::{ObjectStoreExt, path::Path as StorePath};
+use shoal_schemas::{Input, JobMessage, Location, Source, Status};
+use shoal_worker::error::InfraError;
+use shoal_worker::pipeline::LocalOptions;
+
+const S3: [(&str, &str); 2] = [
+    ("SHOAL_CACHE_S3_BUCKET", "shoal-test"),
+    ("SHOAL_CACHE_S3_ENDPOINT", "http://127.0.0.1:8333"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_s3_stages_from_and_publishes_to_the_bucket() {
+    let fleet = Fleet::start(1, &S3);
+    let client = fleet.client().await;
+    let job = fleet
+        .probe(&["write", "/outputs/greeting.txt", "hello from s3"])
+        .await;
+    let handle = client.submit(job).await.unwrap();
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+
+    // Everything went to the bucket; the local cache folder stayed empty.
+    let store = shoal_worker::stage::open_store(&fleet.config.cache).unwrap();
+    let stored = shoal_worker::publish::store::get_result(store.as_ref(), &handle.id)
+        .await
+        .unwrap()
+        .expect("result.json in the bucket");
+    assert_eq!(stored, result);
+    let output = store
+        .get(&StorePath::from(format!(
+            "results/{}/outputs/greeting.txt",
+            handle.id
+        )))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&output[..], b"hello from s3");
+    assert!(
+        std::fs::read_dir(fleet.cache.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "something was written to the local cache folder"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_s3_store_is_ours_to_retry_not_the_jobs_failure() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let h = Harness::with_env(&[
+        ("SHOAL_CACHE_S3_BUCKET", "shoal-test"),
+        ("SHOAL_CACHE_S3_ENDPOINT", &endpoint),
+        ("SHOAL_CACHE_S3_RETRY_TIMEOUT_SECS", "1"),
+    ]);
+    // The module travels inline, so only the input needs the store.
+    let module = base64_of(br#"(module (func (export "_start")))"#);
+    let mut job = JobMessage::new(Source::new(Location::Inline(module)));
+    job.inputs = vec![Input {
+        source: Source::new(Location::Sha256("ab".repeat(32))),
+        path: Some("/inputs/data".into()),
+    }];
+    let outcome = h.embedded.run(job, LocalOptions::default()).await;
+    match outcome {
+        Err(InfraError::Store(message)) => assert!(message.contains("cache/sha256"), "{message}"),
+        other => panic!(
+            "expected an infrastructure error, got {:?}",
+            other.map(|(r, _)| (r.status, kind(&r).map(str::to_owned)))
+        ),
+    }
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
