@@ -169,10 +169,17 @@ async fn run_command(run: RunArgs) -> Result<u8> {
             });
             continue;
         }
+        if spec.source.starts_with("s3://") {
+            job.inputs.push(Input {
+                source: Source::new(Location::S3(spec.source.clone())),
+                path: spec.path.clone(),
+            });
+            continue;
+        }
         let path = Path::new(&spec.source);
         if !path.exists() {
             bail!(
-                "--input {}: no such file or folder (CID and S3 inputs need the staging stage, not in this build yet)",
+                "--input {}: no such file or folder (CID inputs need the staging stage, not in this build yet)",
                 spec.source
             );
         }
@@ -345,9 +352,12 @@ async fn module_source(stager: &Stager, module: &str) -> Result<Source> {
     if is_url(module) {
         return Ok(Source::new(Location::Url(url_source(module)?)));
     }
+    if module.starts_with("s3://") {
+        return Ok(Source::new(Location::S3(module.to_owned())));
+    }
     if module.contains("://") || module.starts_with("Qm") || module.starts_with("bafy") {
         bail!(
-            "module {module}: IPFS and S3 modules need the staging stage, which this build does not have yet; give a local .wasm file or an http(s) URL"
+            "module {module}: IPFS modules need the staging stage, which this build does not have yet; give a local .wasm file, an http(s) URL or an s3:// URI"
         );
     }
     bail!("module {module}: no such file; give a local .wasm or .wat file, or sha256:HEX")

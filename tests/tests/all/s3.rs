@@ -83,3 +83,35 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_object_is_an_input_and_a_missing_one_is_unavailable() {
+    let h = Harness::with_env(&[
+        ("SHOAL_CACHE_S3_BUCKET", "shoal-test"),
+        ("SHOAL_CACHE_S3_ENDPOINT", "http://127.0.0.1:8333"),
+    ]);
+    let key = format!("inputs/{}.txt", uuid::Uuid::new_v4().simple());
+    h.embedded
+        .stager()
+        .store()
+        .put(
+            &StorePath::from(key.as_str()),
+            b"an object in a bucket\n".to_vec().into(),
+        )
+        .await
+        .unwrap();
+    let mut job = h.probe(&["cat", "/inputs/data.txt"]).await;
+    job.inputs = vec![Input {
+        source: Source::new(Location::S3(format!("s3://shoal-test/{key}"))),
+        path: Some("/inputs/data.txt".into()),
+    }];
+    let (result, _) = h.run(job.clone()).await;
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert_eq!(crate::support::stdout(&result), "an object in a bucket\n");
+
+    job.inputs[0].source = Source::new(Location::S3("s3://shoal-test/inputs/no-such-key".into()));
+    job.id = None;
+    let (result, _) = h.run(job).await;
+    assert_eq!(kind(&result), Some("input_unavailable"), "{result:?}");
+    assert!(result.error.unwrap().message.contains("does not exist"));
+}

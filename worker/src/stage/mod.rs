@@ -110,6 +110,8 @@ pub struct Stager {
     store: Arc<dyn ObjectStore>,
     limits: LimitsSection,
     urls: url::UrlFetcher,
+    /// Endpoint and credentials for `s3://` sources: the store's own.
+    s3: CacheSection,
 }
 
 impl Stager {
@@ -120,6 +122,7 @@ impl Stager {
             store,
             limits: config.limits.clone(),
             urls: url::UrlFetcher::new(&config.staging)?,
+            s3: config.cache.clone(),
         })
     }
 
@@ -221,11 +224,17 @@ impl Stager {
                 if got.meta.size > self.limits.max_input_bytes {
                     return Err(JobError::new(
                         ErrorKind::InputTooLarge,
-                        format!("{what}: {} bytes is more than the {} allowed", got.meta.size, self.limits.max_input_bytes),
+                        format!(
+                            "{what}: {} bytes is more than the {} allowed",
+                            got.meta.size, self.limits.max_input_bytes
+                        ),
                     )
                     .into());
                 }
-                let bytes = got.bytes().await.map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
                 let actual = sha256_hex(&bytes);
                 if &actual != hex {
                     return Err(JobError::new(
@@ -248,11 +257,16 @@ impl Stager {
                 }
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(text)
-                    .map_err(|e| JobError::invalid(format!("{what}: inline content is not base64: {e}")))?;
+                    .map_err(|e| {
+                        JobError::invalid(format!("{what}: inline content is not base64: {e}"))
+                    })?;
                 if bytes.len() as u64 > max {
                     return Err(JobError::new(
                         ErrorKind::InputTooLarge,
-                        format!("{what}: inline content is {} bytes, more than the {max} allowed", bytes.len()),
+                        format!(
+                            "{what}: inline content is {} bytes, more than the {max} allowed",
+                            bytes.len()
+                        ),
                     )
                     .into());
                 }
@@ -263,11 +277,74 @@ impl Stager {
                     .fetch(self.store.as_ref(), url, what, self.limits.max_input_bytes)
                     .await
             }
-            Location::Cid(_) | Location::S3(_) => Err(JobError::invalid(format!(
-                "{what}: cid and s3 sources are part of shoal.job/v1 but this worker cannot stage them yet"
+            Location::S3(uri) => self.fetch_s3(uri, what).await,
+            Location::Cid(_) => Err(JobError::invalid(format!(
+                "{what}: cid sources are part of shoal.job/v1 but this worker cannot stage them yet"
             ))
             .into()),
         }
+    }
+}
+
+impl Stager {
+    /// One object from a bucket, read with the worker's own S3 endpoint and
+    /// credentials (`cache.s3_*`). Not copied into the cache: it already
+    /// sits in the same kind of store, next to the fleet.
+    async fn fetch_s3(&self, uri: &str, what: &str) -> Result<Bytes, Error> {
+        let Some((bucket, key)) = uri
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(bucket, key)| !bucket.is_empty() && !key.is_empty())
+        else {
+            return Err(
+                JobError::invalid(format!("{what}: write s3://BUCKET/KEY, not {uri:?}")).into(),
+            );
+        };
+        if key.ends_with('/') {
+            return Err(JobError::invalid(format!(
+                "{what}: {uri} is a prefix; this worker stages single objects only so far"
+            ))
+            .into());
+        }
+        let config = CacheSection {
+            s3_bucket: bucket.to_owned(),
+            ..self.s3.clone()
+        };
+        let store = open_store(&config).map_err(InfraError::Store)?;
+        let path =
+            StorePath::parse(key).map_err(|e| JobError::invalid(format!("{what}: {uri}: {e}")))?;
+        let unavailable = |why: String| -> Error {
+            JobError::new(ErrorKind::InputUnavailable, format!("{what}: {uri} {why}")).into()
+        };
+        let got = match store.get(&path).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(unavailable("does not exist".into()));
+            }
+            Err(
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ) => {
+                return Err(unavailable(format!(
+                    "cannot be read with this worker's credentials: {e}"
+                )));
+            }
+            Err(e) => return Err(InfraError::Store(format!("reading {uri}: {e}")).into()),
+        };
+        let max = self.limits.max_input_bytes;
+        if got.meta.size > max {
+            return Err(JobError::new(
+                ErrorKind::InputTooLarge,
+                format!(
+                    "{what}: {uri} is {} bytes, more than the {max} allowed",
+                    got.meta.size
+                ),
+            )
+            .into());
+        }
+        got.bytes()
+            .await
+            .map_err(|e| InfraError::Store(format!("reading {uri}: {e}")).into())
     }
 }
 
