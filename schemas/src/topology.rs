@@ -3,8 +3,8 @@
 //! same arguments, or RabbitMQ refuses the second declaration; keeping the
 //! one definition here makes that impossible to get wrong.
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
@@ -59,6 +59,37 @@ pub const PUBLISHED_MS_HEADER: &str = "x-shoal-published-ms";
 /// The routing key of a job's state messages on the results exchange.
 pub fn state_routing_key(job_id: &str) -> String {
     format!("state.{job_id}")
+}
+
+/// Declares a submitter's reply queue and consumes it: server-named,
+/// exclusive to this connection and deleted with it, consumed without acks
+/// (nobody else could take a message back from it, so acks would only cost
+/// round trips). Returns its name, for the jobs' `reply_to`, and the consumer.
+pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Consumer)> {
+    let queue = channel
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = queue.name().as_str().to_owned();
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(name.as_str()),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((name, consumer))
 }
 
 impl Topology {

@@ -37,14 +37,20 @@ impl fmt::Display for SchemaError {
     }
 }
 
-fn collect(validator: &jsonschema::Validator, value: &Value) -> Vec<SchemaError> {
-    validator
+/// Every reason `value` fails `validator`, or `Ok`.
+fn judge(validator: &jsonschema::Validator, value: &Value) -> Result<(), Vec<SchemaError>> {
+    let errors: Vec<SchemaError> = validator
         .iter_errors(value)
         .map(|e| SchemaError {
             path: e.instance_path().to_string(),
             message: e.to_string(),
         })
-        .collect()
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Checks a job message against `job.schema.json`. An unknown `schema`
@@ -69,32 +75,17 @@ pub fn validate_job_value(value: &Value) -> Result<(), Vec<SchemaError>> {
         }
         None => {}
     }
-    let errors = collect(&JOB_VALIDATOR, value);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    judge(&JOB_VALIDATOR, value)
 }
 
 /// Checks a result message against `result.schema.json`.
 pub fn validate_result_value(value: &Value) -> Result<(), Vec<SchemaError>> {
-    let errors = collect(&RESULT_VALIDATOR, value);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    judge(&RESULT_VALIDATOR, value)
 }
 
 /// Checks a state message against `state.schema.json`.
 pub fn validate_state_value(value: &Value) -> Result<(), Vec<SchemaError>> {
-    let errors = collect(&STATE_VALIDATOR, value);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    judge(&STATE_VALIDATOR, value)
 }
 
 /// Parses and validates a job message body: JSON syntax, then the schema,

@@ -129,31 +129,7 @@ impl FloorClient {
             .await
             .unwrap();
         let replies = conn.create_channel().await.unwrap();
-        let reply_to = replies
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .name()
-            .as_str()
-            .to_owned();
-        let mut consumer = replies
-            .basic_consume(
-                ShortString::from(reply_to.as_str()),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let (reply_to, mut consumer) = shoal_schemas::topology::reply_queue(&replies)
             .await
             .unwrap();
         let arrived = Arc::new((Mutex::new(HashMap::new()), Notify::new()));

@@ -35,9 +35,7 @@ use crate::{JobMessage, ResultMessage, StateMessage};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures::StreamExt;
 use lapin::PublisherConfirm;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, ConnectionProperties};
 use shoal_schemas::topology::{PUBLISHED_MS_HEADER, Topology};
@@ -207,31 +205,7 @@ impl Client {
             .create_channel()
             .await
             .map_err(|e| err(e.to_string()))?;
-        let queue = channel
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let reply_queue = queue.name().as_str().to_owned();
-        let consumer = channel
-            .basic_consume(
-                ShortString::from(reply_queue.as_str()),
-                ShortString::from(""),
-                // The queue is exclusive to this client: nobody else could
-                // take a result back, so acks would only cost round trips.
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let (reply_queue, consumer) = shoal_schemas::topology::reply_queue(&channel)
             .await
             .map_err(|e| err(e.to_string()))?;
         let inbox = Arc::new(Inbox::default());

@@ -6,9 +6,7 @@
 //! Each test gets its own queue, exchanges and cache folder, and removes
 //! the queues and exchanges when it ends.
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shoal_schemas::topology::Topology;
@@ -68,31 +66,8 @@ impl Bench {
             .await
             .unwrap();
         let listen = conn.create_channel().await.unwrap();
-        let queue = listen
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let reply_queue = queue.name().as_str().to_owned();
-        let mut consumer = listen
-            .basic_consume(
-                ShortString::from(reply_queue.as_str()),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let (reply_queue, mut consumer) =
+            shoal_schemas::topology::reply_queue(&listen).await.unwrap();
         let (tx, replies) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {

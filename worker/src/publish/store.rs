@@ -12,7 +12,12 @@ pub fn result_key(job_id: &str) -> StorePath {
     StorePath::from(format!("results/{job_id}/result.json"))
 }
 
-async fn put(store: &dyn ObjectStore, key: &StorePath, bytes: Vec<u8>) -> Result<(), InfraError> {
+/// Writes one object; a failure is the store's (ours to retry).
+pub async fn put(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+    bytes: Vec<u8>,
+) -> Result<(), InfraError> {
     store
         .put(key, PutPayload::from(bytes))
         .await
@@ -82,16 +87,26 @@ pub async fn get_result(
     job_id: &str,
 ) -> Result<Option<ResultMessage>, InfraError> {
     let key = result_key(job_id);
-    match store.get(&key).await {
-        Ok(got) => {
-            let bytes = got
-                .bytes()
-                .await
-                .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| InfraError::Store(format!("{key} is not a result: {e}")))
-        }
+    let Some(bytes) = get_if_present(store, &key).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| InfraError::Store(format!("{key} is not a result: {e}")))
+}
+
+/// Reads one whole object; `None` when there is none, an error when the
+/// store itself failed.
+pub async fn get_if_present(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+) -> Result<Option<bytes::Bytes>, InfraError> {
+    match store.get(key).await {
+        Ok(got) => got
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(|e| InfraError::Store(format!("reading {key}: {e}"))),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(InfraError::Store(format!("reading {key}: {e}"))),
     }

@@ -20,8 +20,9 @@
 //! request, and a `304 Not Modified` downloads no body.
 use crate::config::StagingSection;
 use crate::error::{Error, InfraError, JobError};
+use crate::publish::store::{get_if_present, put};
 use bytes::{Bytes, BytesMut};
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as StorePath};
+use object_store::{ObjectStore, path::Path as StorePath};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use serde::{Deserialize, Serialize};
@@ -377,25 +378,15 @@ impl UrlFetcher {
         store: &dyn ObjectStore,
         key: &StorePath,
     ) -> Result<Option<(UrlEntry, Bytes)>, InfraError> {
-        let entry = match store.get(key).await {
-            Ok(got) => got
-                .bytes()
-                .await
-                .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(InfraError::Store(format!("reading {key}: {e}"))),
+        let Some(entry) = get_if_present(store, key).await? else {
+            return Ok(None);
         };
         let Ok(entry) = serde_json::from_slice::<UrlEntry>(&entry) else {
             return Ok(None);
         };
         let content_key = super::sha256_key(&entry.sha256);
-        let bytes = match store.get(&content_key).await {
-            Ok(got) => got
-                .bytes()
-                .await
-                .map_err(|e| InfraError::Store(format!("reading {content_key}: {e}")))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(InfraError::Store(format!("reading {content_key}: {e}"))),
+        let Some(bytes) = get_if_present(store, &content_key).await? else {
+            return Ok(None);
         };
         // A corrupted entry is not trusted: fetch again from the origin.
         if super::sha256_hex(&bytes) != entry.sha256 {
@@ -412,11 +403,7 @@ impl UrlFetcher {
         entry: &UrlEntry,
     ) -> Result<(), InfraError> {
         let body = serde_json::to_vec(entry).map_err(|e| InfraError::Store(e.to_string()))?;
-        store
-            .put(key, PutPayload::from(body))
-            .await
-            .map(|_| ())
-            .map_err(|e| InfraError::Store(format!("writing {key}: {e}")))
+        put(store, key, body).await
     }
 }
 
