@@ -35,6 +35,8 @@ fn spec(module: &ModuleBytes, args: &[&str], fuel: u64) -> RunSpec {
             max_stdout_bytes: 1 << 20,
             max_stderr_bytes: 1 << 20,
         },
+        artifact: None,
+        want_artifact: false,
     }
 }
 

@@ -131,6 +131,10 @@ pub struct CacheSection {
     pub s3_virtual_hosted: bool,
     /// How long one store operation may keep retrying, seconds.
     pub s3_retry_timeout_secs: u64,
+    /// Share compiled modules through the store (`cache/compiled/…`).
+    pub compiled_modules: bool,
+    /// Key of the compiled artifacts' HMAC tag (never printed); empty: SHA-256 only.
+    pub compiled_key: String,
 }
 
 impl std::fmt::Debug for CacheSection {
@@ -149,6 +153,15 @@ impl std::fmt::Debug for CacheSection {
             .field("s3_secret_access_key", &secret)
             .field("s3_virtual_hosted", &self.s3_virtual_hosted)
             .field("s3_retry_timeout_secs", &self.s3_retry_timeout_secs)
+            .field("compiled_modules", &self.compiled_modules)
+            .field(
+                "compiled_key",
+                &if self.compiled_key.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
             .finish()
     }
 }

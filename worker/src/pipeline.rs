@@ -12,6 +12,7 @@ use crate::job::Job;
 use crate::paths::GuestPath;
 use crate::publish::{self, Collected};
 use crate::stage::Stager;
+use crate::stage::compiled::Artifacts;
 use base64::Engine as _;
 use futures::future::BoxFuture;
 use shoal_schemas::{
@@ -156,6 +157,7 @@ pub struct Embedded {
     ceiling: LimitValues,
     executor: Executor,
     stager: Stager,
+    artifacts: Option<Artifacts>,
     worker: String,
 }
 
@@ -165,6 +167,10 @@ impl Embedded {
     pub fn new(config: Config, ceiling: LimitValues) -> Result<Embedded, String> {
         let store = crate::stage::open_store(&config.cache)?;
         let executor = Executor::new(config.executor_config())?;
+        let artifacts = config
+            .cache
+            .compiled_modules
+            .then(|| Artifacts::new(store.clone(), &config.cache.compiled_key));
         let stager = Stager::new(store, &config)?;
         let worker = config.worker_name();
         Ok(Embedded {
@@ -172,6 +178,7 @@ impl Embedded {
             ceiling,
             executor,
             stager,
+            artifacts,
             worker,
         })
     }
@@ -365,7 +372,17 @@ impl Embedded {
         let stage_secs = stage_started.elapsed().as_secs_f64();
         let mut mounts = staged.mounts;
         mounts.extend(extra_mounts.iter().cloned());
+        let sha256 = staged.module.sha256;
+        let fingerprint = self.executor.fingerprint().to_owned();
+        let artifact = match &self.artifacts {
+            Some(artifacts) if !self.executor.is_compiled(&sha256) => {
+                artifacts.get(&fingerprint, &sha256).await
+            }
+            _ => None,
+        };
         let spec = RunSpec {
+            want_artifact: self.artifacts.is_some() && artifact.is_none(),
+            artifact,
             module: staged.module,
             argv0: job.argv0.clone(),
             entrypoint: job.entrypoint.clone(),
@@ -375,8 +392,11 @@ impl Embedded {
             limits: run_limits(&job.limits),
         };
         on_state(JobState::Running).await;
-        let report = self.executor.run(spec).await;
+        let mut report = self.executor.run(spec).await;
         on_state(JobState::Publishing).await;
+        if let (Some(artifacts), Some(native)) = (&self.artifacts, report.new_artifact.take()) {
+            artifacts.put(&fingerprint, &sha256, &native).await;
+        }
         tracing::info!(outcome = ?report.outcome, run_secs = report.run.as_secs_f64(), "guest finished");
         let outputs = staged.outputs;
         let limits = job.limits;

@@ -115,3 +115,68 @@ async fn an_s3_object_is_an_input_and_a_missing_one_is_unavailable() {
     assert_eq!(kind(&result), Some("input_unavailable"), "{result:?}");
     assert!(result.error.unwrap().message.contains("does not exist"));
 }
+
+/// A module nobody has compiled before, so the bucket holds no artifact for it.
+fn fresh_module() -> Source {
+    let nonce = uuid::Uuid::new_v4().as_u128() as u64 as i64;
+    let wat = format!(
+        r#"(module (global (export "nonce") i64 (i64.const {nonce})) (func (export "_start")))"#
+    );
+    Source::new(Location::Inline(base64_of(wat.as_bytes())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_compiled_by_one_worker_is_loaded_by_the_next_without_compiling() {
+    let keyed: Vec<(&str, &str)> = S3
+        .iter()
+        .copied()
+        .chain([("SHOAL_CACHE_COMPILED_KEY", "fleet secret")])
+        .collect();
+    let module = fresh_module();
+    async fn run(h: &Harness, module: &Source) -> Option<bool> {
+        let (result, _) = h.run(JobMessage::new(module.clone())).await;
+        assert_eq!(result.status, Status::Succeeded, "{result:?}");
+        result.usage.module_cache_hit
+    }
+
+    let first = Harness::with_env(&keyed);
+    assert_eq!(run(&first, &module).await, Some(false));
+    assert_eq!(first.embedded.executor().cache_stats().misses, 1);
+
+    // A second worker with an empty memory cache: loaded, not compiled.
+    let second = Harness::with_env(&keyed);
+    assert_eq!(run(&second, &module).await, Some(true));
+    let stats = second.embedded.executor().cache_stats();
+    assert_eq!((stats.hits, stats.misses), (1, 0));
+
+    // The artifact sits under the engine's fingerprint and the module's hash.
+    let store = second.embedded.stager().store().clone();
+    let Location::Inline(text) = &module.location else {
+        unreachable!()
+    };
+    let wat = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text).unwrap();
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&wat).into();
+    let key =
+        shoal_worker::stage::compiled::artifact_key(second.embedded.executor().fingerprint(), &sha);
+    let mut sealed = store
+        .get(&key)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+
+    // A worker with another key refuses it and compiles.
+    let stranger = Harness::with_env(&S3);
+    assert_eq!(run(&stranger, &module).await, Some(false));
+    assert_eq!(stranger.embedded.executor().cache_stats().misses, 1);
+
+    // So does one of the fleet when a byte of the native code changed.
+    let last = sealed.len() - 1;
+    sealed[last] ^= 0x01;
+    store.put(&key, sealed.into()).await.unwrap();
+    let third = Harness::with_env(&keyed);
+    assert_eq!(run(&third, &module).await, Some(false));
+    assert_eq!(third.embedded.executor().cache_stats().misses, 1);
+}

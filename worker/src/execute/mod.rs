@@ -110,6 +110,13 @@ pub struct RunSpec {
     pub mounts: Vec<Mount>,
     /// Limits.
     pub limits: RunLimits,
+    /// This module compiled by another worker (`Module::serialize`), from
+    /// the fleet's cache. The caller vouches for it: it must come from a
+    /// worker of this fleet, which `stage::compiled` checks with its tag.
+    pub artifact: Option<Bytes>,
+    /// Serialize the module when this run has to compile it, so the caller
+    /// can share it with the fleet ([`Report::new_artifact`]).
+    pub want_artifact: bool,
 }
 
 /// How the guest ended.
@@ -154,8 +161,12 @@ pub struct Report {
     pub compile: Duration,
     /// Time to instantiate and run.
     pub run: Duration,
-    /// The compiled module came from the in-memory cache.
+    /// The compiled module came from the in-memory cache or from an artifact.
     pub cache_hit: bool,
+    /// The compiled module came from [`RunSpec::artifact`].
+    pub from_artifact: bool,
+    /// The module this run compiled, serialized, when [`RunSpec::want_artifact`].
+    pub new_artifact: Option<Bytes>,
 }
 
 impl Report {
@@ -171,8 +182,18 @@ impl Report {
             compile,
             run: Duration::ZERO,
             cache_hit,
+            from_artifact: false,
+            new_artifact: None,
         }
     }
+}
+
+/// How `instance_pre` found the module.
+struct Found {
+    pre: InstancePre<GuestState>,
+    cache_hit: bool,
+    from_artifact: bool,
+    new_artifact: Option<Bytes>,
 }
 
 /// Counters of the compiled-module cache, for metrics and tests.
@@ -250,6 +271,7 @@ impl ResourceLimiter for JobLimiter {
 
 struct Inner {
     engine: Engine,
+    fingerprint: String,
     linker: Linker<GuestState>,
     modules: Mutex<LruCache<[u8; 32], InstancePre<GuestState>>>,
     config: ExecutorConfig,
@@ -300,11 +322,13 @@ impl Executor {
                 })
                 .map_err(|e| format!("starting the epoch ticker: {e}"))?;
         }
+        let fingerprint = fingerprint(&engine);
         let entries =
             NonZeroUsize::new(config.module_cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Executor {
             inner: Arc::new(Inner {
                 engine,
+                fingerprint,
                 linker,
                 modules: Mutex::new(LruCache::new(entries)),
                 config,
@@ -321,6 +345,23 @@ impl Executor {
             hits: self.inner.hits.load(Ordering::Relaxed),
             misses: self.inner.misses.load(Ordering::Relaxed),
         }
+    }
+
+    /// Identifies what compiled code this engine can load: the wasmtime
+    /// version and every setting that changes generated code. Artifacts are
+    /// keyed by it, so workers with a different build or configuration never
+    /// see each other's artifacts (wasmtime would refuse them anyway).
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+
+    /// Whether `sha256`'s module is compiled in memory (without touching the LRU order).
+    pub fn is_compiled(&self, sha256: &[u8; 32]) -> bool {
+        self.inner
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(sha256)
     }
 
     /// Runs one job's module on the blocking pool.
@@ -353,31 +394,30 @@ thread_local! {
 impl Inner {
     fn run_blocking(&self, spec: RunSpec) -> Report {
         let started = Instant::now();
-        let (pre, cache_hit) = match self.instance_pre(&spec.module) {
+        let found = match self.instance_pre(&spec) {
             Ok(found) => found,
             Err(outcome) => return Report::early(outcome, started.elapsed(), false),
         };
         let compile = started.elapsed();
-        GUEST_RUNTIME.with(|rt| match rt {
-            Some(rt) => {
-                let mut report = rt.block_on(self.run_async(pre, spec));
-                report.compile = compile;
-                report.cache_hit = cache_hit;
-                report
-            }
+        let mut report = GUEST_RUNTIME.with(|rt| match rt {
+            Some(rt) => rt.block_on(self.run_async(found.pre, spec)),
             None => Report::early(
                 Outcome::Internal("could not start the guest runtime".into()),
                 compile,
-                cache_hit,
+                false,
             ),
-        })
+        });
+        report.compile = compile;
+        report.cache_hit = found.cache_hit;
+        report.from_artifact = found.from_artifact;
+        report.new_artifact = found.new_artifact;
+        report
     }
 
-    /// The module compiled and linked against WASI, from the cache when possible.
-    fn instance_pre(
-        &self,
-        module: &ModuleBytes,
-    ) -> Result<(InstancePre<GuestState>, bool), Outcome> {
+    /// The module compiled and linked against WASI: from memory, else from
+    /// the fleet's artifact, else compiled here.
+    fn instance_pre(&self, spec: &RunSpec) -> Result<Found, Outcome> {
+        let module = &spec.module;
         if let Some(pre) = self
             .modules
             .lock()
@@ -385,16 +425,45 @@ impl Inner {
             .get(&module.sha256)
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((pre.clone(), true));
+            return Ok(Found {
+                pre: pre.clone(),
+                cache_hit: true,
+                from_artifact: false,
+                new_artifact: None,
+            });
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        // Compiled outside the lock: other jobs keep running while this one compiles.
-        let compiled = Module::new(&self.engine, &module.bytes).map_err(|e| {
-            Outcome::InvalidModule(format!(
-                "not a valid WebAssembly module: {}",
-                root_cause(&e)
-            ))
-        })?;
+        // Loaded or compiled outside the lock: other jobs keep running meanwhile.
+        let loaded = spec.artifact.as_ref().and_then(|bytes| {
+            self.deserialize(bytes)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "compiled artifact refused by wasmtime; compiling instead");
+                })
+                .ok()
+        });
+        let from_artifact = loaded.is_some();
+        let mut new_artifact = None;
+        let compiled = match loaded {
+            Some(module) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                module
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let compiled = Module::new(&self.engine, &module.bytes).map_err(|e| {
+                    Outcome::InvalidModule(format!(
+                        "not a valid WebAssembly module: {}",
+                        root_cause(&e)
+                    ))
+                })?;
+                if spec.want_artifact {
+                    match compiled.serialize() {
+                        Ok(bytes) => new_artifact = Some(Bytes::from(bytes)),
+                        Err(e) => tracing::warn!(error = %e, "serializing a compiled module"),
+                    }
+                }
+                compiled
+            }
+        };
         let pre = self
             .linker
             .instantiate_pre(&compiled)
@@ -403,7 +472,28 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .put(module.sha256, pre.clone());
-        Ok((pre, false))
+        Ok(Found {
+            pre,
+            cache_hit: from_artifact,
+            from_artifact,
+            new_artifact,
+        })
+    }
+
+    /// Loads native code another worker compiled.
+    ///
+    /// This is the workspace's one `unsafe` block. wasmtime cannot check
+    /// native code, so loading it is as trusting as running a binary: the
+    /// bytes must be exactly what `Module::serialize` wrote. The caller
+    /// guarantees that with the artifact's tag (`stage::compiled`: SHA-256
+    /// against torn or corrupted objects, HMAC with `cache.compiled_key`
+    /// against anyone else who can write to the bucket). wasmtime itself
+    /// still refuses artifacts from another version or configuration.
+    #[allow(unsafe_code)]
+    fn deserialize(&self, bytes: &[u8]) -> wasmtime::Result<Module> {
+        // SAFETY: `bytes` come from `Module::serialize` of an engine with
+        // this fingerprint, authenticated by the caller (see above).
+        unsafe { Module::deserialize(&self.engine, bytes) }
     }
 
     async fn run_async(&self, pre: InstancePre<GuestState>, spec: RunSpec) -> Report {
@@ -505,6 +595,8 @@ impl Inner {
             compile: Duration::ZERO,
             run,
             cache_hit: false,
+            from_artifact: false,
+            new_artifact: None,
         }
     }
 }
@@ -585,6 +677,25 @@ fn summarize(backtrace: &WasmBacktrace) -> String {
         };
         format!("; in {}{more}", frames.join(" <- "))
     }
+}
+
+/// Hex of the engine's compatibility hash, fed through SHA-256 so it is
+/// stable across processes (`DefaultHasher` promises no such thing).
+fn fingerprint(engine: &Engine) -> String {
+    use sha2::Digest as _;
+    use std::hash::{Hash, Hasher};
+    struct Sha(sha2::Sha256);
+    impl Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut h = Sha(sha2::Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    hex::encode(&h.0.finalize()[..16])
 }
 
 fn root_cause(error: &wasmtime::Error) -> String {

@@ -9,6 +9,7 @@
 //! It owns the host side of the guest's file system: `inputs/` (read-only in
 //! the guest) and one empty folder per output mount. It does not run
 //! anything and does not look at outputs.
+pub mod compiled;
 mod tarball;
 pub mod url;
 
