@@ -367,3 +367,98 @@ fn an_unreachable_broker_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A static gateway: `python3 -m http.server` over a folder laid out as
+/// `ipfs/<cid>` (it ignores `?format=car`), killed on drop.
+struct StaticGateway {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl StaticGateway {
+    fn start(cars: &[(&str, &str)]) -> StaticGateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ipfs")).unwrap();
+        for (cid, car) in cars {
+            std::fs::copy(
+                repo().join("tests/fixtures/ipfs").join(car),
+                dir.path().join("ipfs").join(cid),
+            )
+            .unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        StaticGateway {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for StaticGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_module_and_an_input_by_cid_run_locally() {
+    let cids = std::fs::read_to_string(repo().join("tests/fixtures/ipfs/cids.txt")).unwrap();
+    let cid = |name: &str| {
+        cids.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}\t")))
+            .and_then(|rest| rest.split('\t').next())
+            .unwrap()
+            .to_owned()
+    };
+    let (probe, hello) = (cid("probe.car"), cid("hello.car"));
+    let gateway = StaticGateway::start(&[(&probe, "probe.car"), (&hello, "hello.car")]);
+    let cli = Cli::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_submit"))
+        .args(["run", "--local", &format!("ipfs://{probe}"), "-i"])
+        .arg(format!("{hello}:/inputs/hello.txt"))
+        .args(["--", "cat", "/inputs/hello.txt"])
+        .current_dir(cli.work.path())
+        .env("SHOAL_CACHE_DIR", cli.cache.path())
+        .env(
+            "SHOAL_STAGING_IPFS_GATEWAYS",
+            format!("http://127.0.0.1:{}", gateway.port),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let want = std::fs::read(repo().join("tests/fixtures/ipfs/inputs/hello.txt")).unwrap();
+    assert_eq!(out.stdout, want);
+
+    // A typo in a CID fails before anything runs, naming the CID.
+    let out = cli.submit(&["run", "--local", "ipfs://bafyNOTACID", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("bafyNOTACID"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -180,6 +180,8 @@ pub struct StagingSection {
     pub url_read_timeout_secs: u64,
     /// Age below which a cached URL is used without a request, seconds.
     pub url_revalidate_secs: u64,
+    /// Trustless IPFS gateways, comma-separated, tried in order.
+    pub ipfs_gateways: String,
 }
 
 /// `[limits]`
@@ -192,6 +194,8 @@ pub struct LimitsSection {
     pub max_inline_bytes: u64,
     /// Largest module or input staged, in bytes.
     pub max_input_bytes: u64,
+    /// Most files and folders one input may unpack to (a tar or a CID folder).
+    pub max_input_files: u64,
     /// Streams up to this size are inline in the result message.
     pub inline_stream_bytes: u64,
     /// What a job gets when it does not say.

@@ -65,11 +65,11 @@ struct RunArgs {
     /// Fleet only: how long to wait for the result, e.g. 10m (default: a day).
     #[arg(long, value_parser = args::duration, value_name = "DURATION")]
     wait: Option<std::time::Duration>,
-    /// The module: a local .wasm or .wat file, or sha256:HEX for content already in the cache.
+    /// The module: a local .wasm or .wat file, sha256:HEX for content already in the cache, an http(s) URL, an s3://BUCKET/KEY or an IPFS CID[/path].
     module: String,
     /// Program arguments (argv[1..]).
     args: Vec<String>,
-    /// A local file or folder, or an http(s) URL, mounted read-only under /inputs (default /inputs/<its name>).
+    /// A local file or folder, an http(s) URL, an s3://BUCKET/KEY or an IPFS CID[/path] (ipfs:// optional), mounted read-only under /inputs (default /inputs/<its name>).
     #[arg(short = 'i', long = "input", value_name = "SRC[:GUEST_PATH]", value_parser = args::input_spec)]
     inputs: Vec<InputSpec>,
     /// A URL whose content appears under /inputs (Bacalhau's --input-urls).
@@ -178,8 +178,17 @@ async fn run_command(run: RunArgs) -> Result<u8> {
         }
         let path = Path::new(&spec.source);
         if !path.exists() {
+            if let Some(cid) = cid_source(&spec.source) {
+                job.inputs.push(Input {
+                    source: Source::new(Location::Cid(
+                        cid.with_context(|| format!("--input {}", spec.source))?,
+                    )),
+                    path: spec.path.clone(),
+                });
+                continue;
+            }
             bail!(
-                "--input {}: no such file or folder (CID inputs need the staging stage, not in this build yet)",
+                "--input {}: no such file or folder, and not a URL, s3:// URI or IPFS CID",
                 spec.source
             );
         }
@@ -355,12 +364,33 @@ async fn module_source(stager: &Stager, module: &str) -> Result<Source> {
     if module.starts_with("s3://") {
         return Ok(Source::new(Location::S3(module.to_owned())));
     }
-    if module.contains("://") || module.starts_with("Qm") || module.starts_with("bafy") {
-        bail!(
-            "module {module}: IPFS modules need the staging stage, which this build does not have yet; give a local .wasm file, an http(s) URL or an s3:// URI"
-        );
+    if let Some(cid) = cid_source(module) {
+        return Ok(Source::new(Location::Cid(
+            cid.with_context(|| format!("module {module}"))?,
+        )));
     }
-    bail!("module {module}: no such file; give a local .wasm or .wat file, or sha256:HEX")
+    bail!(
+        "module {module}: no such file; give a local .wasm or .wat file, sha256:HEX, an http(s) URL, an s3:// URI or an IPFS CID"
+    )
+}
+
+/// `CID[/path]` or `ipfs://CID[/path]` as a `cid` source; `None` when `s`
+/// does not look like one at all, an error when it looks like one but the
+/// CID does not parse (a typo fails here, before anything is queued).
+fn cid_source(s: &str) -> Option<Result<String>> {
+    let spec = s.strip_prefix("ipfs://").unwrap_or(s);
+    let first = spec.split('/').next().unwrap_or_default();
+    let looks_like = s.starts_with("ipfs://")
+        || (first.starts_with("Qm") && first.len() == 46)
+        || (first.starts_with("baf") && first.len() > 50);
+    if !looks_like {
+        return None;
+    }
+    Some(
+        shoal_worker::stage::ipfs::cid::Cid::parse(first)
+            .map(|_| spec.to_owned())
+            .map_err(|e| anyhow::anyhow!("{first:?} is not a valid IPFS CID: {e}")),
+    )
 }
 
 fn is_url(s: &str) -> bool {

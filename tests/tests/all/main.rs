@@ -3,6 +3,8 @@
 //! `tests/fixtures/` and `examples/`.
 mod executor;
 mod fleet;
+mod ipfs;
+mod ipfs_car;
 mod origin;
 mod s3;
 mod staging;

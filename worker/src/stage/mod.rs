@@ -10,6 +10,7 @@
 //! the guest) and one empty folder per output mount. It does not run
 //! anything and does not look at outputs.
 pub mod compiled;
+pub mod ipfs;
 mod tarball;
 pub mod url;
 
@@ -111,6 +112,7 @@ pub struct Stager {
     store: Arc<dyn ObjectStore>,
     limits: LimitsSection,
     urls: url::UrlFetcher,
+    gateways: ipfs::Gateways,
     /// Endpoint and credentials for `s3://` sources: the store's own.
     s3: CacheSection,
 }
@@ -123,6 +125,7 @@ impl Stager {
             store,
             limits: config.limits.clone(),
             urls: url::UrlFetcher::new(&config.staging)?,
+            gateways: ipfs::Gateways::new(&config.staging)?,
             s3: config.cache.clone(),
         })
     }
@@ -134,7 +137,10 @@ impl Stager {
 
     /// Stages the module and inputs of `job` under `scratch` (an empty folder).
     pub async fn stage(&self, job: &Job, scratch: &Path) -> Result<Staged, Error> {
-        let bytes = self.fetch(&job.module, "module").await?;
+        let bytes = match &job.module.location {
+            Location::Cid(spec) => self.fetch_cid_file(spec, scratch, "module").await?,
+            _ => self.fetch(&job.module, "module").await?,
+        };
         let module = ModuleBytes {
             sha256: Sha256::digest(&bytes).into(),
             bytes,
@@ -146,8 +152,28 @@ impl Stager {
             mkdir(&root).await?;
             for (i, input) in job.inputs.iter().enumerate() {
                 let what = format!("input {i} ({})", input.path);
-                let bytes = self.fetch(&input.source, &what).await?;
                 let host = host_path(&root, &input.path);
+                let bytes = match &input.source.location {
+                    Location::Cid(spec) if input.source.unpack != Some(Unpack::Tar) => {
+                        if let Some(parent) = host.parent() {
+                            mkdir(parent).await?;
+                        }
+                        let car = scratch.join(format!("input-{i}.car"));
+                        self.gateways
+                            .stage(
+                                self.store.as_ref(),
+                                spec,
+                                &host,
+                                &car,
+                                self.ipfs_limits(),
+                                &what,
+                            )
+                            .await?;
+                        continue;
+                    }
+                    Location::Cid(spec) => self.fetch_cid_file(spec, scratch, &what).await?,
+                    _ => self.fetch(&input.source, &what).await?,
+                };
                 match input.source.unpack.unwrap_or(Unpack::File) {
                     Unpack::File => {
                         if let Some(parent) = host.parent() {
@@ -280,11 +306,114 @@ impl Stager {
             }
             Location::S3(uri) => self.fetch_s3(uri, what).await,
             Location::Cid(_) => Err(JobError::invalid(format!(
-                "{what}: cid sources are part of shoal.job/v1 but this worker cannot stage them yet"
+                "{what}: a cid source is staged into a job's scratch folder, not fetched on its own"
             ))
             .into()),
         }
     }
+
+    fn ipfs_limits(&self) -> ipfs::Limits {
+        ipfs::Limits {
+            max_bytes: self.limits.max_input_bytes,
+            max_files: self.limits.max_input_files,
+        }
+    }
+
+    /// A `cid` source that must be one file (a module, or a tar to unpack):
+    /// staged in `scratch`, then read.
+    async fn fetch_cid_file(&self, spec: &str, scratch: &Path, what: &str) -> Result<Bytes, Error> {
+        let dest = scratch.join(format!("cid-{}", uuid::Uuid::new_v4().simple()));
+        let car = dest.with_extension("car");
+        let unpacked = self
+            .gateways
+            .stage(
+                self.store.as_ref(),
+                spec,
+                &dest,
+                &car,
+                self.ipfs_limits(),
+                what,
+            )
+            .await?;
+        if unpacked.kind != ipfs::Kind::File {
+            let _ = tokio::fs::remove_dir_all(&dest).await;
+            return Err(JobError::invalid(format!(
+                "{what}: {spec} is a directory; name a file inside it (CID/path/to/file)"
+            ))
+            .into());
+        }
+        let bytes = tokio::fs::read(&dest)
+            .await
+            .map_err(|e| InfraError::Disk(format!("reading {what}: {e}")))?;
+        let _ = tokio::fs::remove_file(&dest).await;
+        Ok(Bytes::from(bytes))
+    }
+}
+
+/// Streams the object at `key` into the file `dest`; `false` when there is no such object.
+pub async fn get_to_file(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+    dest: &Path,
+) -> Result<bool, InfraError> {
+    use futures::TryStreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let got = match store.get(key).await {
+        Ok(got) => got,
+        Err(object_store::Error::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(InfraError::Store(format!("reading {key}: {e}"))),
+    };
+    let disk = |e: std::io::Error| InfraError::Disk(format!("writing {}: {e}", dest.display()));
+    let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(dest).await.map_err(disk)?);
+    let mut stream = got.into_stream();
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?
+    {
+        file.write_all(&chunk).await.map_err(disk)?;
+    }
+    file.flush().await.map_err(disk)?;
+    Ok(true)
+}
+
+/// Uploads the file `src` to `key` without holding it in memory: one put
+/// when small, a multipart upload otherwise. Readers see the object only
+/// once it is complete (S3 and the local store both commit atomically), so
+/// two workers writing the same content-addressed key cannot corrupt it.
+pub async fn put_file(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+    src: &Path,
+) -> Result<(), InfraError> {
+    use tokio::io::AsyncReadExt as _;
+    const PART: usize = 8 << 20;
+    let disk = |e: std::io::Error| InfraError::Disk(format!("reading {}: {e}", src.display()));
+    let store_err = |e: object_store::Error| InfraError::Store(format!("writing {key}: {e}"));
+    let mut file = tokio::fs::File::open(src).await.map_err(disk)?;
+    let size = file.metadata().await.map_err(disk)?.len();
+    if size <= PART as u64 {
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut bytes).await.map_err(disk)?;
+        store
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map_err(store_err)?;
+        return Ok(());
+    }
+    let upload = store.put_multipart(key).await.map_err(store_err)?;
+    let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).await.map_err(disk)?;
+        if n == 0 {
+            break;
+        }
+        writer.wait_for_capacity(2).await.map_err(store_err)?;
+        writer.write(&buf[..n]);
+    }
+    writer.finish().await.map_err(store_err)?;
+    Ok(())
 }
 
 impl Stager {
