@@ -196,6 +196,10 @@ pub struct LimitsSection {
     pub max_input_bytes: u64,
     /// Most files and folders one input may unpack to (a tar or a CID folder).
     pub max_input_files: u64,
+    /// Most bytes all of a job's inputs may come to.
+    pub max_job_input_bytes: u64,
+    /// Most files and folders all of a job's inputs may come to.
+    pub max_job_input_files: u64,
     /// Streams up to this size are inline in the result message.
     pub inline_stream_bytes: u64,
     /// What a job gets when it does not say.

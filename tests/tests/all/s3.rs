@@ -180,3 +180,55 @@ async fn a_module_compiled_by_one_worker_is_loaded_by_the_next_without_compiling
     assert_eq!(run(&third, &module).await, Some(false));
     assert_eq!(third.embedded.executor().cache_stats().misses, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_prefix_is_staged_as_a_folder_within_the_caps() {
+    let h = Harness::with_env(&S3);
+    let prefix = format!("trees/{}", uuid::Uuid::new_v4().simple());
+    let store = h.embedded.stager().store().clone();
+    for (name, body) in [
+        ("a.txt", &b"first\n"[..]),
+        ("sub/b c.txt", b"second\n"),
+        ("sub/deeper/ü.bin", &[0u8, 1, 2, 255]),
+    ] {
+        store
+            // parse, not from: the key as a person would write it, not percent-encoded.
+            .put(
+                &StorePath::parse(format!("{prefix}/{name}")).unwrap(),
+                body.to_vec().into(),
+            )
+            .await
+            .unwrap();
+    }
+    let input = |uri: String| Input {
+        source: Source::new(Location::S3(uri)),
+        path: Some("/inputs/tree".into()),
+    };
+    let mut job = h.probe(&["cat", "/inputs/tree/sub/b c.txt"]).await;
+    job.inputs = vec![input(format!("s3://shoal-test/{prefix}/"))];
+    let (result, _) = h.run(job.clone()).await;
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert_eq!(crate::support::stdout(&result), "second\n");
+
+    let mut ls = h.probe(&["ls", "/inputs/tree/sub/deeper"]).await;
+    ls.inputs = job.inputs.clone();
+    let (result, _) = h.run(ls).await;
+    assert_eq!(crate::support::stdout(&result), "ü.bin\n", "{result:?}");
+
+    // An empty prefix is unavailable; three objects over a cap of two is too large.
+    job.id = None;
+    job.inputs = vec![input(format!("s3://shoal-test/{prefix}-none/"))];
+    let (result, _) = h.run(job.clone()).await;
+    assert_eq!(kind(&result), Some("input_unavailable"), "{result:?}");
+
+    let capped = Harness::with_env(
+        &S3.iter()
+            .copied()
+            .chain([("SHOAL_LIMITS_MAX_INPUT_FILES", "2")])
+            .collect::<Vec<_>>(),
+    );
+    let mut job = capped.probe(&["ls", "/inputs"]).await;
+    job.inputs = vec![input(format!("s3://shoal-test/{prefix}/"))];
+    let (result, _) = capped.run(job).await;
+    assert_eq!(kind(&result), Some("input_too_large"), "{result:?}");
+}

@@ -198,3 +198,39 @@ async fn too_many_redirects_are_refused() {
     assert_eq!(kind(&result), Some("input_refused"), "{result:?}");
     assert!(origin.requests("/a") + origin.requests("/b") <= 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_are_staged_in_parallel_and_capped_per_job() {
+    let origin = Origin::start(vec![
+        ("/a", Route::Body(vec![b'a'; 600])),
+        ("/b", Route::Body(vec![b'b'; 600])),
+    ])
+    .await;
+    // Each input alone is under the per-job cap; together they are over it.
+    let h = Harness::with_env(&[ALLOW_LOOPBACK, ("SHOAL_LIMITS_MAX_JOB_INPUT_BYTES", "1000")]);
+    let mut job = h.probe(&["ls", "/inputs"]).await;
+    job.inputs = vec![
+        url_input(&origin.url("/a"), "/inputs/a"),
+        url_input(&origin.url("/b"), "/inputs/b"),
+    ];
+    let (result, _) = h.run(job.clone()).await;
+    assert_eq!(kind(&result), Some("input_too_large"), "{result:?}");
+    assert!(
+        result
+            .error
+            .unwrap()
+            .message
+            .contains("max_job_input_bytes"),
+        "the message names the setting"
+    );
+
+    let roomy = Harness::with_env(&[ALLOW_LOOPBACK]);
+    let inputs = job.inputs;
+    let mut job = roomy.probe(&["ls", "/inputs"]).await;
+    job.inputs = inputs;
+    let (result, _) = roomy.run(job).await;
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    let mut listed: Vec<&str> = stdout(&result).lines().collect();
+    listed.sort();
+    assert_eq!(listed, ["a", "b"]);
+}

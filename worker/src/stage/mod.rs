@@ -21,6 +21,7 @@ use crate::job::{Job, JobOutput};
 use crate::paths::GuestPath;
 use base64::Engine as _;
 use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as StorePath};
 use sha2::{Digest, Sha256};
 use shoal_schemas::{ErrorKind, Location, Source, Unpack};
@@ -135,76 +136,42 @@ impl Stager {
         &self.store
     }
 
-    /// Stages the module and inputs of `job` under `scratch` (an empty folder).
+    /// Stages the module and inputs of `job` under `scratch` (an empty
+    /// folder). Inputs are staged in parallel, each streamed to disk.
     pub async fn stage(&self, job: &Job, scratch: &Path) -> Result<Staged, Error> {
-        let bytes = match &job.module.location {
-            Location::Cid(spec) => self.fetch_cid_file(spec, scratch, "module").await?,
-            _ => self.fetch(&job.module, "module").await?,
-        };
-        let module = ModuleBytes {
-            sha256: Sha256::digest(&bytes).into(),
-            bytes,
-        };
+        let module = self.module(job, scratch).await?;
 
         let mut mounts = Vec::new();
         if !job.inputs.is_empty() {
             let root = scratch.join("inputs");
             mkdir(&root).await?;
-            for (i, input) in job.inputs.iter().enumerate() {
-                let what = format!("input {i} ({})", input.path);
-                let host = host_path(&root, &input.path);
-                let bytes = match &input.source.location {
-                    Location::Cid(spec) if input.source.unpack != Some(Unpack::Tar) => {
-                        if let Some(parent) = host.parent() {
-                            mkdir(parent).await?;
-                        }
-                        let car = scratch.join(format!("input-{i}.car"));
-                        self.gateways
-                            .stage(
-                                self.store.as_ref(),
-                                spec,
-                                &host,
-                                &car,
-                                self.ipfs_limits(),
-                                &what,
-                            )
-                            .await?;
-                        continue;
-                    }
-                    Location::Cid(spec) => self.fetch_cid_file(spec, scratch, &what).await?,
-                    _ => self.fetch(&input.source, &what).await?,
-                };
-                match input.source.unpack.unwrap_or(Unpack::File) {
-                    Unpack::File => {
-                        if let Some(parent) = host.parent() {
-                            mkdir(parent).await?;
-                        }
-                        tokio::fs::write(&host, &bytes)
-                            .await
-                            .map_err(|e| InfraError::Disk(format!("writing {what}: {e}")))?;
-                    }
-                    Unpack::Tar => {
-                        let dest = host.clone();
-                        let max = self.limits.max_input_bytes;
-                        tokio::task::spawn_blocking(move || tarball::unpack(&bytes, &dest, max))
-                            .await
-                            .map_err(|e| InfraError::Disk(format!("unpacking {what}: {e}")))?
-                            .map_err(|e| match e {
-                                tarball::UnpackError::Job(msg) => Error::Job(JobError::new(
-                                    ErrorKind::InvalidJob,
-                                    format!("{what}: {msg}"),
-                                )),
-                                tarball::UnpackError::TooLarge(msg) => Error::Job(JobError::new(
-                                    ErrorKind::InputTooLarge,
-                                    format!("{what}: {msg}"),
-                                )),
-                                tarball::UnpackError::Disk(msg) => {
-                                    Error::Infra(InfraError::Disk(format!("{what}: {msg}")))
-                                }
-                            })?;
-                    }
+            // Futures built up front (they do nothing until polled): a
+            // `map` closure here trips the compiler's `Send` inference.
+            let futures: Vec<_> = job
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| self.input(i, input, &root, scratch))
+                .collect();
+            let mut staged = futures::stream::iter(futures).buffer_unordered(PARALLEL_INPUTS);
+            let (mut bytes, mut files) = (0u64, 0u64);
+            // The first error ends staging; dropping the stream cancels the rest.
+            while let Some(amount) = staged.try_next().await? {
+                bytes += amount.bytes;
+                files += amount.files;
+                let max_bytes = self.limits.max_job_input_bytes;
+                let max_files = self.limits.max_job_input_files;
+                if bytes > max_bytes || files > max_files {
+                    return Err(JobError::new(
+                        ErrorKind::InputTooLarge,
+                        format!(
+                            "the job's inputs come to more than {max_bytes} bytes or {max_files} files and folders (limits.max_job_input_bytes, limits.max_job_input_files)"
+                        ),
+                    )
+                    .into());
                 }
             }
+            drop(staged);
             mounts.push(Mount {
                 host: root,
                 guest: GuestPath::inputs_root().to_string(),
@@ -232,8 +199,125 @@ impl Stager {
         })
     }
 
-    /// The bytes of one source, verified and size-capped.
-    pub async fn fetch(&self, source: &Source, what: &str) -> Result<Bytes, Error> {
+    /// The module's bytes: staged like an input, then read (it is compiled from memory).
+    async fn module(&self, job: &Job, scratch: &Path) -> Result<ModuleBytes, Error> {
+        let bytes = match &job.module.location {
+            Location::Cid(spec) => self.fetch_cid_file(spec, scratch, "module").await?,
+            Location::Inline(text) => self.inline(text, "module")?,
+            _ => {
+                let file = scratch.join("module.wasm");
+                self.fetch_to(&job.module, "module", &file).await?;
+                let bytes = tokio::fs::read(&file)
+                    .await
+                    .map_err(|e| InfraError::Disk(format!("reading the module: {e}")))?;
+                let _ = tokio::fs::remove_file(&file).await;
+                Bytes::from(bytes)
+            }
+        };
+        Ok(ModuleBytes {
+            sha256: Sha256::digest(&bytes).into(),
+            bytes,
+        })
+    }
+
+    /// Stages input `i` at its place under `root`.
+    async fn input(
+        &self,
+        i: usize,
+        input: &crate::job::JobInput,
+        root: &Path,
+        scratch: &Path,
+    ) -> Result<Amount, Error> {
+        let what = format!("input {i} ({})", input.path);
+        let host = host_path(root, &input.path);
+        if let Some(parent) = host.parent() {
+            mkdir(parent).await?;
+        }
+        let source = &input.source;
+        if source.unpack.unwrap_or(Unpack::File) == Unpack::File {
+            if let Location::Cid(spec) = &source.location {
+                let car = scratch.join(format!("input-{i}.car"));
+                let unpacked = self
+                    .gateways
+                    .stage(
+                        self.store.as_ref(),
+                        spec,
+                        &host,
+                        &car,
+                        self.ipfs_limits(),
+                        &what,
+                    )
+                    .await?;
+                return Ok(Amount {
+                    bytes: unpacked.bytes,
+                    files: unpacked.files + unpacked.dirs,
+                });
+            }
+            if let Location::S3(uri) = &source.location
+                && uri.ends_with('/')
+            {
+                return self.fetch_s3_prefix(uri, &what, &host).await;
+            }
+            let bytes = self.fetch_to(source, &what, &host).await?;
+            return Ok(Amount { bytes, files: 1 });
+        }
+
+        // A tar archive: staged as a file in scratch, unpacked as a stream.
+        let archive = scratch.join(format!("input-{i}.tar"));
+        match &source.location {
+            Location::Cid(spec) => {
+                let car = scratch.join(format!("input-{i}.car"));
+                let unpacked = self
+                    .gateways
+                    .stage(
+                        self.store.as_ref(),
+                        spec,
+                        &archive,
+                        &car,
+                        self.ipfs_limits(),
+                        &what,
+                    )
+                    .await?;
+                if unpacked.kind != ipfs::Kind::File {
+                    return Err(JobError::invalid(format!(
+                        "{what}: {spec} is a folder, not a tar archive; drop \"unpack\": \"tar\""
+                    ))
+                    .into());
+                }
+            }
+            _ => {
+                self.fetch_to(source, &what, &archive).await?;
+            }
+        }
+        let (max_bytes, max_files) = (self.limits.max_input_bytes, self.limits.max_input_files);
+        let dest = host.clone();
+        let file = std::fs::File::open(&archive)
+            .map_err(|e| InfraError::Disk(format!("opening {what}: {e}")))?;
+        let unpacked = tokio::task::spawn_blocking(move || {
+            tarball::unpack(std::io::BufReader::new(file), &dest, max_bytes, max_files)
+        })
+        .await
+        .map_err(|e| InfraError::Disk(format!("unpacking {what}: {e}")))?;
+        let _ = tokio::fs::remove_file(&archive).await;
+        let (bytes, files) = unpacked.map_err(|e| match e {
+            tarball::UnpackError::Job(msg) => Error::Job(JobError::new(
+                ErrorKind::InvalidJob,
+                format!("{what}: {msg}"),
+            )),
+            tarball::UnpackError::TooLarge(msg) => Error::Job(JobError::new(
+                ErrorKind::InputTooLarge,
+                format!("{what}: {msg}"),
+            )),
+            tarball::UnpackError::Disk(msg) => {
+                Error::Infra(InfraError::Disk(format!("{what}: {msg}")))
+            }
+        })?;
+        Ok(Amount { bytes, files })
+    }
+
+    /// Streams one source into the file `dest`, verified and size-capped,
+    /// and returns its size. Memory stays flat whatever the size.
+    pub async fn fetch_to(&self, source: &Source, what: &str, dest: &Path) -> Result<u64, Error> {
         match &source.location {
             Location::Sha256(hex) => {
                 let key = sha256_key(hex);
@@ -248,21 +332,8 @@ impl Stager {
                     }
                     Err(e) => return Err(InfraError::Store(format!("reading {key}: {e}")).into()),
                 };
-                if got.meta.size > self.limits.max_input_bytes {
-                    return Err(JobError::new(
-                        ErrorKind::InputTooLarge,
-                        format!(
-                            "{what}: {} bytes is more than the {} allowed",
-                            got.meta.size, self.limits.max_input_bytes
-                        ),
-                    )
-                    .into());
-                }
-                let bytes = got
-                    .bytes()
-                    .await
-                    .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
-                let actual = sha256_hex(&bytes);
+                self.check_size(got.meta.size, key.as_ref(), what)?;
+                let (size, actual) = write_object(got, key.as_ref(), dest).await?;
                 if &actual != hex {
                     return Err(JobError::new(
                         ErrorKind::Integrity,
@@ -270,46 +341,71 @@ impl Stager {
                     )
                     .into());
                 }
-                Ok(bytes)
+                Ok(size)
             }
             Location::Inline(text) => {
-                // Checked before decoding: base64 is 4 characters per 3 bytes.
-                let max = self.limits.max_inline_bytes;
-                if (text.len() as u64) / 4 * 3 > max + 3 {
-                    return Err(JobError::new(
-                        ErrorKind::InputTooLarge,
-                        format!("{what}: inline content is larger than the {max} bytes allowed"),
-                    )
-                    .into());
-                }
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .map_err(|e| {
-                        JobError::invalid(format!("{what}: inline content is not base64: {e}"))
-                    })?;
-                if bytes.len() as u64 > max {
-                    return Err(JobError::new(
-                        ErrorKind::InputTooLarge,
-                        format!(
-                            "{what}: inline content is {} bytes, more than the {max} allowed",
-                            bytes.len()
-                        ),
-                    )
-                    .into());
-                }
-                Ok(Bytes::from(bytes))
+                let bytes = self.inline(text, what)?;
+                tokio::fs::write(dest, &bytes)
+                    .await
+                    .map_err(|e| InfraError::Disk(format!("writing {what}: {e}")))?;
+                Ok(bytes.len() as u64)
             }
             Location::Url(url) => {
                 self.urls
-                    .fetch(self.store.as_ref(), url, what, self.limits.max_input_bytes)
+                    .fetch_to(
+                        self.store.as_ref(),
+                        url,
+                        what,
+                        self.limits.max_input_bytes,
+                        dest,
+                    )
                     .await
             }
-            Location::S3(uri) => self.fetch_s3(uri, what).await,
+            Location::S3(uri) => self.fetch_s3(uri, what, dest).await,
             Location::Cid(_) => Err(JobError::invalid(format!(
-                "{what}: a cid source is staged into a job's scratch folder, not fetched on its own"
+                "{what}: a cid source is staged by the gateways, not fetched as one file"
             ))
             .into()),
         }
+    }
+
+    fn check_size(&self, size: u64, name: &str, what: &str) -> Result<(), Error> {
+        let max = self.limits.max_input_bytes;
+        if size > max {
+            return Err(JobError::new(
+                ErrorKind::InputTooLarge,
+                format!("{what}: {name} is {size} bytes, more than the {max} allowed (limits.max_input_bytes)"),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Decodes inline content, capped by `limits.max_inline_bytes`.
+    fn inline(&self, text: &str, what: &str) -> Result<Bytes, Error> {
+        // Checked before decoding: base64 is 4 characters per 3 bytes.
+        let max = self.limits.max_inline_bytes;
+        if (text.len() as u64) / 4 * 3 > max + 3 {
+            return Err(JobError::new(
+                ErrorKind::InputTooLarge,
+                format!("{what}: inline content is larger than the {max} bytes allowed"),
+            )
+            .into());
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| JobError::invalid(format!("{what}: inline content is not base64: {e}")))?;
+        if bytes.len() as u64 > max {
+            return Err(JobError::new(
+                ErrorKind::InputTooLarge,
+                format!(
+                    "{what}: inline content is {} bytes, more than the {max} allowed",
+                    bytes.len()
+                ),
+            )
+            .into());
+        }
+        Ok(Bytes::from(bytes))
     }
 
     fn ipfs_limits(&self) -> ipfs::Limits {
@@ -319,8 +415,7 @@ impl Stager {
         }
     }
 
-    /// A `cid` source that must be one file (a module, or a tar to unpack):
-    /// staged in `scratch`, then read.
+    /// A `cid` source that must be one file (a module): staged in `scratch`, then read.
     async fn fetch_cid_file(&self, spec: &str, scratch: &Path, what: &str) -> Result<Bytes, Error> {
         let dest = scratch.join(format!("cid-{}", uuid::Uuid::new_v4().simple()));
         let car = dest.with_extension("car");
@@ -350,31 +445,95 @@ impl Stager {
     }
 }
 
+/// Inputs staged at once per job: enough to overlap several slow origins,
+/// few enough not to flood one.
+const PARALLEL_INPUTS: usize = 4;
+
+/// What one staged input came to, for the job's totals.
+struct Amount {
+    bytes: u64,
+    files: u64,
+}
+
+/// Streams a fetched object into the file `dest`, hashing as it goes;
+/// returns its size and lowercase hex SHA-256.
+pub async fn write_object(
+    got: object_store::GetResult,
+    name: &str,
+    dest: &Path,
+) -> Result<(u64, String), InfraError> {
+    let mut stream = got.into_stream();
+    let mut sink = HashingFile::create(dest).await?;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| InfraError::Store(format!("reading {name}: {e}")))?
+    {
+        sink.write(&chunk).await?;
+    }
+    sink.finish().await
+}
+
+/// A file being written with its SHA-256 computed on the way.
+pub struct HashingFile {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    hasher: Sha256,
+    size: u64,
+    path: PathBuf,
+}
+
+impl HashingFile {
+    /// Creates (or truncates) `path`.
+    pub async fn create(path: &Path) -> Result<HashingFile, InfraError> {
+        let file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| InfraError::Disk(format!("creating {}: {e}", path.display())))?;
+        Ok(HashingFile {
+            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            size: 0,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends `chunk`.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), InfraError> {
+        use tokio::io::AsyncWriteExt as _;
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))
+    }
+
+    /// Flushes; returns the size and lowercase hex SHA-256.
+    pub async fn finish(mut self) -> Result<(u64, String), InfraError> {
+        use tokio::io::AsyncWriteExt as _;
+        self.file
+            .flush()
+            .await
+            .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))?;
+        Ok((self.size, hex::encode(self.hasher.finalize())))
+    }
+}
+
 /// Streams the object at `key` into the file `dest`; `false` when there is no such object.
 pub async fn get_to_file(
     store: &dyn ObjectStore,
     key: &StorePath,
     dest: &Path,
 ) -> Result<bool, InfraError> {
-    use futures::TryStreamExt as _;
-    use tokio::io::AsyncWriteExt as _;
-    let got = match store.get(key).await {
-        Ok(got) => got,
-        Err(object_store::Error::NotFound { .. }) => return Ok(false),
-        Err(e) => return Err(InfraError::Store(format!("reading {key}: {e}"))),
-    };
-    let disk = |e: std::io::Error| InfraError::Disk(format!("writing {}: {e}", dest.display()));
-    let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(dest).await.map_err(disk)?);
-    let mut stream = got.into_stream();
-    while let Some(chunk) = stream
-        .try_next()
-        .await
-        .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?
-    {
-        file.write_all(&chunk).await.map_err(disk)?;
+    match store.get(key).await {
+        Ok(got) => write_object(got, key.as_ref(), dest).await.map(|_| true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(InfraError::Store(format!("reading {key}: {e}"))),
     }
-    file.flush().await.map_err(disk)?;
-    Ok(true)
 }
 
 /// Uploads the file `src` to `key` without holding it in memory: one put
@@ -420,7 +579,7 @@ impl Stager {
     /// One object from a bucket, read with the worker's own S3 endpoint and
     /// credentials (`cache.s3_*`). Not copied into the cache: it already
     /// sits in the same kind of store, next to the fleet.
-    async fn fetch_s3(&self, uri: &str, what: &str) -> Result<Bytes, Error> {
+    async fn fetch_s3(&self, uri: &str, what: &str, dest: &Path) -> Result<u64, Error> {
         let Some((bucket, key)) = uri
             .strip_prefix("s3://")
             .and_then(|rest| rest.split_once('/'))
@@ -432,15 +591,11 @@ impl Stager {
         };
         if key.ends_with('/') {
             return Err(JobError::invalid(format!(
-                "{what}: {uri} is a prefix; this worker stages single objects only so far"
+                "{what}: {uri} is a prefix; a module or a tar archive is one object"
             ))
             .into());
         }
-        let config = CacheSection {
-            s3_bucket: bucket.to_owned(),
-            ..self.s3.clone()
-        };
-        let store = open_store(&config).map_err(InfraError::Store)?;
+        let store = self.bucket(bucket)?;
         let path =
             StorePath::parse(key).map_err(|e| JobError::invalid(format!("{what}: {uri}: {e}")))?;
         let unavailable = |why: String| -> Error {
@@ -461,20 +616,96 @@ impl Stager {
             }
             Err(e) => return Err(InfraError::Store(format!("reading {uri}: {e}")).into()),
         };
-        let max = self.limits.max_input_bytes;
-        if got.meta.size > max {
+        self.check_size(got.meta.size, uri, what)?;
+        let (size, _) = write_object(got, uri, dest).await?;
+        Ok(size)
+    }
+}
+
+impl Stager {
+    /// The worker's S3 endpoint and credentials, on another bucket.
+    fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, Error> {
+        let config = CacheSection {
+            s3_bucket: bucket.to_owned(),
+            ..self.s3.clone()
+        };
+        Ok(open_store(&config).map_err(InfraError::Store)?)
+    }
+
+    /// Every object under an `s3://bucket/prefix/`, as files and folders
+    /// under `dest`, within the input caps.
+    async fn fetch_s3_prefix(&self, uri: &str, what: &str, dest: &Path) -> Result<Amount, Error> {
+        let (bucket, prefix) = uri
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(bucket, _)| !bucket.is_empty())
+            .ok_or_else(|| {
+                JobError::invalid(format!("{what}: write s3://BUCKET/PREFIX/, not {uri:?}"))
+            })?;
+        let store = self.bucket(bucket)?;
+        let prefix = StorePath::parse(prefix.trim_end_matches('/'))
+            .map_err(|e| JobError::invalid(format!("{what}: {uri}: {e}")))?;
+        let listing_error = |e: object_store::Error| -> Error {
+            match e {
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => JobError::new(
+                    ErrorKind::InputUnavailable,
+                    format!("{what}: {uri} cannot be listed with this worker's credentials: {e}"),
+                )
+                .into(),
+                e => InfraError::Store(format!("listing {uri}: {e}")).into(),
+            }
+        };
+        mkdir(dest).await?;
+        let (max_bytes, max_files) = (self.limits.max_input_bytes, self.limits.max_input_files);
+        let mut amount = Amount { bytes: 0, files: 0 };
+        let mut listing = store.list(Some(&prefix));
+        while let Some(meta) = listing.try_next().await.map_err(listing_error)? {
+            let Some(parts) = meta.location.prefix_match(&prefix) else {
+                continue;
+            };
+            let parts: Vec<String> = parts.map(|p| p.as_ref().to_owned()).collect();
+            if parts.is_empty() {
+                continue;
+            }
+            if let Some(bad) = parts
+                .iter()
+                .find(|p| p.is_empty() || *p == "." || *p == ".." || p.contains(['/', '\\', '\0']))
+            {
+                return Err(JobError::new(
+                    ErrorKind::InputRefused,
+                    format!("{what}: {uri}: object {} has a name part {bad:?} that cannot be a file name", meta.location),
+                )
+                .into());
+            }
+            amount.files += 1;
+            amount.bytes += meta.size;
+            if amount.bytes > max_bytes || amount.files > max_files {
+                return Err(JobError::new(
+                    ErrorKind::InputTooLarge,
+                    format!("{what}: {uri} holds more than {max_bytes} bytes or {max_files} objects (limits.max_input_bytes, limits.max_input_files)"),
+                )
+                .into());
+            }
+            let mut target = dest.to_path_buf();
+            target.extend(&parts);
+            if let Some(parent) = target.parent() {
+                mkdir(parent).await?;
+            }
+            let got = store
+                .get(&meta.location)
+                .await
+                .map_err(|e| InfraError::Store(format!("reading {}: {e}", meta.location)))?;
+            write_object(got, meta.location.as_ref(), &target).await?;
+        }
+        if amount.files == 0 {
             return Err(JobError::new(
-                ErrorKind::InputTooLarge,
-                format!(
-                    "{what}: {uri} is {} bytes, more than the {max} allowed",
-                    got.meta.size
-                ),
+                ErrorKind::InputUnavailable,
+                format!("{what}: there are no objects under {uri}"),
             )
             .into());
         }
-        got.bytes()
-            .await
-            .map_err(|e| InfraError::Store(format!("reading {uri}: {e}")).into())
+        Ok(amount)
     }
 }
 

@@ -16,13 +16,20 @@ pub enum UnpackError {
     Disk(String),
 }
 
-/// Unpacks a tar archive into `dest`: regular files and folders only, at
-/// most `max_bytes` of file content.
-pub fn unpack(archive: &[u8], dest: &Path, max_bytes: u64) -> Result<(), UnpackError> {
+/// Unpacks a tar archive (read as a stream) into `dest`: regular files and
+/// folders only, at most `max_bytes` of file content and `max_files`
+/// entries. Returns the bytes and entries written.
+pub fn unpack(
+    archive: impl Read,
+    dest: &Path,
+    max_bytes: u64,
+    max_files: u64,
+) -> Result<(u64, u64), UnpackError> {
     std::fs::create_dir_all(dest)
         .map_err(|e| UnpackError::Disk(format!("creating {}: {e}", dest.display())))?;
     let mut tar = tar::Archive::new(archive);
     let mut total: u64 = 0;
+    let mut files: u64 = 0;
     let entries = tar
         .entries()
         .map_err(|e| UnpackError::Job(format!("not a tar archive: {e}")))?;
@@ -42,7 +49,19 @@ pub fn unpack(archive: &[u8], dest: &Path, max_bytes: u64) -> Result<(), UnpackE
             )));
         }
         let target = dest.join(&path);
-        match entry.header().entry_type() {
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::Directory | tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            files += 1;
+            if files > max_files {
+                return Err(UnpackError::TooLarge(format!(
+                    "unpacks to more than {max_files} files and folders"
+                )));
+            }
+        }
+        match kind {
             tar::EntryType::Directory => {
                 std::fs::create_dir_all(&target)
                     .map_err(|e| UnpackError::Disk(format!("{}: {e}", path.display())))?;
@@ -68,7 +87,7 @@ pub fn unpack(archive: &[u8], dest: &Path, max_bytes: u64) -> Result<(), UnpackE
             _ => continue,
         }
     }
-    Ok(())
+    Ok((total, files))
 }
 
 /// Packs a local folder as a deterministic tar archive: entries sorted by
@@ -120,7 +139,7 @@ mod tests {
         let two = pack_dir(src.path()).unwrap();
         assert_eq!(one, two);
         let dest = tempfile::tempdir().unwrap();
-        unpack(&one, dest.path(), 1 << 20).unwrap();
+        unpack(&one[..], dest.path(), 1 << 20, 100).unwrap();
         assert_eq!(
             std::fs::read_to_string(dest.path().join("a/b/c.txt")).unwrap(),
             "hello"
@@ -144,7 +163,7 @@ mod tests {
         let archive = builder.into_inner().unwrap();
         let dest = tempfile::tempdir().unwrap();
         assert!(matches!(
-            unpack(&archive, &dest.path().join("in"), 10),
+            unpack(&archive[..], &dest.path().join("in"), 10, 100),
             Err(UnpackError::Job(_))
         ));
         assert!(!dest.path().join("escape").exists());
@@ -157,7 +176,27 @@ mod tests {
         let archive = pack_dir(src.path()).unwrap();
         let dest = tempfile::tempdir().unwrap();
         assert!(matches!(
-            unpack(&archive, dest.path(), 999),
+            unpack(&archive[..], dest.path(), 999, 100),
+            Err(UnpackError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn caps_file_count_and_reports_what_it_wrote() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("d")).unwrap();
+        for name in ["d/1", "d/2", "3"] {
+            std::fs::write(src.path().join(name), "xy").unwrap();
+        }
+        let archive = pack_dir(src.path()).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        // Three files and one folder.
+        assert_eq!(
+            unpack(&archive[..], &dest.path().join("ok"), 100, 4).unwrap(),
+            (6, 4)
+        );
+        assert!(matches!(
+            unpack(&archive[..], &dest.path().join("over"), 100, 3),
             Err(UnpackError::TooLarge(_))
         ));
     }

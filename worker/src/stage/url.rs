@@ -21,13 +21,13 @@
 use crate::config::StagingSection;
 use crate::error::{Error, InfraError, JobError};
 use crate::publish::store::{get_if_present, put};
-use bytes::{Bytes, BytesMut};
-use object_store::{ObjectStore, path::Path as StorePath};
+use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use serde::{Deserialize, Serialize};
 use shoal_schemas::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -270,31 +270,34 @@ impl UrlFetcher {
         })
     }
 
-    /// The content at `url`, from the cache when the origin allows, else
-    /// downloaded (at most `max` bytes) and cached.
-    pub async fn fetch(
+    /// Streams the content at `url` into the file `dest`: from the cache
+    /// when the origin allows, else downloaded (at most `max` bytes) and
+    /// cached. Returns its size.
+    pub async fn fetch_to(
         &self,
         store: &dyn ObjectStore,
         url: &str,
         what: &str,
         max: u64,
-    ) -> Result<Bytes, Error> {
+        dest: &Path,
+    ) -> Result<u64, Error> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| JobError::invalid(format!("{what}: {url:?} is not a URL: {e}")))?;
         self.guard
             .check_url(&parsed)
             .map_err(|r| JobError::new(ErrorKind::InputRefused, format!("{what}: {r}")))?;
         let key = url_key(url);
-        let cached = self.cached(store, &key).await?;
-        if let Some((entry, bytes)) = &cached
+        // A cached copy goes to `dest` first: it is the answer on a hit or a 304.
+        let cached = self.cached(store, &key, dest).await?;
+        if let Some(entry) = &cached
             && now_secs().saturating_sub(entry.checked_at) < self.revalidate_secs
         {
             tracing::debug!(url, sha256 = %entry.sha256, "url cache hit");
-            return Ok(bytes.clone());
+            return Ok(entry.size);
         }
 
         let mut request = self.client.get(parsed);
-        if let Some((entry, _)) = &cached {
+        if let Some(entry) = &cached {
             if let Some(etag) = &entry.etag {
                 request = request.header(IF_NONE_MATCH, etag);
             }
@@ -308,12 +311,12 @@ impl UrlFetcher {
             .map_err(|e| request_error(e, url, what))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_MODIFIED
-            && let Some((mut entry, bytes)) = cached
+            && let Some(mut entry) = cached
         {
             tracing::debug!(url, "url revalidated: not modified");
             entry.checked_at = now_secs();
             self.record(store, &key, &entry).await?;
-            return Ok(bytes);
+            return Ok(entry.size);
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(InfraError::Fetch(format!("{what}: {url} answered {status}")).into());
@@ -347,37 +350,46 @@ impl UrlFetcher {
             return Err(too_large());
         }
         let mut response = response;
-        let mut body = BytesMut::new();
+        let mut sink = super::HashingFile::create(dest).await?;
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| request_error(e, url, what))?
         {
-            if body.len() as u64 + chunk.len() as u64 > max {
+            if sink.size() + chunk.len() as u64 > max {
                 return Err(too_large());
             }
-            body.extend_from_slice(&chunk);
+            sink.write(&chunk).await?;
         }
-        let body = body.freeze();
-        let sha256 = super::put_content(store, body.clone()).await?;
+        let (size, sha256) = sink.finish().await?;
+        let content_key = super::sha256_key(&sha256);
+        match store.head(&content_key).await {
+            Ok(meta) if meta.size == size => {}
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                super::put_file(store, &content_key, dest).await?;
+            }
+            Err(e) => return Err(InfraError::Store(format!("checking {content_key}: {e}")).into()),
+        }
         let entry = UrlEntry {
             url: url.to_owned(),
             sha256,
-            size: body.len() as u64,
+            size,
             etag,
             last_modified,
             checked_at: now_secs(),
         };
         self.record(store, &key, &entry).await?;
-        Ok(body)
+        Ok(size)
     }
 
-    /// The cache entry and its content, if both are there and agree.
+    /// The cache entry, with its content written to `dest`, if both are
+    /// there and agree.
     async fn cached(
         &self,
         store: &dyn ObjectStore,
         key: &StorePath,
-    ) -> Result<Option<(UrlEntry, Bytes)>, InfraError> {
+        dest: &Path,
+    ) -> Result<Option<UrlEntry>, InfraError> {
         let Some(entry) = get_if_present(store, key).await? else {
             return Ok(None);
         };
@@ -385,15 +397,18 @@ impl UrlFetcher {
             return Ok(None);
         };
         let content_key = super::sha256_key(&entry.sha256);
-        let Some(bytes) = get_if_present(store, &content_key).await? else {
-            return Ok(None);
+        let got = match store.get(&content_key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(InfraError::Store(format!("reading {content_key}: {e}"))),
         };
+        let (size, sha256) = super::write_object(got, content_key.as_ref(), dest).await?;
         // A corrupted entry is not trusted: fetch again from the origin.
-        if super::sha256_hex(&bytes) != entry.sha256 {
+        if sha256 != entry.sha256 || size != entry.size {
             tracing::warn!(key = %content_key, "cached url content does not match its hash; refetching");
             return Ok(None);
         }
-        Ok(Some((entry, bytes)))
+        Ok(Some(entry))
     }
 
     async fn record(
