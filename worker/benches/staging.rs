@@ -150,6 +150,7 @@ fn row(kind: &str, mb: u64) {
             ..config.cache.clone()
         })
         .unwrap();
+        let uploads = shoal_worker::stage::Uploads::default();
         let (_, before) = peak_and_current_rss_kib();
         let started = Instant::now();
         let size = match kind {
@@ -165,7 +166,12 @@ fn row(kind: &str, mb: u64) {
                 size
             }
             "url-shoal" => stager
-                .fetch_to(&Source::new(Location::Url(url.clone())), "bench", &dest)
+                .fetch_to(
+                    &Source::new(Location::Url(url.clone())),
+                    "bench",
+                    &dest,
+                    &uploads,
+                )
                 .await
                 .unwrap(),
             "s3-plain" => {
@@ -190,15 +196,19 @@ fn row(kind: &str, mb: u64) {
                     &Source::new(Location::S3(format!("s3://{BUCKET}/{key}"))),
                     "bench",
                     &dest,
+                    &uploads,
                 )
                 .await
                 .unwrap(),
             other => panic!("unknown row {other}"),
         };
         let secs = started.elapsed().as_secs_f64();
+        // The cache copy, which a job overlaps with its guest's run.
+        uploads.finish().await;
+        let with_cache = started.elapsed().as_secs_f64();
         assert_eq!(size, mb << 20);
         let (peak, _) = peak_and_current_rss_kib();
-        println!("{secs} {}", peak.saturating_sub(before));
+        println!("{secs} {} {with_cache}", peak.saturating_sub(before));
     });
 }
 
@@ -230,7 +240,7 @@ fn main() {
     println!("## staging {mb} MiB (best of 3; peak RSS growth of the process)");
     let me = std::env::current_exe().unwrap();
     for kind in ["url-plain", "url-shoal", "s3-plain", "s3-shoal"] {
-        let mut runs: Vec<(f64, u64)> = (0..3)
+        let mut runs: Vec<(f64, u64, f64)> = (0..3)
             .map(|_| {
                 let out = Command::new(&me)
                     .args(["--row", kind, &mb.to_string()])
@@ -246,16 +256,18 @@ fn main() {
                 (
                     parts.next().unwrap().parse().unwrap(),
                     parts.next().unwrap().parse().unwrap(),
+                    parts.next().unwrap().parse().unwrap(),
                 )
             })
             .collect();
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (secs, _) = runs[0];
+        let (secs, _, with_cache) = runs[0];
         let rss = runs.iter().map(|r| r.1).max().unwrap();
         println!(
-            "{kind:<10} {:>8.0} MB/s  {:>6.2} s  peak RSS growth {:>6.1} MB",
+            "{kind:<10} {:>8.0} MB/s  {:>6.2} s  (with the cache copy done: {:>6.2} s)  peak RSS growth {:>6.1} MB",
             (mb << 20) as f64 / 1e6 / secs,
             secs,
+            with_cache,
             rss as f64 / 1024.0
         );
     }

@@ -393,6 +393,7 @@ impl Embedded {
         };
         on_state(JobState::Running).await;
         let mut report = self.executor.run(spec).await;
+        staged.uploads.finish().await;
         on_state(JobState::Publishing).await;
         if let (Some(artifacts), Some(native)) = (&self.artifacts, report.new_artifact.take()) {
             artifacts.put(&fingerprint, &sha256, &native).await;

@@ -105,6 +105,54 @@ pub struct Staged {
     pub mounts: Vec<Mount>,
     /// Each output mount with its host folder.
     pub outputs: Vec<(JobOutput, PathBuf)>,
+    /// Cache writes still going; await them before the job's result.
+    pub uploads: Uploads,
+}
+
+/// Cache writes that staging started and the guest's run overlaps: a
+/// fetched input is the job's as soon as it is on disk, and copying it into
+/// the fleet's cache need not delay the guest. Each upload reads its own
+/// hard link of the staged file (made in the system temp folder), so
+/// nothing the job does to its scratch folder can disturb it.
+#[derive(Debug, Clone, Default)]
+pub struct Uploads(Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>);
+
+impl Uploads {
+    /// Runs `upload` on a copy of `file` (a hard link when the file system
+    /// allows, else in line, on `file` itself).
+    pub async fn add<F, Fut>(&self, file: &Path, upload: F) -> Result<(), InfraError>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<(), InfraError>> + Send + 'static,
+    {
+        let link =
+            std::env::temp_dir().join(format!("shoal-upload-{}", uuid::Uuid::new_v4().simple()));
+        if tokio::fs::hard_link(file, &link).await.is_err() {
+            return upload(file.to_path_buf()).await;
+        }
+        let task = upload(link.clone());
+        let handle = tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "filling the cache; the next job fetches again");
+            }
+            let _ = tokio::fs::remove_file(&link).await;
+        });
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+        Ok(())
+    }
+
+    /// Waits for every upload started so far. Failures were logged: the
+    /// cache is an optimisation, and the job already has its input.
+    pub async fn finish(&self) {
+        let handles: Vec<_> =
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
 }
 
 /// Brings content into jobs' scratch directories.
@@ -139,7 +187,21 @@ impl Stager {
     /// Stages the module and inputs of `job` under `scratch` (an empty
     /// folder). Inputs are staged in parallel, each streamed to disk.
     pub async fn stage(&self, job: &Job, scratch: &Path) -> Result<Staged, Error> {
-        let module = self.module(job, scratch).await?;
+        let uploads = Uploads::default();
+        let staged = self.stage_with(job, scratch, &uploads).await;
+        if staged.is_err() {
+            uploads.finish().await;
+        }
+        staged
+    }
+
+    async fn stage_with(
+        &self,
+        job: &Job,
+        scratch: &Path,
+        uploads: &Uploads,
+    ) -> Result<Staged, Error> {
+        let module = self.module(job, scratch, uploads).await?;
 
         let mut mounts = Vec::new();
         if !job.inputs.is_empty() {
@@ -151,7 +213,7 @@ impl Stager {
                 .inputs
                 .iter()
                 .enumerate()
-                .map(|(i, input)| self.input(i, input, &root, scratch))
+                .map(|(i, input)| self.input(i, input, &root, scratch, uploads))
                 .collect();
             let mut staged = futures::stream::iter(futures).buffer_unordered(PARALLEL_INPUTS);
             let (mut bytes, mut files) = (0u64, 0u64);
@@ -196,17 +258,23 @@ impl Stager {
             module,
             mounts,
             outputs,
+            uploads: uploads.clone(),
         })
     }
 
     /// The module's bytes: staged like an input, then read (it is compiled from memory).
-    async fn module(&self, job: &Job, scratch: &Path) -> Result<ModuleBytes, Error> {
+    async fn module(
+        &self,
+        job: &Job,
+        scratch: &Path,
+        uploads: &Uploads,
+    ) -> Result<ModuleBytes, Error> {
         let bytes = match &job.module.location {
             Location::Cid(spec) => self.fetch_cid_file(spec, scratch, "module").await?,
             Location::Inline(text) => self.inline(text, "module")?,
             _ => {
                 let file = scratch.join("module.wasm");
-                self.fetch_to(&job.module, "module", &file).await?;
+                self.fetch_to(&job.module, "module", &file, uploads).await?;
                 let bytes = tokio::fs::read(&file)
                     .await
                     .map_err(|e| InfraError::Disk(format!("reading the module: {e}")))?;
@@ -227,6 +295,7 @@ impl Stager {
         input: &crate::job::JobInput,
         root: &Path,
         scratch: &Path,
+        uploads: &Uploads,
     ) -> Result<Amount, Error> {
         let what = format!("input {i} ({})", input.path);
         let host = host_path(root, &input.path);
@@ -258,7 +327,7 @@ impl Stager {
             {
                 return self.fetch_s3_prefix(uri, &what, &host).await;
             }
-            let bytes = self.fetch_to(source, &what, &host).await?;
+            let bytes = self.fetch_to(source, &what, &host, uploads).await?;
             return Ok(Amount { bytes, files: 1 });
         }
 
@@ -286,7 +355,7 @@ impl Stager {
                 }
             }
             _ => {
-                self.fetch_to(source, &what, &archive).await?;
+                self.fetch_to(source, &what, &archive, uploads).await?;
             }
         }
         let (max_bytes, max_files) = (self.limits.max_input_bytes, self.limits.max_input_files);
@@ -317,7 +386,13 @@ impl Stager {
 
     /// Streams one source into the file `dest`, verified and size-capped,
     /// and returns its size. Memory stays flat whatever the size.
-    pub async fn fetch_to(&self, source: &Source, what: &str, dest: &Path) -> Result<u64, Error> {
+    pub async fn fetch_to(
+        &self,
+        source: &Source,
+        what: &str,
+        dest: &Path,
+        uploads: &Uploads,
+    ) -> Result<u64, Error> {
         match &source.location {
             Location::Sha256(hex) => {
                 let key = sha256_key(hex);
@@ -353,11 +428,12 @@ impl Stager {
             Location::Url(url) => {
                 self.urls
                     .fetch_to(
-                        self.store.as_ref(),
+                        &self.store,
                         url,
                         what,
                         self.limits.max_input_bytes,
                         dest,
+                        uploads,
                     )
                     .await
             }
@@ -469,15 +545,18 @@ pub async fn write_object(
         .await
         .map_err(|e| InfraError::Store(format!("reading {name}: {e}")))?
     {
-        sink.write(&chunk).await?;
+        sink.write(chunk).await?;
     }
     sink.finish().await
 }
 
-/// A file being written with its SHA-256 computed on the way.
+/// A file being written with its SHA-256 computed on the way, on a thread
+/// of its own: hashing in line with the writes would halve a fast
+/// download's throughput, and the chunks are shared (`Bytes`), not copied.
 pub struct HashingFile {
     file: tokio::io::BufWriter<tokio::fs::File>,
-    hasher: Sha256,
+    chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    hasher: tokio::task::JoinHandle<[u8; 32]>,
     size: u64,
     path: PathBuf,
 }
@@ -488,9 +567,19 @@ impl HashingFile {
         let file = tokio::fs::File::create(path)
             .await
             .map_err(|e| InfraError::Disk(format!("creating {}: {e}", path.display())))?;
+        // A few chunks in flight: enough to keep both sides busy, little memory.
+        let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut hasher = Sha256::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher.finalize().into()
+        });
         Ok(HashingFile {
             file: tokio::io::BufWriter::with_capacity(1 << 20, file),
-            hasher: Sha256::new(),
+            chunks: Some(chunks),
+            hasher,
             size: 0,
             path: path.to_path_buf(),
         })
@@ -502,14 +591,21 @@ impl HashingFile {
     }
 
     /// Appends `chunk`.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), InfraError> {
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), InfraError> {
         use tokio::io::AsyncWriteExt as _;
-        self.hasher.update(chunk);
         self.size += chunk.len() as u64;
         self.file
-            .write_all(chunk)
+            .write_all(&chunk)
             .await
-            .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))
+            .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))?;
+        if let Some(chunks) = &self.chunks {
+            // Waits only while the hasher is 8 chunks behind.
+            chunks
+                .send(chunk)
+                .await
+                .map_err(|_| InfraError::Disk("the hashing thread stopped".into()))?;
+        }
+        Ok(())
     }
 
     /// Flushes; returns the size and lowercase hex SHA-256.
@@ -519,7 +615,12 @@ impl HashingFile {
             .flush()
             .await
             .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))?;
-        Ok((self.size, hex::encode(self.hasher.finalize())))
+        drop(self.chunks.take());
+        let digest = self
+            .hasher
+            .await
+            .map_err(|e| InfraError::Disk(format!("hashing {}: {e}", self.path.display())))?;
+        Ok((self.size, hex::encode(digest)))
     }
 }
 

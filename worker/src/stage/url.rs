@@ -275,12 +275,15 @@ impl UrlFetcher {
     /// cached. Returns its size.
     pub async fn fetch_to(
         &self,
-        store: &dyn ObjectStore,
+        store: &Arc<dyn ObjectStore>,
         url: &str,
         what: &str,
         max: u64,
         dest: &Path,
+        uploads: &super::Uploads,
     ) -> Result<u64, Error> {
+        let store_arc = store.clone();
+        let store = store.as_ref();
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| JobError::invalid(format!("{what}: {url:?} is not a URL: {e}")))?;
         self.guard
@@ -359,17 +362,9 @@ impl UrlFetcher {
             if sink.size() + chunk.len() as u64 > max {
                 return Err(too_large());
             }
-            sink.write(&chunk).await?;
+            sink.write(chunk).await?;
         }
         let (size, sha256) = sink.finish().await?;
-        let content_key = super::sha256_key(&sha256);
-        match store.head(&content_key).await {
-            Ok(meta) if meta.size == size => {}
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {
-                super::put_file(store, &content_key, dest).await?;
-            }
-            Err(e) => return Err(InfraError::Store(format!("checking {content_key}: {e}")).into()),
-        }
         let entry = UrlEntry {
             url: url.to_owned(),
             sha256,
@@ -378,7 +373,23 @@ impl UrlFetcher {
             last_modified,
             checked_at: now_secs(),
         };
-        self.record(store, &key, &entry).await?;
+        // Into the cache while the guest runs: the job has its input now.
+        uploads
+            .add(dest, move |copy| async move {
+                let store = store_arc.as_ref();
+                let content_key = super::sha256_key(&entry.sha256);
+                match store.head(&content_key).await {
+                    Ok(meta) if meta.size == entry.size => {}
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                        super::put_file(store, &content_key, &copy).await?;
+                    }
+                    Err(e) => {
+                        return Err(InfraError::Store(format!("checking {content_key}: {e}")));
+                    }
+                }
+                record(store, &key, &entry).await
+            })
+            .await?;
         Ok(size)
     }
 
@@ -417,9 +428,17 @@ impl UrlFetcher {
         key: &StorePath,
         entry: &UrlEntry,
     ) -> Result<(), InfraError> {
-        let body = serde_json::to_vec(entry).map_err(|e| InfraError::Store(e.to_string()))?;
-        put(store, key, body).await
+        record(store, key, entry).await
     }
+}
+
+async fn record(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+    entry: &UrlEntry,
+) -> Result<(), InfraError> {
+    let body = serde_json::to_vec(entry).map_err(|e| InfraError::Store(e.to_string()))?;
+    put(store, key, body).await
 }
 
 /// A failed request: refused by the guard (the job's fault), or the origin
