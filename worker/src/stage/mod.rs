@@ -639,13 +639,13 @@ pub async fn get_to_file(
 
 /// Uploads the file `src` to `key` without holding it in memory: one put
 /// when small, a multipart upload otherwise. Readers see the object only
-/// once it is complete (S3 and the local store both commit atomically), so
-/// two workers writing the same content-addressed key cannot corrupt it.
+/// once it is complete (S3 and the local store both commit atomically).
+/// Returns the file's size and SHA-256, computed on the way.
 pub async fn put_file(
     store: &dyn ObjectStore,
     key: &StorePath,
     src: &Path,
-) -> Result<(), InfraError> {
+) -> Result<(u64, String), InfraError> {
     use tokio::io::AsyncReadExt as _;
     const PART: usize = 8 << 20;
     let disk = |e: std::io::Error| InfraError::Disk(format!("reading {}: {e}", src.display()));
@@ -655,25 +655,115 @@ pub async fn put_file(
     if size <= PART as u64 {
         let mut bytes = Vec::with_capacity(size as usize);
         file.read_to_end(&mut bytes).await.map_err(disk)?;
+        let hex = sha256_hex(&bytes);
         store
             .put(key, PutPayload::from(bytes))
             .await
             .map_err(store_err)?;
-        return Ok(());
+        return Ok((size, hex));
     }
     let upload = store.put_multipart(key).await.map_err(store_err)?;
     let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf).await.map_err(disk)?;
         if n == 0 {
             break;
         }
+        hasher.update(&buf[..n]);
         writer.wait_for_capacity(2).await.map_err(store_err)?;
         writer.write(&buf[..n]);
     }
     writer.finish().await.map_err(store_err)?;
-    Ok(())
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// Puts the file `src` into the cache under its hash, without reading it
+/// twice: uploaded to a temporary key while hashing, then committed to
+/// `cache/sha256/<hex>` (a rename; on S3 a server-side copy), unless that
+/// is there already. Two workers caching the same content at once each
+/// commit a complete copy of the same bytes, so readers never see a torn
+/// object. Returns the size and hash.
+pub async fn cache_file(store: &dyn ObjectStore, src: &Path) -> Result<(u64, String), InfraError> {
+    let temp = StorePath::from(format!("cache/tmp/{}", uuid::Uuid::new_v4().simple()));
+    let (size, hex) = put_file(store, &temp, src).await?;
+    let key = sha256_key(&hex);
+    let committed = match store.head(&key).await {
+        Ok(meta) if meta.size == size => store.delete(&temp).await,
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => store.rename(&temp, &key).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = committed {
+        let _ = store.delete(&temp).await;
+        return Err(InfraError::Store(format!("committing {key}: {e}")));
+    }
+    Ok((size, hex))
+}
+
+/// Streams a fetched object into the file `dest` as is (no hash: for
+/// sources nobody addresses by content). Returns its size.
+pub async fn copy_object(
+    got: object_store::GetResult,
+    name: &str,
+    dest: &Path,
+) -> Result<u64, InfraError> {
+    let mut stream = got.into_stream();
+    let mut sink = PlainFile::create(dest).await?;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| InfraError::Store(format!("reading {name}: {e}")))?
+    {
+        sink.write(&chunk).await?;
+    }
+    sink.finish().await
+}
+
+/// A file written through a 1 MiB buffer, counting its bytes.
+pub struct PlainFile {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    size: u64,
+    path: PathBuf,
+}
+
+impl PlainFile {
+    /// Creates (or truncates) `path`.
+    pub async fn create(path: &Path) -> Result<PlainFile, InfraError> {
+        let file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| InfraError::Disk(format!("creating {}: {e}", path.display())))?;
+        Ok(PlainFile {
+            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            size: 0,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends `chunk`.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), InfraError> {
+        use tokio::io::AsyncWriteExt as _;
+        self.size += chunk.len() as u64;
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))
+    }
+
+    /// Flushes; returns the size.
+    pub async fn finish(mut self) -> Result<u64, InfraError> {
+        use tokio::io::AsyncWriteExt as _;
+        self.file
+            .flush()
+            .await
+            .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))?;
+        Ok(self.size)
+    }
 }
 
 impl Stager {
@@ -718,8 +808,7 @@ impl Stager {
             Err(e) => return Err(InfraError::Store(format!("reading {uri}: {e}")).into()),
         };
         self.check_size(got.meta.size, uri, what)?;
-        let (size, _) = write_object(got, uri, dest).await?;
-        Ok(size)
+        Ok(copy_object(got, uri, dest).await?)
     }
 }
 
@@ -797,7 +886,7 @@ impl Stager {
                 .get(&meta.location)
                 .await
                 .map_err(|e| InfraError::Store(format!("reading {}: {e}", meta.location)))?;
-            write_object(got, meta.location.as_ref(), &target).await?;
+            copy_object(got, meta.location.as_ref(), &target).await?;
         }
         if amount.files == 0 {
             return Err(JobError::new(

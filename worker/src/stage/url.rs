@@ -353,7 +353,8 @@ impl UrlFetcher {
             return Err(too_large());
         }
         let mut response = response;
-        let mut sink = super::HashingFile::create(dest).await?;
+        // No hash on the way: the cache copy computes it, off the job's path.
+        let mut sink = super::PlainFile::create(dest).await?;
         while let Some(chunk) = response
             .chunk()
             .await
@@ -362,31 +363,24 @@ impl UrlFetcher {
             if sink.size() + chunk.len() as u64 > max {
                 return Err(too_large());
             }
-            sink.write(chunk).await?;
+            sink.write(&chunk).await?;
         }
-        let (size, sha256) = sink.finish().await?;
-        let entry = UrlEntry {
-            url: url.to_owned(),
-            sha256,
-            size,
-            etag,
-            last_modified,
-            checked_at: now_secs(),
-        };
+        let size = sink.finish().await?;
+        let checked_at = now_secs();
         // Into the cache while the guest runs: the job has its input now.
+        let url = url.to_owned();
         uploads
             .add(dest, move |copy| async move {
                 let store = store_arc.as_ref();
-                let content_key = super::sha256_key(&entry.sha256);
-                match store.head(&content_key).await {
-                    Ok(meta) if meta.size == entry.size => {}
-                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {
-                        super::put_file(store, &content_key, &copy).await?;
-                    }
-                    Err(e) => {
-                        return Err(InfraError::Store(format!("checking {content_key}: {e}")));
-                    }
-                }
+                let (size, sha256) = super::cache_file(store, &copy).await?;
+                let entry = UrlEntry {
+                    url,
+                    sha256,
+                    size,
+                    etag,
+                    last_modified,
+                    checked_at,
+                };
                 record(store, &key, &entry).await
             })
             .await?;
