@@ -23,19 +23,20 @@ pub async fn upload_path(stager: &Stager, path: &Path) -> Result<Source, String>
         .and_then(|n| n.to_str())
         .filter(|n| !n.is_empty() && *n != "." && *n != "..")
         .map(str::to_owned);
-    let (bytes, unpack) = if meta.is_dir() {
+    let store = stager.store().as_ref();
+    let (hex, unpack) = if meta.is_dir() {
         let dir = path.to_path_buf();
         let archive = tokio::task::spawn_blocking(move || pack_dir(&dir))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("packing {}: {e}", path.display()))?;
-        (archive, Some(Unpack::Tar))
+        let hex = put_content(store, archive.into())
+            .await
+            .map_err(|e| format!("uploading {}: {e}", path.display()))?;
+        (hex, Some(Unpack::Tar))
     } else {
-        (read_with_progress(path, meta.len()).await?, None)
+        (upload_file(store, path, meta.len()).await?, None)
     };
-    let hex = put_content(stager.store().as_ref(), bytes.into())
-        .await
-        .map_err(|e| format!("uploading {}: {e}", path.display()))?;
     Ok(Source {
         location: Location::Sha256(hex),
         name,
@@ -43,37 +44,66 @@ pub async fn upload_path(stager: &Stager, path: &Path) -> Result<Source, String>
     })
 }
 
-async fn read_with_progress(path: &Path, len: u64) -> Result<Vec<u8>, String> {
-    use tokio::io::AsyncReadExt;
-    let bar = if len >= PROGRESS_BYTES {
-        let bar = ProgressBar::new(len);
-        bar.set_style(
-            ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("uploading {}", path.display()));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = Vec::with_capacity(len as usize);
+fn bar(len: u64, message: String) -> ProgressBar {
+    if len < PROGRESS_BYTES {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(message);
+    bar
+}
+
+/// Streams a file into the cache under its hash (hashed first, so content
+/// already there is not sent again), with progress bars for large files.
+async fn upload_file(
+    store: &dyn object_store::ObjectStore,
+    path: &Path,
+    len: u64,
+) -> Result<String, String> {
+    use object_store::ObjectStoreExt as _;
+    use sha2::Digest as _;
+    use tokio::io::AsyncReadExt as _;
+    let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let hashing = bar(len, format!("hashing {}", path.display()));
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| failed(&e))?;
+    let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = file.read(&mut buf).await.map_err(|e| failed(&e))?;
         if n == 0 {
             break;
         }
-        out.extend_from_slice(&buf[..n]);
-        bar.inc(n as u64);
+        hasher.update(&buf[..n]);
+        hashing.inc(n as u64);
     }
-    bar.finish_and_clear();
-    Ok(out)
+    hashing.finish_and_clear();
+    let hex = hex::encode(hasher.finalize());
+    let key = shoal_worker::stage::sha256_key(&hex);
+    match store.head(&key).await {
+        Ok(meta) if meta.size == len => return Ok(hex),
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(format!("checking {key}: {e}")),
+    }
+    let uploading = bar(len, format!("uploading {}", path.display()));
+    let progress = {
+        let uploading = uploading.clone();
+        move |n: u64| uploading.inc(n)
+    };
+    let (_, sent) = shoal_worker::stage::put_file_with(store, &key, path, &progress)
+        .await
+        .map_err(|e| failed(&e))?;
+    uploading.finish_and_clear();
+    if sent != hex {
+        let _ = store.delete(&key).await;
+        return Err(failed(
+            &"the file changed while it was being uploaded; try again",
+        ));
+    }
+    Ok(hex)
 }
 
 /// Reproduces a stored result's layout in `dir` (the same layout as
@@ -115,15 +145,7 @@ pub async fn download(
         std::fs::write(dir.join("exitCode"), code.to_string()).map_err(|e| e.to_string())?;
     }
     let total: u64 = result.outputs.iter().map(|o| o.bytes).sum();
-    let bar = if total >= PROGRESS_BYTES {
-        ProgressBar::new(total)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("downloading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = bar(total, "downloading".into());
     for output in &result.outputs {
         let folder = dir.join(&output.name);
         std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
@@ -150,6 +172,53 @@ pub async fn download(
     }
     bar.finish_and_clear();
     shoal_worker::publish::local::write_result(dir, result).map_err(|e| e.to_string())
+}
+
+/// One kind of cache entry, for `submit cache stats`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CacheKind {
+    /// `sha256`, `url`, `cid`, `compiled`, `tmp` or `other`.
+    pub kind: String,
+    /// Objects of this kind.
+    pub objects: u64,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+/// Counts what the cache (`cache/` in the store) holds, by kind.
+pub async fn cache_stats(store: &dyn object_store::ObjectStore) -> Result<Vec<CacheKind>, String> {
+    use futures::TryStreamExt as _;
+    let kinds = ["sha256", "url", "cid", "compiled", "tmp", "other"];
+    let mut counts = vec![(0u64, 0u64); kinds.len()];
+    let prefix = object_store::path::Path::from("cache");
+    let mut listing = store.list(Some(&prefix));
+    while let Some(meta) = listing
+        .try_next()
+        .await
+        .map_err(|e| format!("listing the cache: {e}"))?
+    {
+        let kind = meta
+            .location
+            .prefix_match(&prefix)
+            .and_then(|mut parts| parts.next())
+            .map(|p| p.as_ref().to_owned())
+            .unwrap_or_default();
+        let i = kinds
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(kinds.len() - 1);
+        counts[i].0 += 1;
+        counts[i].1 += meta.size;
+    }
+    Ok(kinds
+        .iter()
+        .zip(counts)
+        .map(|(kind, (objects, bytes))| CacheKind {
+            kind: (*kind).to_owned(),
+            objects,
+            bytes,
+        })
+        .collect())
 }
 
 /// Reads `results/<id>/result.json` from the store.

@@ -453,6 +453,34 @@ fn a_module_and_an_input_by_cid_run_locally() {
     let want = std::fs::read(repo().join("tests/fixtures/ipfs/inputs/hello.txt")).unwrap();
     assert_eq!(out.stdout, want);
 
+    // The cache now holds both CARs and the compiled module, nothing else.
+    let out = Command::new(env!("CARGO_BIN_EXE_submit"))
+        .args(["cache", "stats", "--json"])
+        .env("SHOAL_CACHE_DIR", cli.cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |kind: &str| {
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == kind)
+            .map(|k| k["objects"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            count("cid"),
+            count("compiled"),
+            count("sha256"),
+            count("tmp")
+        ),
+        (2, 1, 0, 0),
+        "{stats}"
+    );
+
     // A typo in a CID fails before anything runs, naming the CID.
     let out = cli.submit(&["run", "--local", "ipfs://bafyNOTACID", "x"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));

@@ -30,6 +30,28 @@ enum Command {
     Run(Box<RunArgs>),
     /// Fetch a job's result from the results store and lay it out like `run` does.
     Get(GetArgs),
+    /// What the content cache holds (`submit cache stats`).
+    Cache(CacheArgs),
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    #[command(subcommand)]
+    what: CacheCommand,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Objects and bytes per kind of entry (uploads and URLs by sha256, URL
+    /// records, IPFS CARs, compiled modules, unfinished temporary uploads).
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where results go and how they are shown: shared by `run` and `get`.
@@ -118,6 +140,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(run) => runtime.block_on(run_command(*run)),
         Command::Get(get) => runtime.block_on(get_command(get)),
+        Command::Cache(cache) => runtime.block_on(cache_command(cache)),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -339,6 +362,37 @@ async fn get_command(get: GetArgs) -> Result<u8> {
         .map_err(anyhow::Error::msg)?;
     report(&result, &dir, get.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
+}
+
+async fn cache_command(cache: CacheArgs) -> Result<u8> {
+    let CacheCommand::Stats { json } = cache.what;
+    let mut config = Config::load(cache.config.as_deref()).context("loading configuration")?;
+    config.log.filter = "warn".into();
+    let store = shoal_submitter::local::open_store(&config.cache).map_err(anyhow::Error::msg)?;
+    let stats = shoal_submitter::local::cache_stats(store.as_ref())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &stats)?;
+        writeln!(out)?;
+    } else {
+        let place = if config.cache.s3_bucket.is_empty() {
+            config.cache.dir.display().to_string()
+        } else {
+            format!("s3://{}", config.cache.s3_bucket)
+        };
+        writeln!(out, "cache in {place}")?;
+        writeln!(out, "{:<10} {:>10} {:>14}", "kind", "objects", "bytes")?;
+        for kind in &stats {
+            writeln!(
+                out,
+                "{:<10} {:>10} {:>14}",
+                kind.kind, kind.objects, kind.bytes
+            )?;
+        }
+    }
+    Ok(0)
 }
 
 async fn module_source(stager: &Stager, module: &str) -> Result<Source> {

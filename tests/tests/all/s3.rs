@@ -232,3 +232,54 @@ async fn an_s3_prefix_is_staged_as_a_folder_within_the_caps() {
     let (result, _) = capped.run(job).await;
     assert_eq!(kind(&result), Some("input_too_large"), "{result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_caching_the_same_url_at_once_leave_one_good_entry() {
+    use crate::origin::{Origin, Route};
+    let body: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let path = format!("/{}.bin", uuid::Uuid::new_v4().simple());
+    let origin = Origin::start(vec![(path.as_str(), Route::Body(body.clone()))]).await;
+    let env: Vec<(&str, &str)> = S3
+        .iter()
+        .copied()
+        .chain([("SHOAL_STAGING_URL_ALLOW", "127.0.0.1/32")])
+        .collect();
+    async fn job(h: &Harness, url: String) {
+        let mut job = JobMessage::new(fresh_module());
+        job.inputs = vec![Input {
+            source: Source::new(Location::Url(url)),
+            path: Some("/inputs/big.bin".into()),
+        }];
+        let (result, _) = h.run(job).await;
+        assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    }
+    let url = origin.url(&path);
+    let (a, b) = (Harness::with_env(&env), Harness::with_env(&env));
+    tokio::join!(job(&a, url.clone()), job(&b, url.clone()));
+    assert_eq!(
+        origin.requests(&path),
+        2,
+        "both fetched: neither was cached yet"
+    );
+
+    // A third worker is served by the cache (verified as it is read): the
+    // entry the two wrote at once is whole.
+    let c = Harness::with_env(&env);
+    job(&c, url).await;
+    assert_eq!(origin.requests(&path), 2, "the cache entry was not usable");
+    let hex = shoal_worker::stage::sha256_hex(&body);
+    let stored = c
+        .embedded
+        .stager()
+        .store()
+        .get(&shoal_worker::stage::sha256_key(&hex))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        stored == body,
+        "the cached content differs from the origin's"
+    );
+}

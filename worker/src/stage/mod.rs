@@ -646,6 +646,16 @@ pub async fn put_file(
     key: &StorePath,
     src: &Path,
 ) -> Result<(u64, String), InfraError> {
+    put_file_with(store, key, src, &|_| {}).await
+}
+
+/// [`put_file`], calling `progress` with each chunk's size as it is read.
+pub async fn put_file_with(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+    src: &Path,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(u64, String), InfraError> {
     use tokio::io::AsyncReadExt as _;
     const PART: usize = 8 << 20;
     let disk = |e: std::io::Error| InfraError::Disk(format!("reading {}: {e}", src.display()));
@@ -656,6 +666,7 @@ pub async fn put_file(
         let mut bytes = Vec::with_capacity(size as usize);
         file.read_to_end(&mut bytes).await.map_err(disk)?;
         let hex = sha256_hex(&bytes);
+        progress(bytes.len() as u64);
         store
             .put(key, PutPayload::from(bytes))
             .await
@@ -674,6 +685,7 @@ pub async fn put_file(
         hasher.update(&buf[..n]);
         writer.wait_for_capacity(2).await.map_err(store_err)?;
         writer.write(&buf[..n]);
+        progress(n as u64);
     }
     writer.finish().await.map_err(store_err)?;
     Ok((size, hex::encode(hasher.finalize())))
