@@ -283,3 +283,84 @@ async fn two_workers_caching_the_same_url_at_once_leave_one_good_entry() {
         "the cached content differs from the origin's"
     );
 }
+
+/// A TCP forwarder to SeaweedFS that can be switched off (new connections
+/// refused, open ones cut) and on again: the S3 server "stopped" for this
+/// test only, without stopping the one every other test shares.
+struct Switch {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Switch {
+    async fn start() -> Switch {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, rx) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*rx.borrow() {
+                    drop(inbound); // refused, as far as the client can tell
+                    continue;
+                }
+                let mut down = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:8333").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Switch { port, up }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_s3_store_stops_is_retried_and_succeeds_once_it_is_back() {
+    let switch = Switch::start().await;
+    let endpoint = switch.endpoint();
+    let fleet = Fleet::start(
+        1,
+        &[
+            ("SHOAL_CACHE_S3_BUCKET", "shoal-test"),
+            ("SHOAL_CACHE_S3_ENDPOINT", &endpoint),
+            ("SHOAL_CACHE_S3_RETRY_TIMEOUT_SECS", "1"),
+            ("SHOAL_AMQP_MAX_ATTEMPTS", "6"),
+            ("SHOAL_AMQP_RETRY_BASE_MS", "500"),
+        ],
+    );
+    let client = fleet.client().await;
+    let job = fleet.probe(&["args", "after-the-outage"]).await;
+    switch.set(false);
+    let handle = client.submit(job).await.unwrap();
+    // Long enough for the first attempt to fail on the store.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    switch.set(true);
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert!(
+        result.attempt >= 2,
+        "the job did not need a retry: {result:?}"
+    );
+    assert_eq!(
+        crate::support::stdout(&result),
+        "probe.wasm\nargs\nafter-the-outage\n"
+    );
+    fleet.stop().await;
+}
