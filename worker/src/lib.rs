@@ -14,6 +14,7 @@ pub mod consume;
 pub mod error;
 pub mod execute;
 pub mod job;
+pub mod metrics;
 pub mod paths;
 pub mod pipeline;
 pub mod publish;
