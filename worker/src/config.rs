@@ -34,6 +34,16 @@ pub struct Config {
     pub executor: ExecutorSection,
     /// Logging.
     pub log: LogSection,
+    /// Prometheus metrics and health endpoint.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; empty: off.
+    pub listen: String,
 }
 
 /// `[worker]`

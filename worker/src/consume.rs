@@ -22,6 +22,7 @@
 //! idle one could take.
 use crate::config::AmqpSection;
 use crate::error::InfraError;
+use crate::metrics::METRICS;
 use crate::pipeline::{Delivered, Embedded, OnState};
 use futures::StreamExt;
 use lapin::options::{
@@ -47,6 +48,9 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), InfraError> {
     let amqp = Arc::new(amqp);
+    METRICS
+        .concurrency
+        .set(i64::try_from(concurrency).unwrap_or(i64::MAX));
     let mut failures: u32 = 0;
     loop {
         if *shutdown.borrow() {
@@ -55,6 +59,8 @@ pub async fn run(
         match session(&pipeline, &amqp, concurrency, &mut shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) => {
+                METRICS.broker_connected.set(0);
+                METRICS.reconnects.inc();
                 failures = failures.saturating_add(1);
                 let delay = backoff(failures, 200, amqp.reconnect_max_ms, true);
                 tracing::warn!(error = %e, broker = %amqp.redacted_url(), retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
@@ -130,6 +136,7 @@ async fn session(
         .await
         .map_err(broker)?;
     tracing::info!(queue = %amqp.job_queue, concurrency, broker = %amqp.redacted_url(), "consuming jobs");
+    METRICS.broker_connected.set(1);
     let session = Arc::new(Session {
         pipeline: pipeline.clone(),
         amqp: amqp.clone(),
@@ -141,7 +148,12 @@ async fn session(
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let session = session.clone();
-                    in_flight.spawn(async move { session.handle(delivery).await });
+                    in_flight.spawn(async move {
+                        METRICS.in_flight.inc();
+                        let handled = session.handle(delivery).await;
+                        METRICS.in_flight.dec();
+                        handled
+                    });
                 }
                 Some(Err(e)) => break Err(broker(e)),
                 None => break Err(InfraError::Broker("the broker cancelled the consumer".into())),
@@ -270,6 +282,7 @@ impl Session {
                     false,
                 );
                 tracing::warn!(job_id = %id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "infrastructure failure; will retry");
+                METRICS.retries.inc();
                 tokio::time::sleep(delay).await;
                 delivery
                     .acker
@@ -376,6 +389,13 @@ impl Session {
             error = why,
             "dead-lettering a message that is not a valid job"
         );
+        if !id.as_deref().is_some_and(valid_id) {
+            // No result to count it by: count it here.
+            METRICS
+                .jobs
+                .with_label_values(&[Status::Rejected.as_str(), ErrorKind::InvalidJob.as_str()])
+                .inc();
+        }
         if let Some(id) = id.filter(|id| valid_id(id)) {
             let result = ResultMessage::failure(
                 &id,
@@ -403,6 +423,7 @@ impl Session {
         error: &str,
         attempts: u32,
     ) -> Result<(), InfraError> {
+        METRICS.dead_letters.with_label_values(&[reason]).inc();
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(
             ShortString::from("x-shoal-reason"),
@@ -434,6 +455,7 @@ impl Session {
         result: &ResultMessage,
         job_props: &BasicProperties,
     ) -> Result<(), InfraError> {
+        METRICS.job_finished(result);
         let body = serde_json::to_vec(result)
             .map_err(|e| InfraError::Broker(format!("encoding result: {e}")))?;
         let mut props = BasicProperties::default()

@@ -125,7 +125,16 @@ async fn serve(config: Config) -> Result<()> {
     let concurrency = config.concurrency();
     let amqp = config.amqp.clone();
     let ceiling = config.limits.ceiling;
+    let listen = config.metrics.listen.clone();
     let pipeline = Embedded::new(config, ceiling).map_err(anyhow::Error::msg)?;
+    if !listen.is_empty() {
+        let addr: std::net::SocketAddr = listen
+            .parse()
+            .with_context(|| format!("metrics.listen {listen:?} is not an address:port"))?;
+        shoal_worker::metrics::serve(addr, pipeline.stager().store().clone())
+            .await
+            .with_context(|| format!("listening on {addr} (metrics.listen)"))?;
+    }
     shoal_worker::consume::run(pipeline, amqp, concurrency, rx).await?;
     tracing::info!("stopped");
     Ok(())

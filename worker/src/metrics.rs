@@ -171,11 +171,7 @@ impl Metrics {
 
     /// Records a finished job from its result: status, stages, fuel, memory, bytes.
     pub fn job_finished(&self, result: &ResultMessage) {
-        let kind = result
-            .error
-            .as_ref()
-            .map(|e| e.kind.as_str())
-            .unwrap_or("");
+        let kind = result.error.as_ref().map(|e| e.kind.as_str()).unwrap_or("");
         self.jobs
             .with_label_values(&[result.status.as_str(), kind])
             .inc();

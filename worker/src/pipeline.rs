@@ -9,6 +9,7 @@ use crate::config::{Config, LimitValues};
 use crate::error::{Error, InfraError, JobError};
 use crate::execute::{Executor, Mount, Outcome, Report, RunLimits, RunSpec};
 use crate::job::Job;
+use crate::metrics::METRICS;
 use crate::paths::GuestPath;
 use crate::publish::{self, Collected};
 use crate::stage::Stager;
@@ -374,9 +375,13 @@ impl Embedded {
         mounts.extend(extra_mounts.iter().cloned());
         let sha256 = staged.module.sha256;
         let fingerprint = self.executor.fingerprint().to_owned();
+        let in_memory = self.executor.is_compiled(&sha256);
+        METRICS.cache_lookup("module", in_memory);
         let artifact = match &self.artifacts {
-            Some(artifacts) if !self.executor.is_compiled(&sha256) => {
-                artifacts.get(&fingerprint, &sha256).await
+            Some(artifacts) if !in_memory => {
+                let found = artifacts.get(&fingerprint, &sha256).await;
+                METRICS.cache_lookup("compiled", found.is_some());
+                found
             }
             _ => None,
         };

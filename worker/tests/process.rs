@@ -118,6 +118,8 @@ impl Bench {
             .env("SHOAL_WORKER_NAME", name)
             .env("SHOAL_WORKER_CONCURRENCY", "1")
             .env("SHOAL_LOG_FILTER", "info")
+            // Several workers run at once: each its own free port.
+            .env("SHOAL_METRICS_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -148,7 +150,14 @@ impl Bench {
             .with_delivery_mode(2)
             .with_message_id(ShortString::from(id))
             .with_correlation_id(ShortString::from(id))
-            .with_reply_to(ShortString::from(self.reply_queue.as_str()));
+            .with_reply_to(ShortString::from(self.reply_queue.as_str()))
+            // A plain AMQP timestamp, as a client in any language sets it.
+            .with_timestamp(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+            );
         let confirm = self
             .publish
             .basic_publish(
@@ -411,5 +420,204 @@ async fn a_job_still_running_after_the_grace_period_goes_back_to_the_queue() {
     bench.expect_queued(1, "the unfinished job is back").await;
     let log = bench.log("impatient");
     assert!(log.contains("grace period over"), "{log}");
+    bench.remove().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Prometheus server (Debian's `prometheus`) scraping one target
+/// every second, with its data in a temporary folder; killed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: shoal-worker\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`; scripts/services installs it)");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The value of a PromQL query that returns one sample, or `None`.
+    async fn value(&self, query: &str) -> Option<f64> {
+        let url = url::Url::parse_with_params(
+            &format!("http://127.0.0.1:{}/api/v1/query", self.port),
+            &[("query", query)],
+        )
+        .ok()?;
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        let body: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let result = body["data"]["result"].as_array()?;
+        if result.len() != 1 {
+            return None;
+        }
+        result[0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits until `query` evaluates to `want`.
+    async fn expect(&self, query: &str, want: f64) {
+        let deadline = Instant::now() + WAIT;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.value(query).await;
+            if last == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("{query}: wanted {want}, Prometheus says {last:?}");
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http_get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_workers_metrics_and_they_move_by_what_the_jobs_did() {
+    let mut bench = Bench::new().await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut worker = bench.worker("metered", &[("SHOAL_METRICS_LISTEN", listen.as_str())]);
+    let base = format!("http://{listen}");
+
+    // Up at once; ready once it consumes.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((200, body)) = http_get(&format!("{base}/readyz")).await {
+            assert_eq!(body, "ready\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {}",
+            bench.log("metered")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        http_get(&format!("{base}/healthz")).await,
+        Some((200, "ok\n".into()))
+    );
+
+    let prometheus = Prometheus::start(&listen);
+    prometheus.expect(r#"up{job="shoal-worker"}"#, 1.0).await;
+
+    let ids: Vec<String> = (0..3).map(|i| unique(&format!("metered-{i}"))).collect();
+    for id in &ids {
+        bench.submit(id, &["args", "x"]).await;
+        assert_eq!(bench.result(id).await.status, Status::Succeeded);
+    }
+    let failing = unique("metered-fail");
+    bench.submit(&failing, &["exit", "3"]).await;
+    assert_eq!(bench.result(&failing).await.status, Status::Failed);
+
+    let q = |s: &str| s.to_owned();
+    for (query, want) in [
+        (
+            q(r#"shoal_jobs_total{status="succeeded",error_kind=""}"#),
+            3.0,
+        ),
+        (
+            q(r#"shoal_jobs_total{status="failed",error_kind="nonzero_exit"}"#),
+            1.0,
+        ),
+        (
+            q(r#"shoal_job_stage_duration_seconds_count{stage="run"}"#),
+            4.0,
+        ),
+        (
+            q(r#"shoal_job_stage_duration_seconds_count{stage="queue"}"#),
+            4.0,
+        ),
+        // The first job compiled the module; the other three found it in memory.
+        (
+            q(r#"shoal_cache_requests_total{kind="module",result="miss"}"#),
+            1.0,
+        ),
+        (
+            q(r#"shoal_cache_requests_total{kind="module",result="hit"}"#),
+            3.0,
+        ),
+        (q(r#"shoal_staged_bytes_total{source="sha256"} > 0"#), 0.0),
+        (q("shoal_jobs_in_flight"), 0.0),
+        (q("shoal_worker_concurrency"), 1.0),
+        (q("shoal_broker_connected"), 1.0),
+        (q("shoal_job_peak_memory_bytes_count"), 4.0),
+    ] {
+        if query.ends_with("> 0") {
+            // A comparison returns the sample only when it holds.
+            let deadline = Instant::now() + WAIT;
+            while prometheus.value(&query).await.is_none() {
+                assert!(Instant::now() < deadline, "{query} never held");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            continue;
+        }
+        prometheus.expect(&query, want).await;
+    }
+    let fuel = prometheus.value("shoal_fuel_consumed_total").await.unwrap();
+    assert!(fuel > 0.0, "fuel {fuel}");
+
+    // The exposition passes Prometheus's own linter.
+    let (_, body) = http_get(&format!("{base}/metrics")).await.unwrap();
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`)");
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    signal(&worker, "TERM");
+    assert!(exited(&mut worker, WAIT).await.success());
     bench.remove().await;
 }

@@ -18,6 +18,7 @@ use crate::config::{CacheSection, Config, LimitsSection};
 use crate::error::{Error, InfraError, JobError};
 use crate::execute::{ModuleBytes, Mount};
 use crate::job::{Job, JobOutput};
+use crate::metrics::METRICS;
 use crate::paths::GuestPath;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -213,7 +214,17 @@ impl Stager {
                 .inputs
                 .iter()
                 .enumerate()
-                .map(|(i, input)| self.input(i, input, &root, scratch, uploads))
+                .map(|(i, input)| {
+                    let root = &root;
+                    async move {
+                        let amount = self.input(i, input, root, scratch, uploads).await?;
+                        METRICS
+                            .staged_bytes
+                            .with_label_values(&[source_kind(&input.source.location)])
+                            .inc_by(amount.bytes);
+                        Ok::<_, Error>(amount)
+                    }
+                })
                 .collect();
             let mut staged = futures::stream::iter(futures).buffer_unordered(PARALLEL_INPUTS);
             let (mut bytes, mut files) = (0u64, 0u64);
@@ -282,6 +293,10 @@ impl Stager {
                 Bytes::from(bytes)
             }
         };
+        METRICS
+            .staged_bytes
+            .with_label_values(&[source_kind(&job.module.location)])
+            .inc_by(bytes.len() as u64);
         Ok(ModuleBytes {
             sha256: Sha256::digest(&bytes).into(),
             bytes,
@@ -908,6 +923,17 @@ impl Stager {
             .into());
         }
         Ok(amount)
+    }
+}
+
+/// The `source` label of a location, for metrics.
+fn source_kind(location: &Location) -> &'static str {
+    match location {
+        Location::Sha256(_) => "sha256",
+        Location::Url(_) => "url",
+        Location::Cid(_) => "cid",
+        Location::S3(_) => "s3",
+        Location::Inline(_) => "inline",
     }
 }
 

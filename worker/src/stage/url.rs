@@ -296,6 +296,7 @@ impl UrlFetcher {
             && now_secs().saturating_sub(entry.checked_at) < self.revalidate_secs
         {
             tracing::debug!(url, sha256 = %entry.sha256, "url cache hit");
+            crate::metrics::METRICS.cache_lookup("url", true);
             return Ok(entry.size);
         }
 
@@ -317,6 +318,7 @@ impl UrlFetcher {
             && let Some(mut entry) = cached
         {
             tracing::debug!(url, "url revalidated: not modified");
+            crate::metrics::METRICS.cache_lookup("url", true);
             entry.checked_at = now_secs();
             self.record(store, &key, &entry).await?;
             return Ok(entry.size);
@@ -331,6 +333,7 @@ impl UrlFetcher {
             )
             .into());
         }
+        crate::metrics::METRICS.cache_lookup("url", false);
         let too_large = || {
             Error::from(JobError::new(
                 ErrorKind::InputTooLarge,

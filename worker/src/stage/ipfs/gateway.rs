@@ -136,6 +136,7 @@ impl Gateways {
             match open_and_unpack(&car, &target, dest, limits).await {
                 Ok(unpacked) => {
                     remove(&car).await;
+                    crate::metrics::METRICS.cache_lookup("cid", true);
                     return Ok(unpacked);
                 }
                 Err(Unpack::Content(e)) => return Err(content_error(e, spec, what)),
@@ -149,6 +150,7 @@ impl Gateways {
             }
         }
 
+        crate::metrics::METRICS.cache_lookup("cid", false);
         if self.urls.is_empty() {
             return Err(JobError::new(
                 ErrorKind::InputUnavailable,
