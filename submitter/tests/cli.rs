@@ -322,6 +322,56 @@ fn run_against_a_fleet_then_get_the_result_again() {
             "{name}"
         );
     }
+    // Outputs round-trip byte-exact through the store and `submit get`:
+    // binary and empty files, nested folders, spaces and non-ASCII names.
+    let tree = cli.work.path().join("tree");
+    std::fs::create_dir_all(tree.join("nested dir/deeper")).unwrap();
+    let binary: Vec<u8> = (0..70_000u32).map(|i| (i % 256) as u8).collect();
+    std::fs::write(tree.join("bin.dat"), &binary).unwrap();
+    std::fs::write(tree.join("empty.txt"), b"").unwrap();
+    std::fs::write(tree.join("with space.txt"), b"spaced\n").unwrap();
+    std::fs::write(
+        tree.join("nested dir/deeper/naïve café ☕.txt"),
+        "ünïcödé\n",
+    )
+    .unwrap();
+    let id = format!("tree-{suffix}");
+    let out = run(&[
+        "run",
+        &path("tests/fixtures/probe.wasm"),
+        "--id",
+        &id,
+        "-i",
+        &format!("{}:/inputs/tree", tree.display()),
+        "--",
+        "copytree",
+        "/inputs/tree",
+        "/outputs",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let fetched = cli.work.path().join("tree-again");
+    let out = run(&["get", &id, "--download", fetched.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let files = |root: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut found: Vec<_> = walk(root)
+            .into_iter()
+            .map(|p| {
+                (
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let want = files(&tree);
+    assert_eq!(want.len(), 4);
+    assert!(
+        files(&fetched.join("outputs")) == want,
+        "outputs differ from the original tree"
+    );
+
     // A job's own failure comes back as its exit code, through the fleet too.
     let out = run(&["run", &path("tests/fixtures/probe.wasm"), "exit", "7"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
@@ -489,4 +539,18 @@ fn a_module_and_an_input_by_cid_run_locally() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Every file under `root`, recursively.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -488,3 +488,35 @@ async fn limits_above_the_ceiling_are_rejected() {
             .contains("/limits/memory_bytes")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_flood_is_cut_at_the_cap_and_what_was_kept_is_partial() {
+    let h = Harness::new();
+    let mut job = h.probe(&["files", "/outputs", "20"]).await;
+    job.limits.max_output_files = Some(5);
+    let (result, dir) = h.run(job).await;
+    assert_eq!(result.status, Status::Failed, "{result:?}");
+    assert_eq!(kind(&result), Some("output_limit"));
+    assert_eq!(result.exit_code, Some(0), "the guest itself succeeded");
+    let out = &result.outputs[0];
+    assert!(out.partial);
+    assert_eq!(out.files.len(), 5);
+    assert_eq!(out.skipped.len(), 15);
+    assert!(
+        out.skipped
+            .iter()
+            .all(|s| serde_json::to_value(&s.reason).unwrap() == "output_limit"),
+        "{:?}",
+        out.skipped
+    );
+    // Exactly the kept files were written out, and nothing else.
+    let written = std::fs::read_dir(dir.join("outputs")).unwrap().count();
+    assert_eq!(written, 5);
+
+    // Bytes are capped the same way.
+    let mut job = h.probe(&["files", "/outputs", "3"]).await;
+    job.limits.max_output_bytes = Some(3);
+    let (result, _) = h.run(job).await;
+    assert_eq!(kind(&result), Some("output_limit"), "{result:?}");
+    assert!(result.outputs[0].bytes <= 3);
+}
