@@ -289,3 +289,52 @@ async fn an_incomplete_car_or_a_failing_gateway_is_ours_to_retry() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cid_that_is_not_unixfs_is_refused_clearly() {
+    let cids = cids();
+    let cbor = &cids["cbor.car"];
+    let gw = gateway(&[(cbor, "cbor.car")]).await;
+    let h = harness(&[&gw]);
+    let mut job = h.probe(&["ls", "/inputs"]).await;
+    job.inputs = vec![cid_input(cbor, "/inputs/x")];
+    let (result, _) = h.run(job).await;
+    assert_eq!(kind(&result), Some("input_unavailable"), "{result:?}");
+    let message = result.error.unwrap().message;
+    assert!(message.contains(cbor.as_str()), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_gateway_times_out_and_the_next_one_answers() {
+    let cids = cids();
+    let hello = &cids["hello.car"];
+    let hung = Origin::start(vec![(route(hello).as_str(), Route::Hang)]).await;
+    let honest = gateway(&[(hello, "hello.car")]).await;
+    let list = format!("{},{}", hung.url(""), honest.url(""));
+    let env = [
+        ("SHOAL_STAGING_IPFS_GATEWAYS", list.as_str()),
+        ("SHOAL_STAGING_URL_READ_TIMEOUT_SECS", "1"),
+    ];
+    let h = Harness::with_env(&env);
+    let mut job = h.probe(&["cat", "/inputs/hello.txt"]).await;
+    job.inputs = vec![cid_input(hello, "/inputs/hello.txt")];
+    let (result, _) = h.run(job).await;
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert_eq!(hung.total_requests(), 1);
+
+    // With only the hung gateway, it is ours to retry, not the job's failure.
+    let only = hung.url("");
+    let h = Harness::with_env(&[
+        ("SHOAL_STAGING_IPFS_GATEWAYS", only.as_str()),
+        ("SHOAL_STAGING_URL_READ_TIMEOUT_SECS", "1"),
+    ]);
+    let mut job = h.probe(&["ls", "/inputs"]).await;
+    job.inputs = vec![cid_input(hello, "/inputs/x")];
+    match h.embedded.run(job, LocalOptions::default()).await {
+        Err(InfraError::Fetch(message)) => assert!(message.contains(hello.as_str()), "{message}"),
+        other => panic!(
+            "expected an infrastructure error, got {:?}",
+            other.map(|(r, _)| (r.status, kind(&r).map(str::to_owned)))
+        ),
+    }
+}

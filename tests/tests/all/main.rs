@@ -1,6 +1,7 @@
 //! Shoal's integration tests: one test binary, one module per scenario.
 //! Real Wasmtime running real modules built from the C sources in
 //! `tests/fixtures/` and `examples/`.
+mod dashboards;
 mod executor;
 mod fleet;
 mod ipfs;

@@ -14,6 +14,8 @@ pub enum Route {
     Redirect(String),
     /// This status with an empty body.
     Status(u16),
+    /// Read the request, then never answer (a hung server).
+    Hang,
 }
 
 #[derive(Default)]
@@ -66,6 +68,10 @@ impl Origin {
                         .requests
                         .entry(path.clone())
                         .or_default() += 1;
+                    if matches!(routes.get(&path), Some(Route::Hang)) {
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                        return;
+                    }
                     let (status, headers, body) = match routes.get(&path) {
                         Some(Route::Body(body)) => {
                             let etag = format!("\"{}\"", body.len());
@@ -87,7 +93,7 @@ impl Origin {
                         Some(Route::Status(500)) => {
                             ("500 Internal Server Error", String::new(), Vec::new())
                         }
-                        Some(Route::Status(_)) | None => {
+                        Some(Route::Status(_) | Route::Hang) | None => {
                             ("404 Not Found", String::new(), Vec::new())
                         }
                     };
