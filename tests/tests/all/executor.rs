@@ -505,7 +505,7 @@ async fn an_output_flood_is_cut_at_the_cap_and_what_was_kept_is_partial() {
     assert!(
         out.skipped
             .iter()
-            .all(|s| serde_json::to_value(&s.reason).unwrap() == "output_limit"),
+            .all(|s| serde_json::to_value(s.reason).unwrap() == "output_limit"),
         "{:?}",
         out.skipped
     );

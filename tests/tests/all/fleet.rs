@@ -296,3 +296,48 @@ async fn an_infrastructure_failure_is_retried_then_ends_as_error_in_the_dead_let
     );
     fleet.stop().await;
 }
+
+/// The same job id submitted twice with different content: each submission
+/// runs (ids are the client's idempotency key, not a lock), each gets its
+/// own result, and the store ends up holding exactly the second run's
+/// outputs: files of the first that the second did not write are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_id_twice_runs_twice_and_the_store_keeps_only_the_last_run() {
+    use object_store::{ObjectStoreExt as _, path::Path as StorePath};
+    let fleet = Fleet::start(1, &[]);
+    let client = fleet.client().await;
+    let id = format!("twice-{}", uuid::Uuid::new_v4().simple());
+    let mut first = fleet.probe(&["files", "/outputs", "3"]).await;
+    first.id = Some(id.clone());
+    let handle = client.submit(first).await.unwrap();
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!(result.outputs[0].files.len(), 3, "{result:?}");
+
+    let mut second = fleet.probe(&["files", "/outputs", "1"]).await;
+    second.id = Some(id.clone());
+    let handle = client.submit(second).await.unwrap();
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!(result.outputs[0].files.len(), 1, "{result:?}");
+
+    let store = shoal_worker::stage::open_store(&fleet.config.cache).unwrap();
+    let stored = shoal_worker::publish::store::get_result(store.as_ref(), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, result);
+    let present = |name: &str| {
+        let key = StorePath::from(format!("results/{id}/outputs/{name}"));
+        let store = store.clone();
+        async move { store.head(&key).await.is_ok() }
+    };
+    assert!(present("f0000.txt").await);
+    assert!(
+        !present("f0001.txt").await,
+        "a stale output of the first run"
+    );
+    assert!(
+        !present("f0002.txt").await,
+        "a stale output of the first run"
+    );
+    fleet.stop().await;
+}

@@ -35,15 +35,13 @@ pub async fn put_outputs(
     for mount in collected {
         let prefix = format!("results/{job_id}/{}/", mount.mount.name);
         for (entry, host) in &mount.files {
-            let bytes = tokio::fs::read(host)
-                .await
-                .map_err(|e| InfraError::Disk(format!("reading output {}: {e}", entry.path)))?;
             // Object keys are `/`-separated parts; StorePath::parse refuses
             // `..` and empty parts, so no name leaves the job's prefix.
             let key = StorePath::parse(format!("{prefix}{}", entry.path)).map_err(|e| {
                 InfraError::Store(format!("output {} has no valid key: {e}", entry.path))
             })?;
-            put(store, &key, bytes).await?;
+            // Streamed: an output may be as large as limits.max_output_bytes.
+            crate::stage::put_file(store, &key, host).await?;
         }
         prefixes.push(prefix);
     }
@@ -74,11 +72,67 @@ pub async fn put_stream(
     ))
 }
 
-/// Writes `results/<id>/result.json`.
+/// Writes `results/<id>/result.json`. When the id had a result before (a
+/// re-run, or a redelivery that ran again), objects of the earlier run that
+/// this result does not name are deleted afterwards, so the prefix ends up
+/// holding exactly what the new result describes.
 pub async fn put_result(store: &dyn ObjectStore, result: &ResultMessage) -> Result<(), InfraError> {
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
-    put(store, &result_key(&result.job_id), json).await
+    let key = result_key(&result.job_id);
+    let rerun = match store.head(&key).await {
+        Ok(_) => true,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => return Err(InfraError::Store(format!("checking {key}: {e}"))),
+    };
+    put(store, &key, json).await?;
+    if rerun {
+        prune(store, result).await?;
+    }
+    Ok(())
+}
+
+/// Deletes what is under `results/<id>/` but not named by `result`.
+async fn prune(store: &dyn ObjectStore, result: &ResultMessage) -> Result<(), InfraError> {
+    use futures::TryStreamExt as _;
+    let mut keep: std::collections::HashSet<String> = std::collections::HashSet::new();
+    keep.insert(result_key(&result.job_id).to_string());
+    for stream in [&result.stdout, &result.stderr].into_iter().flatten() {
+        if let Some(location) = &stream.location {
+            keep.insert(location.clone());
+        }
+    }
+    for output in &result.outputs {
+        let prefix = output
+            .location
+            .clone()
+            .unwrap_or_else(|| format!("results/{}/{}/", result.job_id, output.name));
+        for file in &output.files {
+            if let Ok(key) = StorePath::parse(format!("{prefix}{}", file.path)) {
+                keep.insert(key.to_string());
+            }
+        }
+    }
+    let prefix = StorePath::from(format!("results/{}", result.job_id));
+    let listed: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| InfraError::Store(format!("listing {prefix}: {e}")))?;
+    for meta in listed {
+        if !keep.contains(meta.location.as_ref()) {
+            match store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(InfraError::Store(format!(
+                        "deleting stale {}: {e}",
+                        meta.location
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a stored result, if there is one.
