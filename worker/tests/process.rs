@@ -11,6 +11,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shoal_schemas::topology::Topology;
 use shoal_schemas::{JobMessage, JobState, Location, ResultMessage, Source, StateMessage, Status};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -619,5 +620,245 @@ async fn prometheus_scrapes_the_workers_metrics_and_they_move_by_what_the_jobs_d
 
     signal(&worker, "TERM");
     assert!(exited(&mut worker, WAIT).await.success());
+    bench.remove().await;
+}
+
+impl Bench {
+    /// Messages in a queue of this bench (ready ones).
+    async fn queued(&self, queue: &str) -> u32 {
+        let channel = self.conn.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Publishes raw bytes to the job queue (persistent, confirmed).
+    async fn publish_raw(&self, body: &[u8]) {
+        let confirm = self
+            .publish
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(self.topology.job_queue.as_str()),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+}
+
+/// Closes every broker connection whose client properties name one of `names`.
+fn close_connections(names: &[&str]) -> usize {
+    let listing = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let mut closed = 0;
+    for line in listing.lines() {
+        if names.iter().any(|n| line.contains(n)) {
+            let pid = line.split('\t').next().unwrap();
+            let out = Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "closed by the chaos test"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            closed += 1;
+        }
+    }
+    closed
+}
+
+/// A TCP forwarder to SeaweedFS (127.0.0.1:8333) that can be switched off
+/// (new connections refused, open ones cut) and on: the S3 store "stopped"
+/// for this test only, without stopping the one other tests share.
+struct Switch {
+    port: u16,
+    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Switch {
+    async fn start() -> Switch {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, rx) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*rx.borrow() {
+                    continue; // dropped: refused, as far as the client can tell
+                }
+                let mut down = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:8333").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Switch {
+            port,
+            up: std::sync::Arc::new(up),
+        }
+    }
+
+    /// Off now, back on after `outage`.
+    fn outage(&self, outage: Duration) {
+        self.up.send_replace(false);
+        let up = self.up.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(outage).await;
+            up.send_replace(true);
+        });
+    }
+}
+
+/// 1,000 jobs through 2 worker processes while one is SIGKILLed and
+/// restarted three times, the broker cuts both workers' connections twice,
+/// and the S3 store (the module and the results live there) is unreachable
+/// for 3 seconds; three poison messages go in on purpose. Every job gets a
+/// result and succeeds (the outage is retried, never the job's failure); a
+/// job that was redelivered (killed after publishing, before its ack) may
+/// get two, and then they agree; nothing is lost; the dead-letter queue
+/// holds exactly the three poison messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_thousand_jobs_survive_kills_and_broker_cuts() {
+    const JOBS: usize = 1000;
+    let mut bench = Bench::new().await;
+    let (a_name, b_name) = (unique("chaos-a"), unique("chaos-b"));
+    let switch = Switch::start().await;
+    let endpoint = format!("http://127.0.0.1:{}", switch.port);
+    let env = [
+        ("SHOAL_WORKER_CONCURRENCY", "4"),
+        ("SHOAL_CACHE_S3_BUCKET", "shoal-test"),
+        ("SHOAL_CACHE_S3_ENDPOINT", endpoint.as_str()),
+        ("SHOAL_CACHE_S3_RETRY_TIMEOUT_SECS", "1"),
+        // 5: the bench queue's delivery limit is 10, twice this.
+        ("SHOAL_AMQP_MAX_ATTEMPTS", "5"),
+        ("SHOAL_AMQP_RETRY_BASE_MS", "300"),
+        ("SHOAL_AMQP_RETRY_MAX_MS", "1000"),
+    ];
+    // The module, in the bucket the workers use.
+    {
+        use object_store::ObjectStoreExt as _;
+        let bucket = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("shoal-test")
+            .with_region("us-east-1")
+            .with_endpoint("http://127.0.0.1:8333")
+            .with_allow_http(true)
+            .with_skip_signature(true)
+            .build()
+            .unwrap();
+        let probe = std::fs::read(repo().join("tests/fixtures/probe.wasm")).unwrap();
+        bucket
+            .put(
+                &shoal_worker::stage::sha256_key(&bench.module),
+                probe.into(),
+            )
+            .await
+            .expect("SeaweedFS on 127.0.0.1:8333 (scripts/services)");
+    }
+    let mut reaper = Reaper(vec![
+        bench.worker(&a_name, &env),
+        bench.worker(&b_name, &env),
+    ]);
+    for poison in [
+        &b"not json"[..],
+        b"{\"schema\":\"shoal.job/v1\"}",
+        b"\xff\xfe",
+    ] {
+        bench.publish_raw(poison).await;
+    }
+    let ids: Vec<String> = (0..JOBS).map(|i| unique(&format!("chaos-{i}"))).collect();
+    for (i, id) in ids.iter().enumerate() {
+        bench.submit(id, &["args", &i.to_string()]).await;
+    }
+
+    let mut results: HashMap<String, Vec<ResultMessage>> = HashMap::new();
+    let (mut kills, mut cuts, mut outage) = (0, 0, false);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while results.len() < JOBS {
+        let reply = tokio::time::timeout_at(deadline.into(), bench.replies.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {JOBS} jobs answered", results.len()))
+            .expect("reply consumer ended");
+        let Reply::Result(result) = reply else {
+            continue;
+        };
+        results
+            .entry(result.job_id.clone())
+            .or_default()
+            .push(*result);
+        let done = results.len();
+        if kills < 3 && done >= 150 + 250 * kills {
+            // SIGKILL mid-stream: its unacked jobs go back to the queue.
+            reaper.0[0].kill().unwrap();
+            reaper.0[0].wait().unwrap();
+            reaper.0[0] = bench.worker(&a_name, &env);
+            kills += 1;
+        }
+        if cuts < 2 && done >= 250 + 400 * cuts {
+            assert!(close_connections(&[&a_name, &b_name]) >= 1);
+            cuts += 1;
+        }
+        if !outage && done >= 500 {
+            switch.outage(Duration::from_secs(3));
+            outage = true;
+        }
+    }
+    // Late duplicates of redelivered jobs, if any, arrive now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Ok(reply) = bench.replies.try_recv() {
+        if let Reply::Result(result) = reply {
+            results
+                .entry(result.job_id.clone())
+                .or_default()
+                .push(*result);
+        }
+    }
+    assert_eq!((kills, cuts, outage), (3, 2, true));
+    let mut redelivered = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let got = results.get(id).unwrap_or_else(|| panic!("job {id} lost"));
+        for result in got {
+            assert_eq!(result.status, Status::Succeeded, "{result:?}");
+            assert_eq!(
+                result.stdout.as_ref().and_then(|s| s.text.as_deref()),
+                Some(format!("probe.wasm\nargs\n{i}\n").as_str())
+            );
+        }
+        if got.len() > 1 || got[0].attempt > 1 {
+            redelivered += 1;
+        }
+    }
+    assert_eq!(results.len(), JOBS, "results for ids nobody submitted");
+    assert_eq!(bench.queued(&bench.topology.job_queue.clone()).await, 0);
+    assert_eq!(
+        bench.queued(&bench.topology.dead_letter.clone()).await,
+        3,
+        "the dead-letter queue holds more than the poison messages"
+    );
+    let retried = results.values().flatten().filter(|r| r.attempt > 1).count();
+    eprintln!(
+        "chaos: {JOBS} jobs, {kills} kills, {cuts} broker cuts, a 3 s store outage; {redelivered} jobs redelivered or retried ({retried} results after attempt 1), 0 lost, 0 failed"
+    );
+    drop(reaper);
     bench.remove().await;
 }
