@@ -341,3 +341,27 @@ async fn the_same_id_twice_runs_twice_and_the_store_keeps_only_the_last_run() {
     );
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_cap_is_rejected_unread_and_the_next_job_succeeds() {
+    let fleet = Fleet::start(1, &[("SHOAL_LIMITS_MAX_MESSAGE_BYTES", "4096")]);
+    let client = fleet.client().await;
+    // A well-formed job, but too big: its id rides in the AMQP message id.
+    let mut big = fleet.probe(&["args"]).await;
+    big.args.push("x".repeat(8000));
+    let id = format!("big-{}", uuid::Uuid::new_v4().simple());
+    big.id = Some(id.clone());
+    let handle = client.submit(big).await.unwrap();
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!(result.status, Status::Rejected, "{result:?}");
+    let message = result.error.unwrap().message;
+    assert!(message.contains("max_message_bytes"), "{message}");
+
+    let handle = client
+        .submit(fleet.probe(&["exit", "0"]).await)
+        .await
+        .unwrap();
+    let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    fleet.stop().await;
+}
