@@ -2,6 +2,7 @@
 //! Real Wasmtime running real modules built from the C sources in
 //! `tests/fixtures/` and `examples/`.
 mod dashboards;
+mod deploy;
 mod executor;
 mod fleet;
 mod ipfs;
