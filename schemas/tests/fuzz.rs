@@ -121,7 +121,7 @@ fn json() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<i64>().prop_map(Value::from),
         Just(Value::from("shoal.job/v1")),
         ".{0,40}".prop_map(Value::from),
     ];
