@@ -61,6 +61,8 @@ fn spec(module: &ModuleBytes, artifact: Option<Bytes>, want: bool) -> RunSpec {
             timeout: Duration::from_secs(600),
             max_stdout_bytes: 1024,
             max_stderr_bytes: 1024,
+            max_disk_bytes: u64::MAX,
+            max_disk_files: u64::MAX,
         },
         artifact,
         want_artifact: want,

@@ -34,6 +34,8 @@ fn spec(module: &ModuleBytes, args: &[&str], fuel: u64) -> RunSpec {
             timeout: Duration::from_secs(600),
             max_stdout_bytes: 1 << 20,
             max_stderr_bytes: 1 << 20,
+            max_disk_bytes: u64::MAX,
+            max_disk_files: u64::MAX,
         },
         artifact: None,
         want_artifact: false,

@@ -50,6 +50,7 @@ pub fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) 
         ),
         Outcome::InvalidModule(msg) => fail(ErrorKind::InvalidModule, msg.clone()),
         Outcome::MissingExport(msg) => fail(ErrorKind::MissingExport, msg.clone()),
+        Outcome::DiskLimit(msg) => fail(ErrorKind::OutputLimit, msg.clone()),
         Outcome::Internal(msg) => (
             Status::Error,
             None,
@@ -448,6 +449,10 @@ pub fn run_limits(limits: &LimitValues) -> RunLimits {
         timeout: Duration::from_millis(limits.timeout_ms),
         max_stdout_bytes: limits.max_stdout_bytes,
         max_stderr_bytes: limits.max_stderr_bytes,
+        // Twice the output caps, so a guest may rewrite or stage its files,
+        // with a floor for jobs whose outputs are tiny.
+        max_disk_bytes: limits.max_output_bytes.saturating_mul(2).max(1 << 20),
+        max_disk_files: limits.max_output_files.saturating_mul(2).max(1000),
     }
 }
 

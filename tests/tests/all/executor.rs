@@ -520,3 +520,28 @@ async fn an_output_flood_is_cut_at_the_cap_and_what_was_kept_is_partial() {
     assert_eq!(kind(&result), Some("output_limit"), "{result:?}");
     assert!(result.outputs[0].bytes <= 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_filling_the_disk_is_stopped_while_it_runs() {
+    let h = Harness::new();
+    // Outputs capped at 1,000 bytes: the run may hold at most 1 MiB on disk
+    // (twice the cap, with a 1 MiB floor). The guest tries to write 1 GiB.
+    let mut job = h.probe(&["fill", "/outputs/huge.bin", "1073741824"]).await;
+    job.limits.max_output_bytes = Some(1000);
+    let started = std::time::Instant::now();
+    let (result, _) = h.run(job).await;
+    assert_eq!(result.status, Status::Failed, "{result:?}");
+    assert_eq!(kind(&result), Some("output_limit"), "{result:?}");
+    let message = &result.error.as_ref().unwrap().message;
+    assert!(message.contains("while running"), "{message}");
+    // Stopped early, not after writing the whole gigabyte or timing out.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(result.outputs[0].files.is_empty(), "{result:?}");
+
+    // The worker serves the next job normally.
+    let (result, _) = h
+        .run(h.probe(&["fill", "/outputs/small.bin", "500"]).await)
+        .await;
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert_eq!(result.outputs[0].bytes, 500);
+}

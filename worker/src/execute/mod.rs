@@ -82,6 +82,10 @@ pub struct RunLimits {
     pub max_stdout_bytes: u64,
     /// Bytes of stderr kept.
     pub max_stderr_bytes: u64,
+    /// Most bytes the writable mounts may hold at any moment of the run.
+    pub max_disk_bytes: u64,
+    /// Most files and folders the writable mounts may hold during the run.
+    pub max_disk_files: u64,
 }
 
 /// Module bytes with their hash, which keys the compiled-module cache.
@@ -132,6 +136,8 @@ pub enum Outcome {
     MemoryLimit(String),
     /// The wall-clock limit passed.
     TimedOut,
+    /// The guest filled its writable mounts past the run's disk limit.
+    DiskLimit(String),
     /// Not a module, or it imports something nothing provides.
     InvalidModule(String),
     /// The entrypoint is not an exported `() -> ()` function.
@@ -563,13 +569,22 @@ impl Inner {
         store.epoch_deadline_trap();
 
         let started = Instant::now();
-        let ended =
-            tokio::time::timeout(limits.timeout, call(&pre, &mut store, &spec.entrypoint)).await;
+        let writable: Vec<PathBuf> = spec
+            .mounts
+            .iter()
+            .filter(|m| m.writable)
+            .map(|m| m.host.clone())
+            .collect();
+        let ended = tokio::select! {
+            ended = tokio::time::timeout(limits.timeout, call(&pre, &mut store, &spec.entrypoint)) => ended,
+            why = disk_watch(writable, limits.max_disk_bytes, limits.max_disk_files) => Ok(Err(CallError::Disk(why))),
+        };
         let run = started.elapsed();
         let outcome = match ended {
             Err(_elapsed) => Outcome::TimedOut,
             Ok(Ok(())) => Outcome::Exited(0),
             Ok(Err(CallError::MissingExport(msg))) => Outcome::MissingExport(msg),
+            Ok(Err(CallError::Disk(why))) => Outcome::DiskLimit(why),
             Ok(Err(CallError::Wasm(e))) => classify(e, &store.data().limiter),
         };
         let fuel_consumed = if self.config.fuel_metering {
@@ -603,7 +618,46 @@ impl Inner {
 
 enum CallError {
     MissingExport(String),
+    Disk(String),
     Wasm(wasmtime::Error),
+}
+
+/// Resolves when the writable mounts hold more than the run allows.
+///
+/// Output caps alone apply when outputs are collected, after the run; this
+/// bounds the disk a guest can fill while it runs. It looks every 50 ms, so
+/// a guest can overshoot by what it writes in that time. A guest writes
+/// through WASI host calls, which are where the run's future yields, so
+/// dropping the call (as `select!` does) stops it there.
+async fn disk_watch(dirs: Vec<PathBuf>, max_bytes: u64, max_files: u64) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let dirs = dirs.clone();
+        let usage = tokio::task::spawn_blocking(move || {
+            let (mut bytes, mut files) = (0u64, 0u64);
+            for dir in &dirs {
+                for entry in walkdir::WalkDir::new(dir)
+                    .min_depth(1)
+                    .into_iter()
+                    .flatten()
+                {
+                    files += 1;
+                    if let Ok(meta) = entry.metadata() {
+                        bytes += meta.len();
+                    }
+                }
+            }
+            (bytes, files)
+        })
+        .await;
+        if let Ok((bytes, files)) = usage
+            && (bytes > max_bytes || files > max_files)
+        {
+            return format!(
+                "the guest filled its output mounts with {bytes} bytes in {files} entries while running, past the run's disk limit ({max_bytes} bytes, {max_files} entries: twice the job's output limits); stopped"
+            );
+        }
+    }
 }
 
 async fn call(
