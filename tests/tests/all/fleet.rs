@@ -365,3 +365,141 @@ async fn a_message_over_the_size_cap_is_rejected_unread_and_the_next_job_succeed
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
     fleet.stop().await;
 }
+
+/// Hostile jobs, one after another through one worker: each ends with its
+/// precise status and kind, and after each the worker serves a normal job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_jobs_each_get_their_precise_kind_and_the_worker_serves_on() {
+    use shoal_schemas::{Input, Location, Source};
+    let fleet = Fleet::start(1, &[]);
+    let client = fleet.client().await;
+    let embedded = Embedded::new(fleet.config.clone(), fleet.config.limits.ceiling).unwrap();
+    let upload = |name: &'static str| {
+        let embedded = embedded.clone();
+        async move {
+            shoal_submitter::local::upload_path(embedded.stager(), &fixture(name))
+                .await
+                .unwrap()
+        }
+    };
+    let inline = |bytes: &[u8]| {
+        use base64::Engine as _;
+        Source::new(Location::Inline(
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+        ))
+    };
+
+    let mut cases: Vec<(&str, JobMessage, Status, Option<&str>)> = Vec::new();
+    let mut add = |name, job, status, kind| cases.push((name, job, status, kind));
+    add(
+        "trap",
+        fleet.probe(&["trap"]).await,
+        Status::Failed,
+        Some("trap"),
+    );
+    let mut job = fleet.probe(&["spin"]).await;
+    job.limits.fuel = Some(50_000_000);
+    add("endless loop", job, Status::Failed, Some("out_of_fuel"));
+    let mut job = fleet.probe(&["spin"]).await;
+    job.limits.fuel = Some(1_000_000_000_000); // the ceiling: time runs out first
+    job.limits.timeout_ms = Some(300);
+    add(
+        "endless loop, wall clock",
+        job,
+        Status::Failed,
+        Some("timeout"),
+    );
+    let mut job = fleet.probe(&["grow"]).await;
+    job.limits.memory_bytes = Some(16 << 20);
+    add("memory bomb", job, Status::Failed, Some("memory_limit"));
+    add(
+        "deep recursion",
+        fleet.probe(&["recurse"]).await,
+        Status::Failed,
+        Some("trap"),
+    );
+    let mut job = fleet.probe(&["files", "/outputs", "50"]).await;
+    job.limits.max_output_files = Some(5);
+    add(
+        "too many outputs",
+        job,
+        Status::Failed,
+        Some("output_limit"),
+    );
+    let mut job = fleet.probe(&["fill", "/outputs/huge", "1073741824"]).await;
+    job.limits.max_output_bytes = Some(1000);
+    add("disk filler", job, Status::Failed, Some("output_limit"));
+    add(
+        "escaping write",
+        fleet.probe(&["write", "/outputs/../../etc/x", "y"]).await,
+        Status::Failed,
+        Some("nonzero_exit"),
+    );
+    add(
+        "imports beyond WASI",
+        JobMessage::new(upload("beyond_wasi.wat").await),
+        Status::Failed,
+        Some("invalid_module"),
+    );
+    add(
+        "garbage module",
+        JobMessage::new(inline(b"\0asm\x01\0\0\0garbage")),
+        Status::Failed,
+        Some("invalid_module"),
+    );
+    let mut job = fleet.probe(&["args"]).await;
+    job.entrypoint = "no_such_export".into();
+    add(
+        "missing entrypoint",
+        job,
+        Status::Failed,
+        Some("missing_export"),
+    );
+    let mut job = fleet.probe(&["args"]).await;
+    job.inputs = vec![Input {
+        source: Source::new(Location::Url("http://127.0.0.1:9/secret".into())),
+        path: Some("/inputs/x".into()),
+    }];
+    add("loopback URL", job, Status::Failed, Some("input_refused"));
+    let mut job = fleet.probe(&["args"]).await;
+    job.inputs = vec![Input {
+        source: Source::new(Location::Sha256("0".repeat(64))),
+        path: Some("/inputs/x".into()),
+    }];
+    add(
+        "missing content",
+        job,
+        Status::Failed,
+        Some("input_unavailable"),
+    );
+    let mut job = fleet.probe(&["args"]).await;
+    job.limits.fuel = Some(u64::MAX);
+    add(
+        "limits above the ceiling",
+        job,
+        Status::Rejected,
+        Some("invalid_job"),
+    );
+
+    let tried = cases.len();
+    for (name, job, status, kind) in cases {
+        let handle = client.submit(job).await.unwrap();
+        let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+        assert_eq!(
+            (
+                result.status,
+                result.error.as_ref().map(|e| e.kind.as_str())
+            ),
+            (status, kind),
+            "{name}: {result:?}"
+        );
+        let handle = client
+            .submit(fleet.probe(&["exit", "0"]).await)
+            .await
+            .unwrap();
+        let result = client.wait_result(&handle.id, WAIT).await.unwrap();
+        assert_eq!(result.status, Status::Succeeded, "after {name}: {result:?}");
+    }
+    assert_eq!(tried, 14);
+    fleet.stop().await;
+}
