@@ -503,6 +503,24 @@ fn a_module_and_an_input_by_cid_run_locally() {
     let want = std::fs::read(repo().join("tests/fixtures/ipfs/inputs/hello.txt")).unwrap();
     assert_eq!(out.stdout, want);
 
+    // Bacalhau's spellings: a bare CID as the module, --input-volumes
+    // CID:PATH, and an inline input carried in the message.
+    let out = Command::new(env!("CARGO_BIN_EXE_submit"))
+        .args(["run", "--local", &probe, "--input-volumes"])
+        .arg(format!("{hello}:/inputs/data/hello.txt"))
+        .args(["--input-inline", "conf.txt=threads = 4", "--", "cat"])
+        .arg("/inputs/conf.txt")
+        .current_dir(cli.work.path())
+        .env("SHOAL_CACHE_DIR", cli.cache.path())
+        .env(
+            "SHOAL_STAGING_IPFS_GATEWAYS",
+            format!("http://127.0.0.1:{}", gateway.port),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "threads = 4");
+
     // The cache now holds both CARs and the compiled module, nothing else.
     let out = Command::new(env!("CARGO_BIN_EXE_submit"))
         .args(["cache", "stats", "--json"])

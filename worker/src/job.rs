@@ -136,6 +136,16 @@ fn resolve_limits(
         Some(v) => Ok(v),
         None => Ok(default.min(ceiling)),
     };
+    // WebAssembly's own bound, whatever the ceiling (local runs have none):
+    // a 32-bit memory addresses at most 65,536 pages of 64 KiB.
+    const WASM32_MAX_MEMORY: u64 = 1 << 32;
+    if let Some(v) = asked.memory_bytes
+        && v > WASM32_MAX_MEMORY
+    {
+        return Err(JobError::invalid(format!(
+            "/limits/memory_bytes: {v} is above the {WASM32_MAX_MEMORY} bytes (65536 pages of 64 KiB) a 32-bit WebAssembly memory can address"
+        )));
+    }
     Ok(LimitValues {
         fuel: pick("fuel", asked.fuel, default.fuel, ceiling.fuel)?,
         memory_bytes: pick(

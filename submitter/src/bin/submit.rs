@@ -97,6 +97,12 @@ struct RunArgs {
     /// A URL whose content appears under /inputs (Bacalhau's --input-urls).
     #[arg(long = "input-url", visible_alias = "input-urls", value_name = "URL")]
     input_urls: Vec<String>,
+    /// Bacalhau's --input-volumes: the same as -i, e.g. CID:/inputs/data.
+    #[arg(long = "input-volumes", value_name = "SRC:GUEST_PATH", value_parser = args::input_spec)]
+    input_volumes: Vec<InputSpec>,
+    /// Small text carried in the job message itself, at /inputs/NAME (at most limits.max_inline_bytes).
+    #[arg(long = "input-inline", value_name = "NAME=TEXT", value_parser = args::env_pair)]
+    input_inline: Vec<(String, String)>,
     /// A writable mount kept after the job; replaces the default outputs:/outputs.
     #[arg(short = 'o', long = "output", value_name = "NAME:GUEST_PATH", value_parser = args::output_spec)]
     outputs: Vec<(String, String)>,
@@ -184,7 +190,19 @@ async fn run_command(run: RunArgs) -> Result<u8> {
             path: None,
         });
     }
-    for spec in &run.inputs {
+    for (name, text) in &run.input_inline {
+        use base64::Engine as _;
+        job.inputs.push(Input {
+            source: Source {
+                name: Some(name.clone()),
+                ..Source::new(Location::Inline(
+                    base64::engine::general_purpose::STANDARD.encode(text),
+                ))
+            },
+            path: Some(format!("/inputs/{}", name.trim_start_matches('/'))),
+        });
+    }
+    for spec in run.inputs.iter().chain(&run.input_volumes) {
         if is_url(&spec.source) {
             job.inputs.push(Input {
                 source: Source::new(Location::Url(url_source(&spec.source)?)),

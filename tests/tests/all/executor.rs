@@ -1,7 +1,7 @@
 //! The executor through the embedded pipeline: what the guest gets, what it
 //! cannot reach, and how each way of ending is reported.
 use crate::support::{Harness, fixture, kind, repo, stdout};
-use shoal_schemas::{Input, OutputMount, Status, Unpack};
+use shoal_schemas::{Input, JobMessage, OutputMount, Status, Unpack};
 
 #[tokio::test]
 async fn args_and_env_reach_the_guest_but_host_env_does_not() {
@@ -544,4 +544,44 @@ async fn a_guest_filling_the_disk_is_stopped_while_it_runs() {
         .await;
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
     assert_eq!(result.outputs[0].bytes, 500);
+}
+
+/// Bacalhau once panicked a node on a request for 13,107,200 memory pages.
+/// Here it is a rejection naming the limit, the value and the bound, even
+/// with no ceiling at all (a local run), and the next job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirteen_million_pages_is_a_clear_rejection_even_without_a_ceiling() {
+    let h = Harness::new();
+    let mut job = h.probe(&["args"]).await;
+    job.limits.memory_bytes = Some(13_107_200 * 65_536);
+    let (result, _) = h.run(job).await;
+    assert_eq!(result.status, Status::Rejected, "{result:?}");
+    assert_eq!(kind(&result), Some("invalid_job"));
+    let message = result.error.unwrap().message;
+    assert!(
+        message.contains("/limits/memory_bytes")
+            && message.contains("858993459200")
+            && message.contains("4294967296"),
+        "{message}"
+    );
+    let (result, _) = h.run(h.probe(&["exit", "0"]).await).await;
+    assert_eq!(result.status, Status::Succeeded);
+}
+
+/// A module whose declared initial memory is already above the job's
+/// memory limit fails at instantiation, before any of its code runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_declaring_more_memory_than_the_limit_is_memory_limit_before_it_runs() {
+    let h = Harness::new();
+    // 512 pages = 32 MiB of initial memory; _start would print if it ran.
+    let wat = br#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 512)
+        (func (export "_start") (call $exit (i32.const 7))))"#;
+    let mut job = JobMessage::new(h.upload_bytes(wat, "big-memory.wat").await);
+    job.limits.memory_bytes = Some(16 << 20);
+    let (result, _) = h.run(job).await;
+    assert_eq!(result.status, Status::Failed, "{result:?}");
+    assert_eq!(kind(&result), Some("memory_limit"), "{result:?}");
+    assert_eq!(result.exit_code, None, "the module ran: {result:?}");
 }
