@@ -27,9 +27,21 @@ pub struct JobMessage {
     /// Writable mounts; `None` means the default single mount `outputs` at `/outputs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<OutputMount>>,
+    /// Import modules, instantiated before the entry module under their names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imports: Vec<ImportModule>,
     /// Per-job limits; absent fields take the worker's defaults.
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+}
+
+/// A module whose exports the entry module may import as `name.field`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportModule {
+    /// The import module name (not a WASI module name).
+    pub name: String,
+    /// Where its bytes come from.
+    pub module: Source,
 }
 
 fn default_entrypoint() -> String {
@@ -48,6 +60,7 @@ impl JobMessage {
             env: BTreeMap::new(),
             inputs: Vec::new(),
             outputs: None,
+            imports: Vec::new(),
             limits: Limits::default(),
         }
     }

@@ -18,7 +18,7 @@ mod state;
 pub mod topology;
 mod validate;
 
-pub use job::{Input, JobMessage, Limits, Location, OutputMount, Source, Unpack};
+pub use job::{ImportModule, Input, JobMessage, Limits, Location, OutputMount, Source, Unpack};
 pub use result::{
     Durations, ErrorInfo, ErrorKind, FileEntry, OutputResult, ResultMessage, SkipReason, Skipped,
     Status, Stream, Usage,

@@ -26,8 +26,8 @@ pub mod local;
 pub use client::{Client, ClientError, ClientOptions, JobHandle};
 pub use shoal_schemas::topology::Topology;
 pub use shoal_schemas::{
-    ErrorKind, Input, JobMessage, JobState, Limits, Location, OutputMount, ResultMessage,
-    SchemaError, Source, StateMessage, Status, Unpack,
+    ErrorKind, ImportModule, Input, JobMessage, JobState, Limits, Location, OutputMount,
+    ResultMessage, SchemaError, Source, StateMessage, Status, Unpack,
 };
 
 /// Checks a job message body the way a worker will: JSON, then the schema.

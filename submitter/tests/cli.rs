@@ -372,6 +372,16 @@ fn run_against_a_fleet_then_get_the_result_again() {
         "outputs differ from the original tree"
     );
 
+    // Import modules through the fleet: uploaded, staged, linked.
+    let out = run(&[
+        "run",
+        &path("tests/fixtures/uses_mathlib.wat"),
+        "--import",
+        &format!("mathlib={}", path("tests/fixtures/mathlib.wat")),
+    ]);
+    assert_eq!(out.status.code(), Some(42), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from the library\n");
+
     // A job's own failure comes back as its exit code, through the fleet too.
     let out = run(&["run", &path("tests/fixtures/probe.wasm"), "exit", "7"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
@@ -571,4 +581,25 @@ fn walk(root: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn an_import_module_runs_locally() {
+    let cli = Cli::new();
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        &path("tests/fixtures/uses_mathlib.wat"),
+        "--import",
+        &format!("mathlib={}", path("tests/fixtures/mathlib.wat")),
+    ]);
+    assert_eq!(out.status.code(), Some(42), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from the library\n");
+    let out = cli.submit(&["run", "--local", &path("tests/fixtures/uses_mathlib.wat")]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid_module"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -25,6 +25,8 @@ pub struct Job {
     pub inputs: Vec<JobInput>,
     /// Output mounts.
     pub outputs: Vec<JobOutput>,
+    /// Import modules, by name, in the order they are instantiated.
+    pub imports: Vec<(String, Source)>,
     /// Limits in effect.
     pub limits: LimitValues,
 }
@@ -108,7 +110,18 @@ impl Job {
             });
         }
         let limits = resolve_limits(&msg.limits, &limits.default, ceiling)?;
+        let mut imports: Vec<(String, Source)> = Vec::with_capacity(msg.imports.len());
+        for (i, import) in msg.imports.iter().enumerate() {
+            if imports.iter().any(|(name, _)| *name == import.name) {
+                return Err(JobError::invalid(format!(
+                    "/imports/{i}/name: {:?} is listed twice",
+                    import.name
+                )));
+            }
+            imports.push((import.name.clone(), import.module.clone()));
+        }
         Ok(Job {
+            imports,
             id,
             argv0: msg.module.display_name(),
             module: msg.module,

@@ -389,6 +389,7 @@ impl Embedded {
         let spec = RunSpec {
             want_artifact: self.artifacts.is_some() && artifact.is_none(),
             artifact,
+            imports: staged.imports,
             module: staged.module,
             argv0: job.argv0.clone(),
             entrypoint: job.entrypoint.clone(),

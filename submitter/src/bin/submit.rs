@@ -100,6 +100,9 @@ struct RunArgs {
     /// Bacalhau's --input-volumes: the same as -i, e.g. CID:/inputs/data.
     #[arg(long = "input-volumes", value_name = "SRC:GUEST_PATH", value_parser = args::input_spec)]
     input_volumes: Vec<InputSpec>,
+    /// An import module (Bacalhau's ImportModules): its exports become imports NAME.field of the module; any source a module can be. Repeatable.
+    #[arg(long = "import", value_name = "NAME=SOURCE", value_parser = args::env_pair)]
+    imports: Vec<(String, String)>,
     /// Small text carried in the job message itself, at /inputs/NAME (at most limits.max_inline_bytes).
     #[arg(long = "input-inline", value_name = "NAME=TEXT", value_parser = args::env_pair)]
     input_inline: Vec<(String, String)>,
@@ -188,6 +191,15 @@ async fn run_command(run: RunArgs) -> Result<u8> {
         job.inputs.push(Input {
             source: Source::new(Location::Url(url_source(url)?)),
             path: None,
+        });
+    }
+    for (name, source) in &run.imports {
+        let module = module_source(&stager, source)
+            .await
+            .with_context(|| format!("--import {name}={source}"))?;
+        job.imports.push(shoal_submitter::ImportModule {
+            name: name.clone(),
+            module,
         });
     }
     for (name, text) in &run.input_inline {

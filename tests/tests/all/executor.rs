@@ -585,3 +585,46 @@ async fn a_module_declaring_more_memory_than_the_limit_is_memory_limit_before_it
     assert_eq!(kind(&result), Some("memory_limit"), "{result:?}");
     assert_eq!(result.exit_code, None, "the module ran: {result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_modules_provide_functions_and_memory_to_the_entry_module() {
+    use shoal_schemas::ImportModule;
+    let h = Harness::new();
+    let lib = h.upload(&fixture("mathlib.wat")).await;
+    let mut job = JobMessage::new(h.upload(&fixture("uses_mathlib.wat")).await);
+    job.imports = vec![ImportModule {
+        name: "mathlib".into(),
+        module: lib.clone(),
+    }];
+    let (result, _) = h.run(job.clone()).await;
+    assert_eq!(result.exit_code, Some(42), "{result:?}");
+    assert_eq!(stdout(&result), "hello from the library\n");
+    // Fuel covers the import modules too: it is one store.
+    assert!(result.usage.fuel_consumed.unwrap() > 0);
+
+    // Without the import module, or under another name: invalid_module
+    // naming what is missing; and the next job runs.
+    for imports in [
+        vec![],
+        vec![ImportModule {
+            name: "otherlib".into(),
+            module: lib.clone(),
+        }],
+    ] {
+        let mut job = job.clone();
+        job.id = None;
+        job.imports = imports;
+        let (result, _) = h.run(job).await;
+        assert_eq!(kind(&result), Some("invalid_module"), "{result:?}");
+        let message = result.error.unwrap().message;
+        assert!(message.contains("mathlib"), "{message}");
+    }
+    // The same name twice is a rejected job.
+    let mut twice = job.clone();
+    twice.id = None;
+    twice.imports.push(twice.imports[0].clone());
+    let (result, _) = h.run(twice).await;
+    assert_eq!(result.status, Status::Rejected, "{result:?}");
+    let (result, _) = h.run(h.probe(&["exit", "0"]).await).await;
+    assert_eq!(result.status, Status::Succeeded);
+}

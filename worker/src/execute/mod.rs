@@ -121,6 +121,9 @@ pub struct RunSpec {
     /// Serialize the module when this run has to compile it, so the caller
     /// can share it with the fleet ([`Report::new_artifact`]).
     pub want_artifact: bool,
+    /// Import modules, instantiated in this order in the job's store and
+    /// registered under their names before the entry module.
+    pub imports: Vec<(String, ModuleBytes)>,
 }
 
 /// How the guest ended.
@@ -194,9 +197,21 @@ impl Report {
     }
 }
 
+/// What a run instantiates.
+enum Prepared {
+    /// The entry module, linked against WASI once and cached.
+    Pre(InstancePre<GuestState>),
+    /// Import modules first, then the entry module, linked per job (the
+    /// imports are instances in the job's own store).
+    Linked {
+        main: Module,
+        imports: Vec<(String, Module)>,
+    },
+}
+
 /// How `instance_pre` found the module.
 struct Found {
-    pre: InstancePre<GuestState>,
+    pre: Prepared,
     cache_hit: bool,
     from_artifact: bool,
     new_artifact: Option<Bytes>,
@@ -280,6 +295,8 @@ struct Inner {
     fingerprint: String,
     linker: Linker<GuestState>,
     modules: Mutex<LruCache<[u8; 32], InstancePre<GuestState>>>,
+    /// Compiled modules of jobs with import modules (linked per job).
+    raw: Mutex<LruCache<[u8; 32], Module>>,
     config: ExecutorConfig,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -337,6 +354,7 @@ impl Executor {
                 fingerprint,
                 linker,
                 modules: Mutex::new(LruCache::new(entries)),
+                raw: Mutex::new(LruCache::new(entries)),
                 config,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
@@ -400,7 +418,12 @@ thread_local! {
 impl Inner {
     fn run_blocking(&self, spec: RunSpec) -> Report {
         let started = Instant::now();
-        let found = match self.instance_pre(&spec) {
+        let found = if spec.imports.is_empty() {
+            self.instance_pre(&spec)
+        } else {
+            self.linked(&spec)
+        };
+        let found = match found {
             Ok(found) => found,
             Err(outcome) => return Report::early(outcome, started.elapsed(), false),
         };
@@ -420,6 +443,51 @@ impl Inner {
         report
     }
 
+    /// The entry and import modules compiled (kept in memory by sha256;
+    /// not shared through the store's artifacts, which cover the common
+    /// case of a module without imports).
+    fn linked(&self, spec: &RunSpec) -> Result<Found, Outcome> {
+        let mut all_hit = true;
+        let mut compile = |m: &ModuleBytes, what: &str| -> Result<Module, Outcome> {
+            if let Some(module) = self
+                .raw
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&m.sha256)
+            {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(module.clone());
+            }
+            all_hit = false;
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            let module = Module::new(&self.engine, &m.bytes).map_err(|e| {
+                Outcome::InvalidModule(format!(
+                    "{what} is not a valid WebAssembly module: {}",
+                    root_cause(&e)
+                ))
+            })?;
+            self.raw
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(m.sha256, module.clone());
+            Ok(module)
+        };
+        let mut imports = Vec::with_capacity(spec.imports.len());
+        for (name, bytes) in &spec.imports {
+            imports.push((
+                name.clone(),
+                compile(bytes, &format!("import module {name}"))?,
+            ));
+        }
+        let main = compile(&spec.module, "the module")?;
+        Ok(Found {
+            pre: Prepared::Linked { main, imports },
+            cache_hit: all_hit,
+            from_artifact: false,
+            new_artifact: None,
+        })
+    }
+
     /// The module compiled and linked against WASI: from memory, else from
     /// the fleet's artifact, else compiled here.
     fn instance_pre(&self, spec: &RunSpec) -> Result<Found, Outcome> {
@@ -432,7 +500,7 @@ impl Inner {
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Found {
-                pre: pre.clone(),
+                pre: Prepared::Pre(pre.clone()),
                 cache_hit: true,
                 from_artifact: false,
                 new_artifact: None,
@@ -479,7 +547,7 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .put(module.sha256, pre.clone());
         Ok(Found {
-            pre,
+            pre: Prepared::Pre(pre),
             cache_hit: from_artifact,
             from_artifact,
             new_artifact,
@@ -502,7 +570,7 @@ impl Inner {
         unsafe { Module::deserialize(&self.engine, bytes) }
     }
 
-    async fn run_async(&self, pre: InstancePre<GuestState>, spec: RunSpec) -> Report {
+    async fn run_async(&self, pre: Prepared, spec: RunSpec) -> Report {
         let limits = &spec.limits;
         let stdout =
             CappedPipe::new(usize::try_from(limits.max_stdout_bytes).unwrap_or(usize::MAX));
@@ -576,7 +644,7 @@ impl Inner {
             .map(|m| m.host.clone())
             .collect();
         let ended = tokio::select! {
-            ended = tokio::time::timeout(limits.timeout, call(&pre, &mut store, &spec.entrypoint)) => ended,
+            ended = tokio::time::timeout(limits.timeout, call(&pre, &self.linker, &mut store, &spec.entrypoint)) => ended,
             why = disk_watch(writable, limits.max_disk_bytes, limits.max_disk_files) => Ok(Err(CallError::Disk(why))),
         };
         let run = started.elapsed();
@@ -585,6 +653,16 @@ impl Inner {
             Ok(Ok(())) => Outcome::Exited(0),
             Ok(Err(CallError::MissingExport(msg))) => Outcome::MissingExport(msg),
             Ok(Err(CallError::Disk(why))) => Outcome::DiskLimit(why),
+            // Linking failed: an import nothing provides, unless the cause
+            // is a limit or a trap in a start function.
+            Ok(Err(CallError::Link(e)))
+                if store.data().limiter.exceeded.is_none()
+                    && e.downcast_ref::<Trap>().is_none()
+                    && e.downcast_ref::<I32Exit>().is_none() =>
+            {
+                Outcome::InvalidModule(root_cause(&e))
+            }
+            Ok(Err(CallError::Link(e))) => classify(e, &store.data().limiter),
             Ok(Err(CallError::Wasm(e))) => classify(e, &store.data().limiter),
         };
         let fuel_consumed = if self.config.fuel_metering {
@@ -619,6 +697,7 @@ impl Inner {
 enum CallError {
     MissingExport(String),
     Disk(String),
+    Link(wasmtime::Error),
     Wasm(wasmtime::Error),
 }
 
@@ -661,14 +740,33 @@ async fn disk_watch(dirs: Vec<PathBuf>, max_bytes: u64, max_files: u64) -> Strin
 }
 
 async fn call(
-    pre: &InstancePre<GuestState>,
+    pre: &Prepared,
+    linker: &Linker<GuestState>,
     store: &mut Store<GuestState>,
     entrypoint: &str,
 ) -> Result<(), CallError> {
-    let instance = pre
-        .instantiate_async(&mut *store)
-        .await
-        .map_err(CallError::Wasm)?;
+    let instance = match pre {
+        Prepared::Pre(pre) => pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(CallError::Wasm)?,
+        Prepared::Linked { main, imports } => {
+            let mut linker = linker.clone();
+            for (name, module) in imports {
+                let instance = linker
+                    .instantiate_async(&mut *store, module)
+                    .await
+                    .map_err(CallError::Link)?;
+                linker
+                    .instance(&mut *store, name, instance)
+                    .map_err(CallError::Link)?;
+            }
+            linker
+                .instantiate_async(&mut *store, main)
+                .await
+                .map_err(CallError::Link)?
+        }
+    };
     let func = match instance.get_func(&mut *store, entrypoint) {
         Some(func) => func,
         None => {

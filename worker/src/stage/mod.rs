@@ -102,6 +102,8 @@ pub async fn put_content(store: &dyn ObjectStore, bytes: Bytes) -> Result<String
 pub struct Staged {
     /// The module's bytes and hash.
     pub module: ModuleBytes,
+    /// Import modules' bytes, by name, in instantiation order.
+    pub imports: Vec<(String, ModuleBytes)>,
     /// Preopens: `/inputs` (read-only, when there are inputs) and each output mount.
     pub mounts: Vec<Mount>,
     /// Each output mount with its host folder.
@@ -202,7 +204,15 @@ impl Stager {
         scratch: &Path,
         uploads: &Uploads,
     ) -> Result<Staged, Error> {
-        let module = self.module(job, scratch, uploads).await?;
+        let module = self.module(&job.module, "module", scratch, uploads).await?;
+        let mut imports = Vec::with_capacity(job.imports.len());
+        for (name, source) in &job.imports {
+            let what = format!("import module {name}");
+            imports.push((
+                name.clone(),
+                self.module(source, &what, scratch, uploads).await?,
+            ));
+        }
 
         let mut mounts = Vec::new();
         if !job.inputs.is_empty() {
@@ -267,6 +277,7 @@ impl Stager {
         }
         Ok(Staged {
             module,
+            imports,
             mounts,
             outputs,
             uploads: uploads.clone(),
@@ -276,26 +287,27 @@ impl Stager {
     /// The module's bytes: staged like an input, then read (it is compiled from memory).
     async fn module(
         &self,
-        job: &Job,
+        source: &Source,
+        what: &str,
         scratch: &Path,
         uploads: &Uploads,
     ) -> Result<ModuleBytes, Error> {
-        let bytes = match &job.module.location {
-            Location::Cid(spec) => self.fetch_cid_file(spec, scratch, "module").await?,
-            Location::Inline(text) => self.inline(text, "module")?,
+        let bytes = match &source.location {
+            Location::Cid(spec) => self.fetch_cid_file(spec, scratch, what).await?,
+            Location::Inline(text) => self.inline(text, what)?,
             _ => {
-                let file = scratch.join("module.wasm");
-                self.fetch_to(&job.module, "module", &file, uploads).await?;
+                let file = scratch.join(format!("module-{}.wasm", uuid::Uuid::new_v4().simple()));
+                self.fetch_to(source, what, &file, uploads).await?;
                 let bytes = tokio::fs::read(&file)
                     .await
-                    .map_err(|e| InfraError::Disk(format!("reading the module: {e}")))?;
+                    .map_err(|e| InfraError::Disk(format!("reading {what}: {e}")))?;
                 let _ = tokio::fs::remove_file(&file).await;
                 Bytes::from(bytes)
             }
         };
         METRICS
             .staged_bytes
-            .with_label_values(&[source_kind(&job.module.location)])
+            .with_label_values(&[source_kind(&source.location)])
             .inc_by(bytes.len() as u64);
         Ok(ModuleBytes {
             sha256: Sha256::digest(&bytes).into(),
