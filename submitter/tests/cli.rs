@@ -603,3 +603,208 @@ fn an_import_module_runs_locally() {
         text(&out.stderr)
     );
 }
+
+/// Every command shape of README's "Coming from Bacalhau" table, once with
+/// `--local` and once through a fleet (a worker in this test's process).
+#[test]
+fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
+    let cids = std::fs::read_to_string(repo().join("tests/fixtures/ipfs/cids.txt")).unwrap();
+    let cid = |name: &str| {
+        cids.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}\t")))
+            .and_then(|rest| rest.split('\t').next())
+            .unwrap()
+            .to_owned()
+    };
+    let (probe, hello) = (cid("probe.car"), cid("hello.car"));
+    // One static server is both the IPFS gateway and the URL origin.
+    let server = StaticGateway::start(&[(&probe, "probe.car"), (&hello, "hello.car")]);
+    std::fs::write(server._dir.path().join("data.txt"), "from a url\n").unwrap();
+    let base = format!("http://127.0.0.1:{}", server.port);
+
+    let cli = Cli::new();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let env: Vec<(String, String)> = vec![
+        (
+            "SHOAL_CACHE_DIR".into(),
+            cli.cache.path().display().to_string(),
+        ),
+        ("SHOAL_STAGING_URL_ALLOW".into(), "127.0.0.1/32".into()),
+        ("SHOAL_STAGING_IPFS_GATEWAYS".into(), base.clone()),
+        ("SHOAL_AMQP_JOB_QUEUE".into(), format!("bac.jobs.{suffix}")),
+        (
+            "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
+            format!("bac.results.{suffix}"),
+        ),
+        (
+            "SHOAL_AMQP_DEAD_LETTER".into(),
+            format!("bac.dead.{suffix}"),
+        ),
+    ];
+    let config = shoal_worker::Config::load_from(None, env.clone()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let pipeline =
+        shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+    let worker = runtime.spawn(shoal_worker::consume::run(
+        pipeline,
+        config.amqp.clone(),
+        2,
+        rx,
+    ));
+
+    let probe_wasm = path("tests/fixtures/probe.wasm");
+    let hello_wasm = path("examples/hello/hello.wasm");
+    let hello_text =
+        std::fs::read_to_string(repo().join("tests/fixtures/ipfs/inputs/hello.txt")).unwrap();
+    let import = format!("mathlib={}", path("tests/fixtures/mathlib.wat"));
+    let uses = path("tests/fixtures/uses_mathlib.wat");
+    let url = format!("{base}/data.txt");
+    let volume = format!("{hello}:/inputs/data");
+    let ipfs_input = format!("ipfs://{hello}:/inputs/h.txt");
+    let ipfs_module = format!("ipfs://{probe}");
+    let is_hello = |o: &str| o == hello_text;
+    // (README fragment, arguments after `run`, exit code, stdout check)
+    let shapes: Vec<(&str, Vec<&str>, i32, &dyn Fn(&str) -> bool)> = vec![
+        (
+            "submit run --local prog.wasm a b",
+            vec![&hello_wasm, "a", "b"],
+            0,
+            &|o: &str| o.contains("arg[1] = a\narg[2] = b"),
+        ),
+        (
+            "`-e KEY=VALUE`",
+            vec![&hello_wasm, "-e", "HELLO=world"],
+            0,
+            &|o: &str| o.contains("HELLO = world"),
+        ),
+        (
+            "--input-urls",
+            vec![
+                &probe_wasm,
+                "--input-urls",
+                &url,
+                "--",
+                "cat",
+                "/inputs/data.txt",
+            ],
+            0,
+            &|o: &str| o == "from a url\n",
+        ),
+        (
+            "`-o name:/path`",
+            vec![
+                &probe_wasm,
+                "-o",
+                "results:/results",
+                "--",
+                "write",
+                "/results/r.txt",
+                "x",
+            ],
+            0,
+            &|_| true,
+        ),
+        (
+            "--entry-point",
+            vec![&probe_wasm, "--entry-point", "_start", "--", "args", "e"],
+            0,
+            &|o: &str| o.ends_with("args\ne\n"),
+        ),
+        (
+            "`submit run CID`",
+            vec![&probe, "--", "args", "bare"],
+            0,
+            &|o: &str| o.ends_with("args\nbare\n"),
+        ),
+        (
+            "ipfs://CID",
+            vec![&ipfs_module, "--", "args", "scheme"],
+            0,
+            &|o: &str| o.ends_with("args\nscheme\n"),
+        ),
+        (
+            "-i CID[/path][:/inputs/PATH]",
+            vec![&probe_wasm, "-i", &ipfs_input, "--", "cat", "/inputs/h.txt"],
+            0,
+            &is_hello,
+        ),
+        (
+            "--input-volumes CID:/inputs/data",
+            vec![
+                &probe_wasm,
+                "--input-volumes",
+                &volume,
+                "--",
+                "cat",
+                "/inputs/data",
+            ],
+            0,
+            &is_hello,
+        ),
+        (
+            "--import NAME=SOURCE",
+            vec![&uses, "--import", &import],
+            42,
+            &|o: &str| o == "hello from the library\n",
+        ),
+        (
+            "--input-inline NAME=TEXT",
+            vec![
+                &probe_wasm,
+                "--input-inline",
+                "c.txt=inline!",
+                "--",
+                "cat",
+                "/inputs/c.txt",
+            ],
+            0,
+            &|o: &str| o == "inline!",
+        ),
+        (
+            "`rejected` / `invalid_job`, naming the limit",
+            vec![&probe_wasm, "--memory", "858993459200"],
+            126,
+            &|_| true,
+        ),
+    ];
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for mode in ["--local", "fleet"] {
+        for (row, args, code, check) in &shapes {
+            assert!(readme.contains(row), "README's table lacks {row}");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_submit"));
+            cmd.arg("run");
+            if mode == "--local" {
+                cmd.arg("--local");
+            }
+            let out = cmd
+                .args(args)
+                .current_dir(cli.work.path())
+                .envs(env.iter().cloned())
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(*code),
+                "{mode} {row}: {}",
+                text(&out.stderr)
+            );
+            assert!(
+                check(&text(&out.stdout)),
+                "{mode} {row}: {}",
+                text(&out.stdout)
+            );
+        }
+    }
+
+    stop.send(true).unwrap();
+    runtime.block_on(worker).unwrap().unwrap();
+    runtime.block_on(async {
+        let conn =
+            lapin::Connection::connect(&config.amqp.url, lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        config.amqp.topology().delete(&channel).await.unwrap();
+    });
+}

@@ -115,8 +115,8 @@ struct RunArgs {
     /// An environment variable for the guest (repeatable); the host's are never passed.
     #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = args::env_pair)]
     env: Vec<(String, String)>,
-    /// Exported function to call.
-    #[arg(long, default_value = "_start")]
+    /// Exported function to call (Bacalhau's --entry-point works too).
+    #[arg(long, visible_alias = "entry-point", default_value = "_start")]
     entrypoint: String,
     /// Fuel units, or 'unlimited'.
     #[arg(long, value_parser = args::fuel)]
