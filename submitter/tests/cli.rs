@@ -665,7 +665,8 @@ fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
     let ipfs_module = format!("ipfs://{probe}");
     let is_hello = |o: &str| o == hello_text;
     // (README fragment, arguments after `run`, exit code, stdout check)
-    let shapes: Vec<(&str, Vec<&str>, i32, &dyn Fn(&str) -> bool)> = vec![
+    type Shape<'a> = (&'a str, Vec<&'a str>, i32, &'a dyn Fn(&str) -> bool);
+    let shapes: Vec<Shape> = vec![
         (
             "submit run --local prog.wasm a b",
             vec![&hello_wasm, "a", "b"],
