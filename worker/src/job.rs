@@ -159,6 +159,15 @@ fn resolve_limits(
             "/limits/memory_bytes: {v} is above the {WASM32_MAX_MEMORY} bytes (65536 pages of 64 KiB) a 32-bit WebAssembly memory can address"
         )));
     }
+    // A wall clock needs a bound too (local runs have no ceiling): a year.
+    const MAX_TIMEOUT_MS: u64 = 365 * 24 * 3600 * 1000;
+    if let Some(v) = asked.timeout_ms
+        && v > MAX_TIMEOUT_MS
+    {
+        return Err(JobError::invalid(format!(
+            "/limits/timeout_ms: {v} is above the most any worker allows, {MAX_TIMEOUT_MS} (a year)"
+        )));
+    }
     Ok(LimitValues {
         fuel: pick("fuel", asked.fuel, default.fuel, ceiling.fuel)?,
         memory_bytes: pick(

@@ -564,6 +564,11 @@ async fn thirteen_million_pages_is_a_clear_rejection_even_without_a_ceiling() {
             && message.contains("4294967296"),
         "{message}"
     );
+    let mut job = h.probe(&["args"]).await;
+    job.limits.timeout_ms = Some(u64::MAX);
+    let (result, _) = h.run(job).await;
+    assert_eq!(result.status, Status::Rejected, "{result:?}");
+    assert!(result.error.unwrap().message.contains("/limits/timeout_ms"));
     let (result, _) = h.run(h.probe(&["exit", "0"]).await).await;
     assert_eq!(result.status, Status::Succeeded);
 }

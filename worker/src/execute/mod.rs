@@ -632,7 +632,9 @@ impl Inner {
             );
         }
         let tick = self.config.epoch_tick.as_nanos().max(1);
-        let ticks = limits.timeout.as_nanos().div_ceil(tick) as u64 + 1;
+        let ticks = u64::try_from(limits.timeout.as_nanos().div_ceil(tick))
+            .unwrap_or(u64::MAX / 2)
+            .saturating_add(1);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
