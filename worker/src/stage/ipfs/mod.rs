@@ -12,7 +12,7 @@
 //! hash functions, a few protobuf fields, one CBOR map), so they are decoded by
 //! hand here instead of pulling in the multiformats/prost/CBOR crate families.
 //!
-//! [`gateway`] is the source itself: gateways, the cache, and which
+//! `gateway.rs` is the source itself: gateways, the cache, and which
 //! failure is whose.
 
 pub mod car;
