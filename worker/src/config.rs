@@ -192,6 +192,8 @@ pub struct StagingSection {
     pub url_revalidate_secs: u64,
     /// Trustless IPFS gateways, comma-separated, tried in order.
     pub ipfs_gateways: String,
+    /// Buckets `s3://` sources may read, comma-separated; empty: any but the store's own.
+    pub s3_allow: String,
 }
 
 /// `[limits]`

@@ -22,6 +22,7 @@
 //! idle one could take.
 use crate::config::AmqpSection;
 use crate::error::InfraError;
+use crate::job::valid_id;
 use crate::metrics::METRICS;
 use crate::pipeline::{Delivered, Embedded, OnState};
 use futures::StreamExt;
@@ -556,16 +557,6 @@ fn queue_secs(props: &BasicProperties) -> Option<f64> {
 fn json_id(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     value.get("id")?.as_str().map(str::to_owned)
-}
-
-/// Ids that are safe as routing keys and object keys (the schema's pattern).
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && id.as_bytes()[0].is_ascii_alphanumeric()
 }
 
 #[cfg(test)]

@@ -61,6 +61,14 @@ impl Job {
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        // The schema checks a body's `id`; an id taken from the AMQP
+        // message_id must pass the same rule, since it names object keys
+        // and routing keys.
+        if !valid_id(&id) {
+            return Err(JobError::invalid(format!(
+                "/id: {id:?} is not a job id (letters, digits, '.', '_' and '-', at most 128, starting with a letter or digit)"
+            )));
+        }
         let mut inputs = Vec::with_capacity(msg.inputs.len());
         for (i, input) in msg.inputs.iter().enumerate() {
             let raw = input.guest_path();
@@ -135,6 +143,16 @@ impl Job {
     }
 }
 
+/// Ids that are safe as routing keys and object keys (the schema's pattern).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
 /// Fills absent limits from the defaults; refuses any above the ceiling, so
 /// a job never runs with less than it asked for without knowing.
 fn resolve_limits(
@@ -207,4 +225,26 @@ fn resolve_limits(
             ceiling.max_output_files,
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_schemas::Location;
+
+    /// An id from the AMQP message_id skips the schema; it must not name
+    /// another job's keys or escape `results/`.
+    #[test]
+    fn ids_outside_the_schemas_pattern_are_refused() {
+        let config = crate::Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
+        for bad in ["victim/out", "", "../x", "a b", ".hidden", &"x".repeat(129)] {
+            let mut msg = JobMessage::new(Source::new(Location::Sha256("ab".repeat(32))));
+            msg.id = Some(bad.to_owned());
+            let err = Job::resolve(msg, &config.limits, &config.limits.ceiling).unwrap_err();
+            assert!(err.message.starts_with("/id:"), "{bad:?}: {}", err.message);
+        }
+        let mut msg = JobMessage::new(Source::new(Location::Sha256("ab".repeat(32))));
+        msg.id = Some("job-1.ok_2".into());
+        assert!(Job::resolve(msg, &config.limits, &config.limits.ceiling).is_ok());
+    }
 }

@@ -258,6 +258,8 @@ pub async fn serve(
     tokio::spawn(async move {
         loop {
             let Ok((socket, _)) = listener.accept().await else {
+                // Out of file descriptors, say: do not spin on the error.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             let store = store.clone();

@@ -169,9 +169,18 @@ impl Embedded {
     pub fn new(config: Config, ceiling: LimitValues) -> Result<Embedded, String> {
         let store = crate::stage::open_store(&config.cache)?;
         let executor = Executor::new(config.executor_config())?;
-        let artifacts = config
-            .cache
-            .compiled_modules
+        // On a shared S3 store, native code is loaded only when an HMAC key
+        // authenticates it: anyone who can write to the bucket (a submitter
+        // uploading inputs, say) could otherwise plant code. A local folder
+        // is the user's own.
+        let shared = !config.cache.s3_bucket.is_empty();
+        let keyed = !config.cache.compiled_key.is_empty();
+        if config.cache.compiled_modules && shared && !keyed {
+            tracing::warn!(
+                "compiled modules are not shared through the store: set cache.compiled_key (the same on every worker) to enable it"
+            );
+        }
+        let artifacts = (config.cache.compiled_modules && (keyed || !shared))
             .then(|| Artifacts::new(store.clone(), &config.cache.compiled_key));
         let stager = Stager::new(store, &config)?;
         let worker = config.worker_name();

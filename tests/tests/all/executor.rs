@@ -633,3 +633,38 @@ async fn import_modules_provide_functions_and_memory_to_the_entry_module() {
     let (result, _) = h.run(h.probe(&["exit", "0"]).await).await;
     assert_eq!(result.status, Status::Succeeded);
 }
+
+/// The memory limit is the job's, across all its memories: two memories
+/// of 10 MiB each do not fit under 16 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limit_counts_every_memory_of_the_job() {
+    let h = Harness::new();
+    let wat = br#"(module
+        (memory (export "memory") 160)
+        (memory $second 160)
+        (func (export "_start")))"#;
+    let mut job = JobMessage::new(h.upload_bytes(wat, "two-memories.wat").await);
+    job.limits.memory_bytes = Some(16 << 20);
+    let (result, _) = h.run(job.clone()).await;
+    assert_eq!(kind(&result), Some("memory_limit"), "{result:?}");
+    job.id = None;
+    job.limits.memory_bytes = Some(32 << 20);
+    let (result, _) = h.run(job).await;
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert_eq!(result.usage.peak_memory_bytes, Some(20 << 20));
+}
+
+/// A name no object key can hold (a control character) is skipped and
+/// reported, not a store failure to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_name_with_a_control_character_is_skipped_not_retried() {
+    let h = Harness::new();
+    let (result, _) = h
+        .run(h.probe(&["write", "/outputs/bad\nname", "x"]).await)
+        .await;
+    assert_eq!(result.exit_code, Some(0), "{result:?}");
+    let out = &result.outputs[0];
+    assert!(out.files.is_empty(), "{result:?}");
+    assert_eq!(out.skipped.len(), 1, "{result:?}");
+    assert_eq!(out.skipped[0].path, "bad\\nname");
+}

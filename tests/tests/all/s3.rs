@@ -1,5 +1,6 @@
 //! The fleet's shared store on a real S3 server: SeaweedFS on
-//! 127.0.0.1:8333 with the bucket `shoal-test` (`scripts/services` starts
+//! 127.0.0.1:8333 with the buckets `shoal-test` (the store) and
+//! `shoal-inputs` (what jobs read as s3:// sources) (`scripts/services` starts
 //! it where it is missing).
 use crate::fleet::{Fleet, WAIT};
 use crate::support::{Harness, kind};
@@ -91,9 +92,7 @@ async fn an_s3_object_is_an_input_and_a_missing_one_is_unavailable() {
         ("SHOAL_CACHE_S3_ENDPOINT", "http://127.0.0.1:8333"),
     ]);
     let key = format!("inputs/{}.txt", uuid::Uuid::new_v4().simple());
-    h.embedded
-        .stager()
-        .store()
+    inputs_bucket()
         .put(
             &StorePath::from(key.as_str()),
             b"an object in a bucket\n".to_vec().into(),
@@ -102,18 +101,57 @@ async fn an_s3_object_is_an_input_and_a_missing_one_is_unavailable() {
         .unwrap();
     let mut job = h.probe(&["cat", "/inputs/data.txt"]).await;
     job.inputs = vec![Input {
-        source: Source::new(Location::S3(format!("s3://shoal-test/{key}"))),
+        source: Source::new(Location::S3(format!("s3://shoal-inputs/{key}"))),
         path: Some("/inputs/data.txt".into()),
     }];
     let (result, _) = h.run(job.clone()).await;
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
     assert_eq!(crate::support::stdout(&result), "an object in a bucket\n");
 
-    job.inputs[0].source = Source::new(Location::S3("s3://shoal-test/inputs/no-such-key".into()));
+    // The fleet's own store is never a job's to read.
+    job.inputs[0].source = Source::new(Location::S3(format!("s3://shoal-test/{key}")));
+    job.id = None;
+    let (result, _) = h.run(job.clone()).await;
+    assert_eq!(kind(&result), Some("input_refused"), "{result:?}");
+    // Nor a bucket staging.s3_allow does not list.
+    let allowed = Harness::with_env(
+        &S3.iter()
+            .copied()
+            .chain([("SHOAL_STAGING_S3_ALLOW", "some-other-bucket")])
+            .collect::<Vec<_>>(),
+    );
+    let mut other = allowed.probe(&["ls", "/inputs"]).await;
+    other.inputs = vec![Input {
+        source: Source::new(Location::S3(format!("s3://shoal-inputs/{key}"))),
+        path: Some("/inputs/data.txt".into()),
+    }];
+    let (result, _) = allowed.run(other).await;
+    assert_eq!(kind(&result), Some("input_refused"), "{result:?}");
+
+    job.inputs[0].source = Source::new(Location::S3("s3://shoal-inputs/inputs/no-such-key".into()));
     job.id = None;
     let (result, _) = h.run(job).await;
     assert_eq!(kind(&result), Some("input_unavailable"), "{result:?}");
     assert!(result.error.unwrap().message.contains("does not exist"));
+}
+
+/// The bucket jobs read `s3://` sources from (not the store).
+fn inputs_bucket() -> std::sync::Arc<dyn object_store::ObjectStore> {
+    let config = shoal_worker::Config::load_from(
+        None,
+        [
+            (
+                "SHOAL_CACHE_S3_BUCKET".to_owned(),
+                "shoal-inputs".to_owned(),
+            ),
+            (
+                "SHOAL_CACHE_S3_ENDPOINT".to_owned(),
+                "http://127.0.0.1:8333".to_owned(),
+            ),
+        ],
+    )
+    .unwrap();
+    shoal_worker::stage::open_store(&config.cache).unwrap()
 }
 
 /// A module nobody has compiled before, so the bucket holds no artifact for it.
@@ -185,7 +223,7 @@ async fn a_module_compiled_by_one_worker_is_loaded_by_the_next_without_compiling
 async fn an_s3_prefix_is_staged_as_a_folder_within_the_caps() {
     let h = Harness::with_env(&S3);
     let prefix = format!("trees/{}", uuid::Uuid::new_v4().simple());
-    let store = h.embedded.stager().store().clone();
+    let store = inputs_bucket();
     for (name, body) in [
         ("a.txt", &b"first\n"[..]),
         ("sub/b c.txt", b"second\n"),
@@ -205,7 +243,7 @@ async fn an_s3_prefix_is_staged_as_a_folder_within_the_caps() {
         path: Some("/inputs/tree".into()),
     };
     let mut job = h.probe(&["cat", "/inputs/tree/sub/b c.txt"]).await;
-    job.inputs = vec![input(format!("s3://shoal-test/{prefix}/"))];
+    job.inputs = vec![input(format!("s3://shoal-inputs/{prefix}/"))];
     let (result, _) = h.run(job.clone()).await;
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
     assert_eq!(crate::support::stdout(&result), "second\n");
@@ -217,7 +255,7 @@ async fn an_s3_prefix_is_staged_as_a_folder_within_the_caps() {
 
     // An empty prefix is unavailable; three objects over a cap of two is too large.
     job.id = None;
-    job.inputs = vec![input(format!("s3://shoal-test/{prefix}-none/"))];
+    job.inputs = vec![input(format!("s3://shoal-inputs/{prefix}-none/"))];
     let (result, _) = h.run(job.clone()).await;
     assert_eq!(kind(&result), Some("input_unavailable"), "{result:?}");
 
@@ -228,7 +266,7 @@ async fn an_s3_prefix_is_staged_as_a_folder_within_the_caps() {
             .collect::<Vec<_>>(),
     );
     let mut job = capped.probe(&["ls", "/inputs"]).await;
-    job.inputs = vec![input(format!("s3://shoal-test/{prefix}/"))];
+    job.inputs = vec![input(format!("s3://shoal-inputs/{prefix}/"))];
     let (result, _) = capped.run(job).await;
     assert_eq!(kind(&result), Some("input_too_large"), "{result:?}");
 }

@@ -237,25 +237,32 @@ struct JobLimiter {
     memory_bytes: u64,
     table_elements: usize,
     peak_memory: u64,
+    total_memory: u64,
     exceeded: Option<String>,
 }
 
 impl ResourceLimiter for JobLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_bytes {
+        // The limit is the job's, across every memory of every instance
+        // (multi-memory, import modules), not per memory.
+        let total = self
+            .total_memory
+            .saturating_add((desired as u64).saturating_sub(current as u64));
+        if total > self.memory_bytes {
             let msg = format!(
-                "linear memory would grow to {desired} bytes, past the job's limit of {} bytes",
+                "linear memory would grow to {total} bytes in all, past the job's limit of {} bytes",
                 self.memory_bytes
             );
             self.exceeded = Some(msg.clone());
             wasmtime::bail!(msg);
         }
-        self.peak_memory = self.peak_memory.max(desired as u64);
+        self.total_memory = total;
+        self.peak_memory = self.peak_memory.max(total);
         Ok(true)
     }
 
@@ -617,6 +624,7 @@ impl Inner {
                 memory_bytes: limits.memory_bytes,
                 table_elements: self.config.max_table_elements,
                 peak_memory: 0,
+                total_memory: 0,
                 exceeded: None,
             },
         };

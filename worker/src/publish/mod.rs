@@ -67,6 +67,15 @@ pub fn collect(
                 });
                 continue;
             };
+            // Object keys refuse control characters: such a name is
+            // skipped like an unreadable one, not a store failure to retry.
+            if rel_str.chars().any(char::is_control) {
+                out.skipped.push(Skipped {
+                    path: rel_str.escape_debug().to_string(),
+                    reason: SkipReason::UnreadableName,
+                });
+                continue;
+            }
             let rel_str = rel_str.to_owned();
             if ft.is_symlink() {
                 out.skipped.push(Skipped {

@@ -64,6 +64,8 @@ pub struct Stager {
     gateways: ipfs::Gateways,
     /// Endpoint and credentials for `s3://` sources: the store's own.
     s3: CacheSection,
+    /// Buckets `s3://` sources may name (empty: any but the store's own).
+    s3_allow: Vec<String>,
 }
 
 impl Stager {
@@ -76,6 +78,13 @@ impl Stager {
             urls: url::UrlFetcher::new(&config.staging)?,
             gateways: ipfs::Gateways::new(&config.staging)?,
             s3: config.cache.clone(),
+            s3_allow: config
+                .staging
+                .s3_allow
+                .split(',')
+                .map(|b| b.trim().to_owned())
+                .filter(|b| !b.is_empty())
+                .collect(),
         })
     }
 

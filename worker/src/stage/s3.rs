@@ -56,8 +56,32 @@ impl Stager {
 }
 
 impl Stager {
-    /// The worker's S3 endpoint and credentials, on another bucket.
+    /// The worker's S3 endpoint and credentials, on another bucket: never
+    /// the fleet's own store (its cache, results and compiled code are not
+    /// a job's to read), and only buckets `staging.s3_allow` lists, if set.
     fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, Error> {
+        let refused = |why: String| -> Error {
+            JobError::new(ErrorKind::InputRefused, format!("s3://{bucket}: {why}")).into()
+        };
+        if !self.s3.s3_bucket.is_empty() && bucket == self.s3.s3_bucket {
+            return Err(refused(
+                "is this fleet's own store (cache, results, compiled code); jobs may not read it"
+                    .into(),
+            ));
+        }
+        if !self.s3_allow.is_empty() && !self.s3_allow.iter().any(|b| b == bucket) {
+            return Err(refused(format!(
+                "is not one of the buckets staging.s3_allow lets jobs read ({})",
+                self.s3_allow.join(", ")
+            )));
+        }
+        if self.s3.s3_virtual_hosted && !self.s3.s3_endpoint.is_empty() {
+            // object_store then sends every request to the endpoint as
+            // given, whatever the bucket: it would read the store's own.
+            return Err(refused(
+                "s3 sources need path-style requests with a custom endpoint (cache.s3_virtual_hosted = false)".into(),
+            ));
+        }
         let config = CacheSection {
             s3_bucket: bucket.to_owned(),
             ..self.s3.clone()
