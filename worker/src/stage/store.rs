@@ -96,7 +96,12 @@ impl Uploads {
         let link =
             std::env::temp_dir().join(format!("shoal-upload-{}", uuid::Uuid::new_v4().simple()));
         if tokio::fs::hard_link(file, &link).await.is_err() {
-            return upload(file.to_path_buf()).await;
+            // No link (another file system): copy in line. A failure still
+            // costs only the cache entry, not the job, which has its input.
+            if let Err(e) = upload(file.to_path_buf()).await {
+                tracing::warn!(error = %e, "filling the cache; the next job fetches again");
+            }
+            return Ok(());
         }
         let task = upload(link.clone());
         let handle = tokio::spawn(async move {

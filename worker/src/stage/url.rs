@@ -98,7 +98,23 @@ fn non_public(ip: IpAddr) -> Option<&'static str> {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return non_public_v4(v4);
             }
-            let first = v6.segments()[0];
+            let seg = v6.segments();
+            let first = seg[0];
+            // IPv6 forms that carry an IPv4 address a gateway may translate
+            // back: NAT64 (64:ff9b::/96 and 64:ff9b:1::/48), 6to4
+            // (2002::/16), IPv4-compatible (::/96). Judged by that address.
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+            let nat64 = first == 0x64 && seg[1] == 0xff9b;
+            if (nat64 && (seg[2..6] == [0, 0, 0, 0] || seg[2] == 1))
+                || (seg[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified())
+            {
+                return non_public_v4(embedded(seg[6], seg[7]))
+                    .map(|_| "an IPv6 form of a non-public IPv4 address");
+            }
+            if first == 0x2002 {
+                return non_public_v4(embedded(seg[1], seg[2]))
+                    .map(|_| "a 6to4 form of a non-public IPv4 address");
+            }
             if v6.is_loopback() {
                 Some("loopback")
             } else if v6.is_unspecified() {
@@ -126,6 +142,8 @@ fn non_public_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("link-local (where cloud metadata services live)")
     } else if a == 100 && (64..128).contains(&b) {
         Some("shared (carrier-grade NAT)")
+    } else if a == 198 && (18..20).contains(&b) {
+        Some("benchmarking (198.18.0.0/15)")
     } else if ip.is_unspecified() || a == 0 {
         Some("unspecified")
     } else if ip.is_broadcast() || ip.is_multicast() || a >= 240 {
@@ -480,10 +498,21 @@ mod tests {
             "fd00:ec2::254",
             "::ffff:127.0.0.1",
             "224.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "2002:a00:1::",
+            "::a00:1",
+            "198.18.0.1",
         ] {
             assert!(non_public(ip(addr)).is_some(), "{addr}");
         }
-        for addr in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
+        for addr in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::",
+        ] {
             assert!(non_public(ip(addr)).is_none(), "{addr}");
         }
     }

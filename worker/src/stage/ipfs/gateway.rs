@@ -165,7 +165,11 @@ impl Gateways {
                 Err(miss) => miss,
                 Ok(()) => match open_and_unpack(&car, &target, dest, limits).await {
                     Ok(unpacked) => {
-                        put_file(store, &key, &car).await?;
+                        // The job has its input: a failed cache write costs
+                        // only the next job's gateway request.
+                        if let Err(e) = put_file(store, &key, &car).await {
+                            tracing::warn!(%key, error = %e, "caching a CAR; the next job asks a gateway again");
+                        }
                         remove(&car).await;
                         return Ok(unpacked);
                     }
