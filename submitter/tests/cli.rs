@@ -241,38 +241,86 @@ fn bad_arguments_say_what_to_type() {
     );
 }
 
+/// A fleet worker in this test's process, on queues of its own, sharing the
+/// test's cache folder with `submit`.
+struct InProcessWorker {
+    runtime: tokio::runtime::Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
+    worker: tokio::task::JoinHandle<Result<(), shoal_worker::error::InfraError>>,
+    config: shoal_worker::Config,
+    /// What makes this worker's queue names unique.
+    suffix: String,
+}
+
+impl InProcessWorker {
+    /// Starts the worker; returns it and the environment `submit` needs to
+    /// reach it (the cache folder, the queues, and `extra`).
+    fn start(
+        prefix: &str,
+        cache: &Path,
+        extra: &[(&str, &str)],
+    ) -> (InProcessWorker, Vec<(String, String)>) {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let mut env: Vec<(String, String)> = vec![
+            ("SHOAL_CACHE_DIR".into(), cache.display().to_string()),
+            (
+                "SHOAL_AMQP_JOB_QUEUE".into(),
+                format!("{prefix}.jobs.{suffix}"),
+            ),
+            (
+                "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
+                format!("{prefix}.results.{suffix}"),
+            ),
+            (
+                "SHOAL_AMQP_DEAD_LETTER".into(),
+                format!("{prefix}.dead.{suffix}"),
+            ),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = shoal_worker::Config::load_from(None, env.clone()).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let pipeline =
+            shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+        let worker = runtime.spawn(shoal_worker::consume::run(
+            pipeline,
+            config.amqp.clone(),
+            2,
+            rx,
+        ));
+        let worker = InProcessWorker {
+            runtime,
+            stop,
+            worker,
+            config,
+            suffix,
+        };
+        (worker, env)
+    }
+
+    /// Drains the worker and removes its queues from the shared broker.
+    fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.runtime.block_on(self.worker).unwrap().unwrap();
+        let amqp = self.config.amqp;
+        self.runtime.block_on(async {
+            let conn =
+                lapin::Connection::connect(&amqp.url, lapin::ConnectionProperties::default())
+                    .await
+                    .unwrap();
+            let channel = conn.create_channel().await.unwrap();
+            amqp.topology().delete(&channel).await.unwrap();
+        });
+    }
+}
+
 /// `submit run` without `--local`: through a real RabbitMQ to a worker
 /// (in this test's process) sharing the cache folder, then `submit get`.
 #[test]
 fn run_against_a_fleet_then_get_the_result_again() {
     let cli = Cli::new();
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let env: Vec<(String, String)> = vec![
-        (
-            "SHOAL_CACHE_DIR".into(),
-            cli.cache.path().display().to_string(),
-        ),
-        ("SHOAL_AMQP_JOB_QUEUE".into(), format!("cli.jobs.{suffix}")),
-        (
-            "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
-            format!("cli.results.{suffix}"),
-        ),
-        (
-            "SHOAL_AMQP_DEAD_LETTER".into(),
-            format!("cli.dead.{suffix}"),
-        ),
-    ];
-    let config = shoal_worker::Config::load_from(None, env.clone()).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let pipeline =
-        shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
-    let worker = runtime.spawn(shoal_worker::consume::run(
-        pipeline,
-        config.amqp.clone(),
-        2,
-        rx,
-    ));
+    let (fleet, env) = InProcessWorker::start("cli", cli.cache.path(), &[]);
+    let suffix = fleet.suffix.clone();
 
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_submit"))
@@ -398,16 +446,7 @@ fn run_against_a_fleet_then_get_the_result_again() {
         "--detach prints the job id"
     );
 
-    stop.send(true).unwrap();
-    runtime.block_on(worker).unwrap().unwrap();
-    runtime.block_on(async {
-        let conn =
-            lapin::Connection::connect(&config.amqp.url, lapin::ConnectionProperties::default())
-                .await
-                .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        config.amqp.topology().delete(&channel).await.unwrap();
-    });
+    fleet.stop();
 }
 
 #[test]
@@ -623,35 +662,14 @@ fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
     let base = format!("http://127.0.0.1:{}", server.port);
 
     let cli = Cli::new();
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let env: Vec<(String, String)> = vec![
-        (
-            "SHOAL_CACHE_DIR".into(),
-            cli.cache.path().display().to_string(),
-        ),
-        ("SHOAL_STAGING_URL_ALLOW".into(), "127.0.0.1/32".into()),
-        ("SHOAL_STAGING_IPFS_GATEWAYS".into(), base.clone()),
-        ("SHOAL_AMQP_JOB_QUEUE".into(), format!("bac.jobs.{suffix}")),
-        (
-            "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
-            format!("bac.results.{suffix}"),
-        ),
-        (
-            "SHOAL_AMQP_DEAD_LETTER".into(),
-            format!("bac.dead.{suffix}"),
-        ),
-    ];
-    let config = shoal_worker::Config::load_from(None, env.clone()).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let pipeline =
-        shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
-    let worker = runtime.spawn(shoal_worker::consume::run(
-        pipeline,
-        config.amqp.clone(),
-        2,
-        rx,
-    ));
+    let (fleet, env) = InProcessWorker::start(
+        "bac",
+        cli.cache.path(),
+        &[
+            ("SHOAL_STAGING_URL_ALLOW", "127.0.0.1/32"),
+            ("SHOAL_STAGING_IPFS_GATEWAYS", &base),
+        ],
+    );
 
     let probe_wasm = path("tests/fixtures/probe.wasm");
     let hello_wasm = path("examples/hello/hello.wasm");
@@ -798,14 +816,5 @@ fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
         }
     }
 
-    stop.send(true).unwrap();
-    runtime.block_on(worker).unwrap().unwrap();
-    runtime.block_on(async {
-        let conn =
-            lapin::Connection::connect(&config.amqp.url, lapin::ConnectionProperties::default())
-                .await
-                .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        config.amqp.topology().delete(&channel).await.unwrap();
-    });
+    fleet.stop();
 }

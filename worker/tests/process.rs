@@ -159,20 +159,8 @@ impl Bench {
                     .unwrap()
                     .as_secs(),
             );
-        let confirm = self
-            .publish
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(self.topology.job_queue.as_str()),
-                BasicPublishOptions::default(),
-                &serde_json::to_vec(&job).unwrap(),
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
+        self.publish_raw(&serde_json::to_vec(&job).unwrap(), props)
+            .await;
     }
 
     /// Waits for a reply that `pick` accepts; others are kept for later.
@@ -215,21 +203,9 @@ impl Bench {
     /// Waits until the job queue holds `n` ready messages (the broker
     /// requeues a closed connection's unacked messages soon, not at once).
     async fn expect_queued(&self, n: u32, why: &str) {
-        let channel = self.conn.create_channel().await.unwrap();
         let started = Instant::now();
         loop {
-            let ready = channel
-                .queue_declare(
-                    ShortString::from(self.topology.job_queue.as_str()),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap()
-                .message_count();
+            let ready = self.queued(&self.topology.job_queue).await;
             if ready == n {
                 return;
             }
@@ -641,8 +617,8 @@ impl Bench {
             .message_count()
     }
 
-    /// Publishes raw bytes to the job queue (persistent, confirmed).
-    async fn publish_raw(&self, body: &[u8]) {
+    /// Publishes bytes to the job queue and waits for the broker's confirm.
+    async fn publish_raw(&self, body: &[u8], props: BasicProperties) {
         let confirm = self
             .publish
             .basic_publish(
@@ -650,7 +626,7 @@ impl Bench {
                 ShortString::from(self.topology.job_queue.as_str()),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_delivery_mode(2),
+                props,
             )
             .await
             .unwrap()
@@ -784,7 +760,9 @@ async fn chaos_a_thousand_jobs_survive_kills_and_broker_cuts() {
         b"{\"schema\":\"shoal.job/v1\"}",
         b"\xff\xfe",
     ] {
-        bench.publish_raw(poison).await;
+        bench
+            .publish_raw(poison, BasicProperties::default().with_delivery_mode(2))
+            .await;
     }
     let ids: Vec<String> = (0..JOBS).map(|i| unique(&format!("chaos-{i}"))).collect();
     for (i, id) in ids.iter().enumerate() {
@@ -849,9 +827,9 @@ async fn chaos_a_thousand_jobs_survive_kills_and_broker_cuts() {
         }
     }
     assert_eq!(results.len(), JOBS, "results for ids nobody submitted");
-    assert_eq!(bench.queued(&bench.topology.job_queue.clone()).await, 0);
+    assert_eq!(bench.queued(&bench.topology.job_queue).await, 0);
     assert_eq!(
-        bench.queued(&bench.topology.dead_letter.clone()).await,
+        bench.queued(&bench.topology.dead_letter).await,
         3,
         "the dead-letter queue holds more than the poison messages"
     );

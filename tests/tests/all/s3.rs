@@ -114,12 +114,7 @@ async fn an_s3_object_is_an_input_and_a_missing_one_is_unavailable() {
     let (result, _) = h.run(job.clone()).await;
     assert_eq!(kind(&result), Some("input_refused"), "{result:?}");
     // Nor a bucket staging.s3_allow does not list.
-    let allowed = Harness::with_env(
-        &S3.iter()
-            .copied()
-            .chain([("SHOAL_STAGING_S3_ALLOW", "some-other-bucket")])
-            .collect::<Vec<_>>(),
-    );
+    let allowed = Harness::with_env(&s3_env(("SHOAL_STAGING_S3_ALLOW", "some-other-bucket")));
     let mut other = allowed.probe(&["ls", "/inputs"]).await;
     other.inputs = vec![Input {
         source: Source::new(Location::S3(format!("s3://shoal-inputs/{key}"))),
@@ -133,6 +128,11 @@ async fn an_s3_object_is_an_input_and_a_missing_one_is_unavailable() {
     let (result, _) = h.run(job).await;
     assert_eq!(kind(&result), Some("input_unavailable"), "{result:?}");
     assert!(result.error.unwrap().message.contains("does not exist"));
+}
+
+/// The S3 store's settings plus one more.
+fn s3_env<'a>(extra: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
+    S3.iter().copied().chain([extra]).collect()
 }
 
 /// The bucket jobs read `s3://` sources from (not the store).
@@ -165,11 +165,7 @@ fn fresh_module() -> Source {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_compiled_by_one_worker_is_loaded_by_the_next_without_compiling() {
-    let keyed: Vec<(&str, &str)> = S3
-        .iter()
-        .copied()
-        .chain([("SHOAL_CACHE_COMPILED_KEY", "fleet secret")])
-        .collect();
+    let keyed: Vec<(&str, &str)> = s3_env(("SHOAL_CACHE_COMPILED_KEY", "fleet secret"));
     let module = fresh_module();
     async fn run(h: &Harness, module: &Source) -> Option<bool> {
         let (result, _) = h.run(JobMessage::new(module.clone())).await;
@@ -259,12 +255,7 @@ async fn an_s3_prefix_is_staged_as_a_folder_within_the_caps() {
     let (result, _) = h.run(job.clone()).await;
     assert_eq!(kind(&result), Some("input_unavailable"), "{result:?}");
 
-    let capped = Harness::with_env(
-        &S3.iter()
-            .copied()
-            .chain([("SHOAL_LIMITS_MAX_INPUT_FILES", "2")])
-            .collect::<Vec<_>>(),
-    );
+    let capped = Harness::with_env(&s3_env(("SHOAL_LIMITS_MAX_INPUT_FILES", "2")));
     let mut job = capped.probe(&["ls", "/inputs"]).await;
     job.inputs = vec![input(format!("s3://shoal-inputs/{prefix}/"))];
     let (result, _) = capped.run(job).await;
@@ -277,11 +268,7 @@ async fn two_workers_caching_the_same_url_at_once_leave_one_good_entry() {
     let body: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
     let path = format!("/{}.bin", uuid::Uuid::new_v4().simple());
     let origin = Origin::start(vec![(path.as_str(), Route::Body(body.clone()))]).await;
-    let env: Vec<(&str, &str)> = S3
-        .iter()
-        .copied()
-        .chain([("SHOAL_STAGING_URL_ALLOW", "127.0.0.1/32")])
-        .collect();
+    let env: Vec<(&str, &str)> = s3_env(("SHOAL_STAGING_URL_ALLOW", "127.0.0.1/32"));
     async fn job(h: &Harness, url: String) {
         let mut job = JobMessage::new(fresh_module());
         job.inputs = vec![Input {

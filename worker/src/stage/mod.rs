@@ -239,17 +239,7 @@ impl Stager {
         if source.unpack.unwrap_or(Unpack::File) == Unpack::File {
             if let Location::Cid(spec) = &source.location {
                 let car = scratch.join(format!("input-{i}.car"));
-                let unpacked = self
-                    .gateways
-                    .stage(
-                        self.store.as_ref(),
-                        spec,
-                        &host,
-                        &car,
-                        self.ipfs_limits(),
-                        &what,
-                    )
-                    .await?;
+                let unpacked = self.stage_cid(spec, &host, &car, &what).await?;
                 return Ok(Amount {
                     bytes: unpacked.bytes,
                     files: unpacked.files + unpacked.dirs,
@@ -269,17 +259,7 @@ impl Stager {
         match &source.location {
             Location::Cid(spec) => {
                 let car = scratch.join(format!("input-{i}.car"));
-                let unpacked = self
-                    .gateways
-                    .stage(
-                        self.store.as_ref(),
-                        spec,
-                        &archive,
-                        &car,
-                        self.ipfs_limits(),
-                        &what,
-                    )
-                    .await?;
+                let unpacked = self.stage_cid(spec, &archive, &car, &what).await?;
                 if unpacked.kind != ipfs::Kind::File {
                     return Err(JobError::invalid(format!(
                         "{what}: {spec} is a folder, not a tar archive; drop \"unpack\": \"tar\""
@@ -417,28 +397,28 @@ impl Stager {
         Ok(Bytes::from(bytes))
     }
 
-    fn ipfs_limits(&self) -> ipfs::Limits {
-        ipfs::Limits {
+    /// A `cid` source unpacked at `dest` (a file or a folder), its CAR kept at `car` meanwhile.
+    async fn stage_cid(
+        &self,
+        spec: &str,
+        dest: &Path,
+        car: &Path,
+        what: &str,
+    ) -> Result<ipfs::Unpacked, Error> {
+        let limits = ipfs::Limits {
             max_bytes: self.limits.max_input_bytes,
             max_files: self.limits.max_input_files,
-        }
+        };
+        self.gateways
+            .stage(self.store.as_ref(), spec, dest, car, limits, what)
+            .await
     }
 
     /// A `cid` source that must be one file (a module): staged in `scratch`, then read.
     async fn fetch_cid_file(&self, spec: &str, scratch: &Path, what: &str) -> Result<Bytes, Error> {
         let dest = scratch.join(format!("cid-{}", uuid::Uuid::new_v4().simple()));
         let car = dest.with_extension("car");
-        let unpacked = self
-            .gateways
-            .stage(
-                self.store.as_ref(),
-                spec,
-                &dest,
-                &car,
-                self.ipfs_limits(),
-                what,
-            )
-            .await?;
+        let unpacked = self.stage_cid(spec, &dest, &car, what).await?;
         if unpacked.kind != ipfs::Kind::File {
             let _ = tokio::fs::remove_dir_all(&dest).await;
             return Err(JobError::invalid(format!(

@@ -151,19 +151,15 @@ pub async fn write_object(
 /// of its own: hashing in line with the writes would halve a fast
 /// download's throughput, and the chunks are shared (`Bytes`), not copied.
 pub struct HashingFile {
-    file: tokio::io::BufWriter<tokio::fs::File>,
+    file: PlainFile,
     chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
     hasher: tokio::task::JoinHandle<[u8; 32]>,
-    size: u64,
-    path: PathBuf,
 }
 
 impl HashingFile {
     /// Creates (or truncates) `path`.
     pub async fn create(path: &Path) -> Result<HashingFile, InfraError> {
-        let file = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| InfraError::Disk(format!("creating {}: {e}", path.display())))?;
+        let file = PlainFile::create(path).await?;
         // A few chunks in flight: enough to keep both sides busy, little memory.
         let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let hasher = tokio::task::spawn_blocking(move || {
@@ -174,27 +170,15 @@ impl HashingFile {
             hasher.finalize().into()
         });
         Ok(HashingFile {
-            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            file,
             chunks: Some(chunks),
             hasher,
-            size: 0,
-            path: path.to_path_buf(),
         })
-    }
-
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        self.size
     }
 
     /// Appends `chunk`.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), InfraError> {
-        use tokio::io::AsyncWriteExt as _;
-        self.size += chunk.len() as u64;
-        self.file
-            .write_all(&chunk)
-            .await
-            .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))?;
+        self.file.write(&chunk).await?;
         if let Some(chunks) = &self.chunks {
             // Waits only while the hasher is 8 chunks behind.
             chunks
@@ -207,17 +191,14 @@ impl HashingFile {
 
     /// Flushes; returns the size and lowercase hex SHA-256.
     pub async fn finish(mut self) -> Result<(u64, String), InfraError> {
-        use tokio::io::AsyncWriteExt as _;
-        self.file
-            .flush()
-            .await
-            .map_err(|e| InfraError::Disk(format!("writing {}: {e}", self.path.display())))?;
+        let path = self.file.path.clone();
+        let size = self.file.finish().await?;
         drop(self.chunks.take());
         let digest = self
             .hasher
             .await
-            .map_err(|e| InfraError::Disk(format!("hashing {}: {e}", self.path.display())))?;
-        Ok((self.size, hex::encode(digest)))
+            .map_err(|e| InfraError::Disk(format!("hashing {}: {e}", path.display())))?;
+        Ok((size, hex::encode(digest)))
     }
 }
 

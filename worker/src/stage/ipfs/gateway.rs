@@ -15,14 +15,13 @@
 use super::{BlockFile, CarError, Cid, Limits, UnixfsError, Unpacked, unpack};
 use crate::config::StagingSection;
 use crate::error::{Error, InfraError, JobError};
-use crate::stage::{get_to_file, put_file};
+use crate::stage::{PlainFile, get_to_file, put_file};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
 use reqwest::header::ACCEPT;
 use sha2::{Digest, Sha256};
 use shoal_schemas::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// What a CAR may weigh beyond the content it carries: CIDs, links and
 /// headers. A gateway that sends more than the content cap plus this is cut off.
@@ -216,23 +215,22 @@ impl Gateways {
                 "{url}: the CAR is larger than the {cap} bytes allowed"
             )));
         }
-        let disk = |e: std::io::Error| Miss::Failed(format!("writing {}: {e}", car.display()));
-        let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(car).await.map_err(disk)?);
-        let mut written = 0u64;
+        // A local write failure counts as this attempt failing, like the gateway's.
+        let disk = |e: InfraError| Miss::Failed(e.to_string());
+        let mut file = PlainFile::create(car).await.map_err(disk)?;
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| Miss::Failed(format!("{url}: {e}")))?
         {
-            written += chunk.len() as u64;
-            if written > cap {
+            if file.size() + chunk.len() as u64 > cap {
                 return Err(Miss::Failed(format!(
                     "{url}: the CAR is larger than the {cap} bytes allowed"
                 )));
             }
-            file.write_all(&chunk).await.map_err(disk)?;
+            file.write(&chunk).await.map_err(disk)?;
         }
-        file.flush().await.map_err(disk)?;
+        file.finish().await.map_err(disk)?;
         Ok(())
     }
 }
