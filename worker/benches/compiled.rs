@@ -66,6 +66,7 @@ fn spec(module: &ModuleBytes, artifact: Option<Bytes>, want: bool) -> RunSpec {
         },
         artifact,
         want_artifact: want,
+        compiled: None,
         imports: Vec::new(),
     }
 }

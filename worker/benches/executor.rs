@@ -39,6 +39,7 @@ fn spec(module: &ModuleBytes, args: &[&str], fuel: u64) -> RunSpec {
         },
         artifact: None,
         want_artifact: false,
+        compiled: None,
         imports: Vec::new(),
     }
 }

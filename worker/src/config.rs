@@ -54,6 +54,9 @@ pub struct WorkerSection {
     pub name: String,
     /// Jobs run at once; 0 means the number of cores.
     pub concurrency: usize,
+    /// Where jobs' scratch folders (inputs, outputs) go; empty means the
+    /// system's temporary folder.
+    pub scratch_dir: PathBuf,
 }
 
 /// `[amqp]`

@@ -11,14 +11,16 @@ use crate::execute::{Executor, Mount, Outcome, Report, RunLimits, RunSpec};
 use crate::job::Job;
 use crate::metrics::METRICS;
 use crate::paths::GuestPath;
+use crate::publish::store::EarlierResult;
 use crate::publish::{self, Collected};
 use crate::stage::Stager;
 use crate::stage::compiled::Artifacts;
+use crate::stage::scratch::{Scratch, ScratchPool};
 use base64::Engine as _;
 use futures::future::BoxFuture;
 use shoal_schemas::{
-    Durations, ErrorInfo, ErrorKind, JobMessage, JobState, OutputResult, ResultMessage, Status,
-    Stream, Usage,
+    Durations, ErrorInfo, ErrorKind, JobMessage, JobState, Location, OutputResult, ResultMessage,
+    Status, Stream, Usage,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -159,6 +161,7 @@ pub struct Embedded {
     ceiling: LimitValues,
     executor: Executor,
     stager: Stager,
+    scratch: ScratchPool,
     artifacts: Option<Artifacts>,
     worker: String,
 }
@@ -184,11 +187,14 @@ impl Embedded {
             .then(|| Artifacts::new(store.clone(), &config.cache.compiled_key));
         let stager = Stager::new(store, &config)?;
         let worker = config.worker_name();
+        // One folder ready per job slot, and one to spare.
+        let scratch = ScratchPool::new(&config.worker.scratch_dir, config.concurrency() + 1);
         Ok(Embedded {
             config,
             ceiling,
             executor,
             stager,
+            scratch,
             artifacts,
             worker,
         })
@@ -197,6 +203,11 @@ impl Embedded {
     /// The stager (and through it the cache), for uploading local files.
     pub fn stager(&self) -> &Stager {
         &self.stager
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The executor, for its cache counters.
@@ -301,6 +312,7 @@ impl Embedded {
         on_state: &OnState,
     ) -> Result<ResultMessage, InfraError> {
         let store = self.stager.store().clone();
+        let earlier = EarlierResult::lookup(store.clone(), &job.id);
         let attempt = delivered.attempt;
         let executed = match self.execute(&job, &[], on_state).await {
             Ok(executed) => executed,
@@ -308,7 +320,7 @@ impl Embedded {
                 let mut result = job_failure(&job, e, &self.worker);
                 result.attempt = attempt;
                 result.usage.durations.queue_secs = delivered.queue_secs;
-                publish::store::put_result(store.as_ref(), &result).await?;
+                publish::store::put_result(store.as_ref(), &result, earlier).await?;
                 return Ok(result);
             }
             Err(Error::Infra(e)) => return Err(e),
@@ -347,7 +359,7 @@ impl Embedded {
         result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
         result.usage.durations.queue_secs = delivered.queue_secs;
         result.attempt = attempt;
-        publish::store::put_result(store.as_ref(), &result).await?;
+        publish::store::put_result(store.as_ref(), &result, earlier).await?;
         Ok(result)
     }
 
@@ -374,18 +386,28 @@ impl Embedded {
         on_state: &OnState,
     ) -> Result<Executed, Error> {
         on_state(JobState::Staging).await;
-        let scratch = tempfile::Builder::new()
-            .prefix("shoal-job-")
-            .tempdir()
-            .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))?;
+        let scratch = self.scratch.take().await?;
         let stage_started = Instant::now();
-        let staged = self.stager.stage(job, scratch.path()).await?;
+        // A module named by its hash and compiled here already is not
+        // fetched again: its bytes could only be the ones compiled.
+        let held = match &job.module.location {
+            Location::Sha256(hex) if job.imports.is_empty() => {
+                sha256_bytes(hex).and_then(|sha| self.executor.compiled(&sha).map(|c| (sha, c)))
+            }
+            _ => None,
+        };
+        let staged = self
+            .stager
+            .stage(job, scratch.path(), held.as_ref().map(|(sha, _)| *sha))
+            .await?;
         let stage_secs = stage_started.elapsed().as_secs_f64();
         let mut mounts = staged.mounts;
         mounts.extend(extra_mounts.iter().cloned());
-        let sha256 = staged.module.sha256;
+        let module = staged.module;
+        let compiled = held.map(|(_, compiled)| compiled);
+        let sha256 = module.sha256;
         let fingerprint = self.executor.fingerprint().to_owned();
-        let in_memory = self.executor.is_compiled(&sha256);
+        let in_memory = compiled.is_some() || self.executor.is_compiled(&sha256);
         METRICS.cache_lookup("module", in_memory);
         let artifact = match &self.artifacts {
             Some(artifacts) if !in_memory => {
@@ -398,8 +420,9 @@ impl Embedded {
         let spec = RunSpec {
             want_artifact: self.artifacts.is_some() && artifact.is_none(),
             artifact,
+            compiled,
             imports: staged.imports,
-            module: staged.module,
+            module,
             argv0: job.argv0.clone(),
             entrypoint: job.entrypoint.clone(),
             args: job.args.clone(),
@@ -424,7 +447,7 @@ impl Embedded {
             report,
             collected,
             stage_secs,
-            _scratch: Scratch(Some(scratch)),
+            _scratch: scratch,
         })
     }
 
@@ -475,25 +498,6 @@ struct Executed {
     _scratch: Scratch,
 }
 
-/// A job's scratch folder, removed on a blocking thread when dropped:
-/// deleting a tree is disk work that must not hold up the async runtime or
-/// the job's result. If the runtime is shutting down, the closure (and with
-/// it the folder) is dropped in place, so the folder goes either way.
-struct Scratch(Option<tempfile::TempDir>);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn_blocking(move || drop(dir));
-                }
-                Err(_) => drop(dir),
-            }
-        }
-    }
-}
-
 fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<OutputResult> {
     collected
         .into_iter()
@@ -508,6 +512,13 @@ fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<Output
             skipped: c.skipped,
         })
         .collect()
+}
+
+/// A sha256 in hex (as the schema checks it) as bytes.
+fn sha256_bytes(hex: &str) -> Option<[u8; 32]> {
+    let mut sha = [0u8; 32];
+    hex::decode_to_slice(hex, &mut sha).ok()?;
+    Some(sha)
 }
 
 fn path_string(path: &Path) -> String {

@@ -1,7 +1,9 @@
 //! The executor through the embedded pipeline: what the guest gets, what it
 //! cannot reach, and how each way of ending is reported.
 use crate::support::{Harness, fixture, kind, repo, stdout};
-use shoal_schemas::{Input, JobMessage, OutputMount, Status, Unpack};
+use shoal_schemas::{Input, JobMessage, Location, OutputMount, Status, Unpack};
+use shoal_worker::config::{Config, LimitValues};
+use shoal_worker::pipeline::{Embedded, LocalOptions};
 
 #[tokio::test]
 async fn args_and_env_reach_the_guest_but_host_env_does_not() {
@@ -376,6 +378,70 @@ async fn jobs_share_compiled_modules_but_nothing_else() {
     assert_eq!(two.usage.module_cache_hit, Some(true));
     assert_eq!(stdout(&two), "", "the second job sees an empty /outputs");
     assert_eq!(stdout(&three), "", "and none of the first job's env");
+}
+
+#[tokio::test]
+async fn a_module_compiled_in_memory_is_not_fetched_again_but_a_fresh_worker_checks_it() {
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch_dir = scratch.path().display().to_string();
+    let h = Harness::with_env(&[("SHOAL_WORKER_SCRATCH_DIR", &scratch_dir)]);
+    let job = h.probe(&["args", "hi"]).await;
+    let Location::Sha256(hex) = &job.module.location else {
+        panic!("uploads are named by sha256");
+    };
+    let (first, _) = h.run(job.clone()).await;
+    assert_eq!(first.status, Status::Succeeded, "{first:?}");
+    assert_eq!(first.usage.module_cache_hit, Some(false));
+
+    // The cache entry goes bad after the module was compiled.
+    let entry = h._cache.path().join(format!("cache/sha256/{hex}"));
+    assert!(entry.is_file(), "{} is where uploads go", entry.display());
+    std::fs::write(&entry, b"not the module any more").unwrap();
+
+    // This worker holds the compiled module, so it does not read the entry.
+    let (again, _) = h.run(job.clone()).await;
+    assert_eq!(again.status, Status::Succeeded, "{again:?}");
+    assert_eq!(again.usage.module_cache_hit, Some(true));
+    assert!(stdout(&again).ends_with("args\nhi\n"), "{again:?}");
+
+    // A worker that has to read it refuses it.
+    let config = Config::load_from(
+        None,
+        vec![(
+            "SHOAL_CACHE_DIR".to_owned(),
+            h._cache.path().display().to_string(),
+        )],
+    )
+    .unwrap();
+    let fresh = Embedded::new(config, LimitValues::UNLIMITED).unwrap();
+    let (refused, _) = fresh
+        .run(
+            job,
+            LocalOptions {
+                download: Some(h.results.path().join("fresh")),
+                ..LocalOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, Status::Failed, "{refused:?}");
+    assert_eq!(kind(&refused), Some("integrity"), "{refused:?}");
+
+    // Scratch folders went where worker.scratch_dir says: one per job slot
+    // and one to spare, made ahead, and the used ones removed.
+    let mut made = 0;
+    for _ in 0..200 {
+        made = std::fs::read_dir(scratch.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("shoal-job-"))
+            .count();
+        if made == h.embedded.config().concurrency() + 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(made, h.embedded.config().concurrency() + 1);
 }
 
 #[tokio::test]

@@ -97,11 +97,27 @@ pub struct ModuleBytes {
     pub bytes: Bytes,
 }
 
+/// A module compiled and linked in this executor's memory, taken from its
+/// cache by [`Executor::compiled`]. A job holds it from staging to running,
+/// so the cache evicting the module meanwhile cannot leave the job without
+/// it, and the job need not fetch the module's bytes at all.
+#[derive(Clone)]
+pub struct Compiled(InstancePre<GuestState>);
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
+}
+
 /// Everything one run needs.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
-    /// The module.
+    /// The module. Its `bytes` may be empty when `compiled` is given.
     pub module: ModuleBytes,
+    /// The module already compiled here ([`Executor::compiled`]); used
+    /// instead of `module.bytes` and any artifact.
+    pub compiled: Option<Compiled>,
     /// argv\[0\].
     pub argv0: String,
     /// Exported function to call.
@@ -395,6 +411,19 @@ impl Executor {
             .contains(sha256)
     }
 
+    /// `sha256`'s module if it is compiled in memory (a use: it becomes the
+    /// most recently used entry). Only for modules run without import
+    /// modules, which are linked per job.
+    pub fn compiled(&self, sha256: &[u8; 32]) -> Option<Compiled> {
+        self.inner
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sha256)
+            .cloned()
+            .map(Compiled)
+    }
+
     /// Runs one job's module on the blocking pool.
     pub async fn run(&self, spec: RunSpec) -> Report {
         let inner = self.inner.clone();
@@ -499,15 +528,17 @@ impl Inner {
     /// the fleet's artifact, else compiled here.
     fn instance_pre(&self, spec: &RunSpec) -> Result<Found, Outcome> {
         let module = &spec.module;
-        if let Some(pre) = self
-            .modules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&module.sha256)
-        {
+        let held = spec.compiled.as_ref().map(|c| c.0.clone());
+        if let Some(pre) = held.or_else(|| {
+            self.modules
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&module.sha256)
+                .cloned()
+        }) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Found {
-                pre: Prepared::Pre(pre.clone()),
+                pre: Prepared::Pre(pre),
                 cache_hit: true,
                 from_artifact: false,
                 new_artifact: None,

@@ -6,6 +6,7 @@ use super::Collected;
 use crate::error::InfraError;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as StorePath};
 use shoal_schemas::{ResultMessage, Stream};
+use std::sync::Arc;
 
 /// The key of a job's result message.
 pub fn result_key(job_id: &str) -> StorePath {
@@ -72,19 +73,44 @@ pub async fn put_stream(
     ))
 }
 
+/// Whether a job id had a result before this run: asked when the job
+/// starts, so the store's round trip overlaps staging and running instead
+/// of delaying the result.
+pub struct EarlierResult(tokio::task::JoinHandle<Result<bool, InfraError>>);
+
+impl EarlierResult {
+    /// Starts looking for `results/<job_id>/result.json`.
+    pub fn lookup(store: Arc<dyn ObjectStore>, job_id: &str) -> EarlierResult {
+        let key = result_key(job_id);
+        EarlierResult(tokio::spawn(async move {
+            match store.head(&key).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(InfraError::Store(format!("checking {key}: {e}"))),
+            }
+        }))
+    }
+
+    async fn found(self) -> Result<bool, InfraError> {
+        self.0
+            .await
+            .map_err(|e| InfraError::Store(format!("looking for an earlier result: {e}")))?
+    }
+}
+
 /// Writes `results/<id>/result.json`. When the id had a result before (a
 /// re-run, or a redelivery that ran again), objects of the earlier run that
 /// this result does not name are deleted afterwards, so the prefix ends up
 /// holding exactly what the new result describes.
-pub async fn put_result(store: &dyn ObjectStore, result: &ResultMessage) -> Result<(), InfraError> {
+pub async fn put_result(
+    store: &dyn ObjectStore,
+    result: &ResultMessage,
+    earlier: EarlierResult,
+) -> Result<(), InfraError> {
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
     let key = result_key(&result.job_id);
-    let rerun = match store.head(&key).await {
-        Ok(_) => true,
-        Err(object_store::Error::NotFound { .. }) => false,
-        Err(e) => return Err(InfraError::Store(format!("checking {key}: {e}"))),
-    };
+    let rerun = earlier.found().await?;
     put(store, &key, json).await?;
     if rerun {
         prune(store, result).await?;

@@ -15,6 +15,7 @@
 pub mod compiled;
 pub mod ipfs;
 mod s3;
+pub mod scratch;
 mod store;
 mod tarball;
 pub mod url;
@@ -43,7 +44,8 @@ pub use tarball::pack_dir;
 /// The job's host-side file system, ready to mount.
 #[derive(Debug)]
 pub struct Staged {
-    /// The module's bytes and hash.
+    /// The module's bytes and hash; no bytes when the caller said it holds
+    /// the module already.
     pub module: ModuleBytes,
     /// Import modules' bytes, by name, in instantiation order.
     pub imports: Vec<(String, ModuleBytes)>,
@@ -94,10 +96,20 @@ impl Stager {
     }
 
     /// Stages the module and inputs of `job` under `scratch` (an empty
-    /// folder). Inputs are staged in parallel, each streamed to disk.
-    pub async fn stage(&self, job: &Job, scratch: &Path) -> Result<Staged, Error> {
+    /// folder, or one from [`scratch::ScratchPool`]). Inputs are staged in parallel, each streamed to disk.
+    ///
+    /// `have_module`: the hash of a module the caller already holds
+    /// compiled (the job named it by that sha256, so nothing about it can
+    /// have changed); its bytes are not fetched. Import modules are fetched
+    /// either way.
+    pub async fn stage(
+        &self,
+        job: &Job,
+        scratch: &Path,
+        have_module: Option<[u8; 32]>,
+    ) -> Result<Staged, Error> {
         let uploads = Uploads::default();
-        let staged = self.stage_with(job, scratch, &uploads).await;
+        let staged = self.stage_with(job, scratch, have_module, &uploads).await;
         if staged.is_err() {
             uploads.finish().await;
         }
@@ -108,9 +120,16 @@ impl Stager {
         &self,
         job: &Job,
         scratch: &Path,
+        have_module: Option<[u8; 32]>,
         uploads: &Uploads,
     ) -> Result<Staged, Error> {
-        let module = self.module(&job.module, "module", scratch, uploads).await?;
+        let module = match have_module {
+            Some(sha256) => ModuleBytes {
+                sha256,
+                bytes: Bytes::new(),
+            },
+            None => self.module(&job.module, "module", scratch, uploads).await?,
+        };
         let mut imports = Vec::with_capacity(job.imports.len());
         for (name, source) in &job.imports {
             let what = format!("import module {name}");
@@ -173,7 +192,10 @@ impl Stager {
             // Named by index, not by the mount's name, so no name can clash
             // with another folder of the scratch directory.
             let host = scratch.join(format!("out-{i}"));
-            mkdir(&host).await?;
+            // A pooled scratch folder has the first one made already.
+            if !(i == 0 && host.is_dir()) {
+                mkdir(&host).await?;
+            }
             mounts.push(Mount {
                 host: host.clone(),
                 guest: out.path.to_string(),
@@ -201,6 +223,19 @@ impl Stager {
         let bytes = match &source.location {
             Location::Cid(spec) => self.fetch_cid_file(spec, scratch, what).await?,
             Location::Inline(text) => self.inline(text, what)?,
+            // Straight into memory: no file in scratch to create, read and remove.
+            Location::Sha256(hex) => {
+                let (got, key) = self.cached(hex, what).await?;
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
+                let actual = sha256_hex(&bytes);
+                if &actual != hex {
+                    return Err(integrity(what, &key, &actual, hex));
+                }
+                bytes
+            }
             _ => {
                 let file = scratch.join(format!("module-{}.wasm", uuid::Uuid::new_v4().simple()));
                 self.fetch_to(source, what, &file, uploads).await?;
@@ -308,26 +343,10 @@ impl Stager {
     ) -> Result<u64, Error> {
         match &source.location {
             Location::Sha256(hex) => {
-                let key = sha256_key(hex);
-                let got = match self.store.get(&key).await {
-                    Ok(got) => got,
-                    Err(object_store::Error::NotFound { .. }) => {
-                        return Err(JobError::new(
-                            ErrorKind::InputUnavailable,
-                            format!("{what}: sha256 {hex} is not in the cache; upload it first (submit does this for local files)"),
-                        )
-                        .into());
-                    }
-                    Err(e) => return Err(InfraError::Store(format!("reading {key}: {e}")).into()),
-                };
-                self.check_size(got.meta.size, key.as_ref(), what)?;
+                let (got, key) = self.cached(hex, what).await?;
                 let (size, actual) = write_object(got, key.as_ref(), dest).await?;
                 if &actual != hex {
-                    return Err(JobError::new(
-                        ErrorKind::Integrity,
-                        format!("{what}: cache entry {key} hashes to {actual}, not {hex}"),
-                    )
-                    .into());
+                    return Err(integrity(what, &key, &actual, hex));
                 }
                 Ok(size)
             }
@@ -356,6 +375,28 @@ impl Stager {
             ))
             .into()),
         }
+    }
+
+    /// The cache entry of content named by its sha256, size-checked.
+    async fn cached(
+        &self,
+        hex: &str,
+        what: &str,
+    ) -> Result<(object_store::GetResult, object_store::path::Path), Error> {
+        let key = sha256_key(hex);
+        let got = match self.store.get(&key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(JobError::new(
+                    ErrorKind::InputUnavailable,
+                    format!("{what}: sha256 {hex} is not in the cache; upload it first (submit does this for local files)"),
+                )
+                .into());
+            }
+            Err(e) => return Err(InfraError::Store(format!("reading {key}: {e}")).into()),
+        };
+        self.check_size(got.meta.size, key.as_ref(), what)?;
+        Ok((got, key))
     }
 
     fn check_size(&self, size: u64, name: &str, what: &str) -> Result<(), Error> {
@@ -432,6 +473,15 @@ impl Stager {
         let _ = tokio::fs::remove_file(&dest).await;
         Ok(Bytes::from(bytes))
     }
+}
+
+/// A cache entry whose bytes do not match its name: the store was corrupted.
+fn integrity(what: &str, key: &object_store::path::Path, actual: &str, hex: &str) -> Error {
+    JobError::new(
+        ErrorKind::Integrity,
+        format!("{what}: cache entry {key} hashes to {actual}, not {hex}"),
+    )
+    .into()
 }
 
 /// Inputs staged at once per job: enough to overlap several slow origins,
