@@ -40,14 +40,79 @@ fn url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The store and scratch settings this run was given (`SHOAL_CACHE_*`,
+/// `SHOAL_WORKER_SCRATCH_DIR`), to measure the worker against S3 or with
+/// scratch elsewhere; by default a local-folder store in the temporary folder.
+fn store_settings() -> Vec<(String, String)> {
+    #[allow(clippy::disallowed_methods)]
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("SHOAL_CACHE_") || k == "SHOAL_WORKER_SCRATCH_DIR")
+        .collect()
+}
+
 fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     (at(0.50).as_secs_f64() * 1e3, at(0.99).as_secs_f64() * 1e3)
 }
 
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command's closing parenthesis start at field 3
+    // (state); utime and stime are fields 14 and 15, in clock ticks (100/s).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    (tick(11).unwrap_or(0.0) + tick(12).unwrap_or(0.0)) / 100.0
+}
+
+/// The broker's Erlang VM, to count its CPU time too (it shares our cores).
+fn broker_pid() -> Option<String> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "beam.smp").then_some(pid)
+        })
+}
+
+/// CPU time per job of this process and of the broker over a stretch.
+struct Cpu {
+    ours: f64,
+    broker: f64,
+    broker_pid: Option<String>,
+}
+
+impl Cpu {
+    fn start() -> Cpu {
+        let broker_pid = broker_pid();
+        Cpu {
+            ours: cpu_secs("self"),
+            broker: broker_pid.as_deref().map(cpu_secs).unwrap_or(0.0),
+            broker_pid,
+        }
+    }
+
+    /// Microseconds of CPU per job: (this process, the broker).
+    fn per_job(&self, jobs: usize) -> (f64, f64) {
+        let ours = cpu_secs("self") - self.ours;
+        let broker = self.broker_pid.as_deref().map(cpu_secs).unwrap_or(0.0) - self.broker;
+        (ours / jobs as f64 * 1e6, broker / jobs as f64 * 1e6)
+    }
+}
+
 struct Measured {
     jobs_per_sec: f64,
+    /// CPU µs per job of the burst: this process (submitter and worker
+    /// or echo), and the broker.
+    cpu_us: (f64, f64),
     p50_ms: f64,
     p99_ms: f64,
     /// p50 of the publish-and-confirm part of the round trip.
@@ -217,12 +282,14 @@ async fn floor(conn: &Connection, body: &[u8]) -> Measured {
         client.wait(&id).await;
     }
     let burst = ids(BURST, "burst");
+    let cpu = Cpu::start();
     let started = Instant::now();
     client.submit_all(&burst, body).await;
     for id in &burst {
         client.wait(id).await;
     }
     let jobs_per_sec = BURST as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = cpu.per_job(BURST);
     let mut latencies = Vec::with_capacity(SEQUENTIAL);
     let mut publishes = Vec::with_capacity(SEQUENTIAL);
     for id in ids(SEQUENTIAL, "seq") {
@@ -240,6 +307,7 @@ async fn floor(conn: &Connection, body: &[u8]) -> Measured {
     let (p50_ms, p99_ms) = percentiles(latencies);
     Measured {
         jobs_per_sec,
+        cpu_us,
         p50_ms,
         p99_ms,
         publish_p50_ms: percentiles(publishes).0,
@@ -267,7 +335,10 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
                 format!("bench.dead.{suffix}"),
             ),
             ("SHOAL_LOG_FILTER".into(), "warn".into()),
-        ],
+        ]
+        .into_iter()
+        .chain(store_settings())
+        .collect::<Vec<_>>(),
     )
     .unwrap();
     let pipeline =
@@ -302,6 +373,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
             .await
             .unwrap();
     }
+    let cpu = Cpu::start();
     let started = Instant::now();
     let handles = client
         .submit_batch((0..BURST).map(job).collect())
@@ -317,6 +389,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
         run_ms.push(result.usage.durations.run_secs.unwrap_or(0.0) * 1e3);
     }
     let jobs_per_sec = BURST as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = cpu.per_job(BURST);
     let mut latencies = Vec::with_capacity(SEQUENTIAL);
     let mut publishes = Vec::with_capacity(SEQUENTIAL);
     let mut parts: Vec<[f64; 4]> = Vec::with_capacity(SEQUENTIAL);
@@ -351,6 +424,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
     (
         Measured {
             jobs_per_sec,
+            cpu_us,
             p50_ms,
             p99_ms,
             publish_p50_ms: percentiles(publishes).0,
@@ -370,16 +444,16 @@ async fn main() {
     let floor = floor(&conn, body).await;
     let (shoal, parts) = shoal(&url).await;
     println!(
-        "| path | throughput (jobs/s) | p50 latency | p99 latency | p50 of it publishing + confirm |"
+        "| path | throughput (jobs/s) | CPU per job of the burst: ours / broker | p50 latency | p99 latency | p50 of it publishing + confirm |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (name, m) in [
         ("floor: publish → consume → reply → ack", &floor),
         ("Shoal: hello.wasm through a worker", &shoal),
     ] {
         println!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |",
-            m.jobs_per_sec, m.p50_ms, m.p99_ms, m.publish_p50_ms
+            "| {name} | {:.0} | {:.0} µs / {:.0} µs | {:.2} ms | {:.2} ms | {:.2} ms |",
+            m.jobs_per_sec, m.cpu_us.0, m.cpu_us.1, m.p50_ms, m.p99_ms, m.publish_p50_ms
         );
     }
     println!(

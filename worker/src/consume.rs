@@ -315,7 +315,11 @@ impl Session {
         props: &BasicProperties,
     ) -> (OnState, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = watch::channel::<Option<JobState>>(None);
+        // Dropped with the sink: tells the task the job is over without
+        // waking it for each state before the delay.
+        let (over_tx, over) = tokio::sync::oneshot::channel::<()>();
         let on_state: OnState = Arc::new(move |state: JobState| {
+            let _keep = &over_tx;
             tx.send_replace(Some(state));
             Box::pin(async {})
         });
@@ -336,12 +340,9 @@ impl Session {
             tokio::time::Instant::now() + Duration::from_millis(self.amqp.state_delay_ms);
         let task = tokio::spawn(async move {
             // Wait out the delay, or end quietly if the job ends first.
-            loop {
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(_)) => return,
-                    Err(_) => break,
-                }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = over => return,
             }
             let key = state_routing_key(&id);
             loop {

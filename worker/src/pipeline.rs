@@ -312,7 +312,8 @@ impl Embedded {
         on_state: &OnState,
     ) -> Result<ResultMessage, InfraError> {
         let store = self.stager.store().clone();
-        let earlier = EarlierResult::lookup(store.clone(), &job.id);
+        let local_store = self.config.cache.s3_bucket.is_empty();
+        let earlier = EarlierResult::start(store.clone(), &job.id, local_store);
         let attempt = delivered.attempt;
         let executed = match self.execute(&job, &[], on_state).await {
             Ok(executed) => executed,
@@ -431,18 +432,20 @@ impl Embedded {
             limits: run_limits(&job.limits),
         };
         on_state(JobState::Running).await;
-        let mut report = self.executor.run(spec).await;
+        let outputs = staged.outputs;
+        let limits = job.limits;
+        let (mut report, collected) = self
+            .executor
+            .run_then(spec, move |_| publish::collect(&outputs, &limits))
+            .await;
         staged.uploads.finish().await;
         on_state(JobState::Publishing).await;
         if let (Some(artifacts), Some(native)) = (&self.artifacts, report.new_artifact.take()) {
             artifacts.put(&fingerprint, &sha256, &native).await;
         }
         tracing::info!(outcome = ?report.outcome, run_secs = report.run.as_secs_f64(), "guest finished");
-        let outputs = staged.outputs;
-        let limits = job.limits;
-        let collected = tokio::task::spawn_blocking(move || publish::collect(&outputs, &limits))
-            .await
-            .map_err(|e| InfraError::Disk(format!("collecting outputs: {e}")))??;
+        // No outputs when the executor's thread died (the report says so).
+        let collected = collected.transpose()?.unwrap_or_default();
         Ok(Executed {
             report,
             collected,

@@ -428,7 +428,7 @@ async fn a_module_compiled_in_memory_is_not_fetched_again_but_a_fresh_worker_che
     assert_eq!(kind(&refused), Some("integrity"), "{refused:?}");
 
     // Scratch folders went where worker.scratch_dir says: one per job slot
-    // and one to spare, made ahead, and the used ones removed.
+    // and one to spare, made ahead and reused.
     let mut made = 0;
     for _ in 0..200 {
         made = std::fs::read_dir(scratch.path())

@@ -303,8 +303,14 @@ async fn an_infrastructure_failure_is_retried_then_ends_as_error_in_the_dead_let
 /// outputs: files of the first that the second did not write are removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_id_twice_runs_twice_and_the_store_keeps_only_the_last_run() {
+    same_id_twice(&[]).await;
+}
+
+/// The test above on a store given by `env` (a local folder finds an
+/// earlier result with a create-only write, S3 with a lookup).
+pub async fn same_id_twice(env: &[(&str, &str)]) {
     use object_store::{ObjectStoreExt as _, path::Path as StorePath};
-    let fleet = Fleet::start(1, &[]);
+    let fleet = Fleet::start(1, env);
     let client = fleet.client().await;
     let id = format!("twice-{}", uuid::Uuid::new_v4().simple());
     let mut first = fleet.probe(&["files", "/outputs", "3"]).await;

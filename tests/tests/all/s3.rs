@@ -131,6 +131,12 @@ async fn an_s3_object_is_an_input_and_a_missing_one_is_unavailable() {
 }
 
 /// The S3 store's settings plus one more.
+/// A re-run on S3 prunes the first run's leftovers too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_id_twice_on_s3_keeps_only_the_last_run() {
+    crate::fleet::same_id_twice(&S3).await;
+}
+
 fn s3_env<'a>(extra: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
     S3.iter().copied().chain([extra]).collect()
 }

@@ -4,7 +4,7 @@
 //! finds everything it names.
 use super::Collected;
 use crate::error::InfraError;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as StorePath};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, path::Path as StorePath};
 use shoal_schemas::{ResultMessage, Stream};
 use std::sync::Arc;
 
@@ -73,28 +73,35 @@ pub async fn put_stream(
     ))
 }
 
-/// Whether a job id had a result before this run: asked when the job
-/// starts, so the store's round trip overlaps staging and running instead
-/// of delaying the result.
-pub struct EarlierResult(tokio::task::JoinHandle<Result<bool, InfraError>>);
+/// How `put_result` learns whether the job id had a result before this run
+/// (a re-run, or a redelivery that ran again), whose leftovers it prunes.
+pub enum EarlierResult {
+    /// A lookup started when the job did, so the store's round trip
+    /// overlaps staging and running instead of delaying the result. For S3
+    /// stores: not every S3-compatible server honours a create-only write,
+    /// and one that ignores it would silently skip the pruning.
+    Lookup(tokio::task::JoinHandle<Result<bool, InfraError>>),
+    /// The write itself tells: a create-only write fails when a result is
+    /// there. For the local-folder store, which implements it with a hard
+    /// link; it saves a lookup (and a thread hop) per job.
+    OnWrite,
+}
 
 impl EarlierResult {
-    /// Starts looking for `results/<job_id>/result.json`.
-    pub fn lookup(store: Arc<dyn ObjectStore>, job_id: &str) -> EarlierResult {
+    /// Starts finding out for `job_id`: with a lookup, or (`create_only`)
+    /// when the result is written.
+    pub fn start(store: Arc<dyn ObjectStore>, job_id: &str, create_only: bool) -> EarlierResult {
+        if create_only {
+            return EarlierResult::OnWrite;
+        }
         let key = result_key(job_id);
-        EarlierResult(tokio::spawn(async move {
+        EarlierResult::Lookup(tokio::spawn(async move {
             match store.head(&key).await {
                 Ok(_) => Ok(true),
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
                 Err(e) => Err(InfraError::Store(format!("checking {key}: {e}"))),
             }
         }))
-    }
-
-    async fn found(self) -> Result<bool, InfraError> {
-        self.0
-            .await
-            .map_err(|e| InfraError::Store(format!("looking for an earlier result: {e}")))?
     }
 }
 
@@ -110,7 +117,19 @@ pub async fn put_result(
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
     let key = result_key(&result.job_id);
-    let rerun = earlier.found().await?;
+    let rerun = match earlier {
+        EarlierResult::Lookup(lookup) => lookup
+            .await
+            .map_err(|e| InfraError::Store(format!("looking for an earlier result: {e}")))??,
+        EarlierResult::OnWrite => {
+            let payload = PutPayload::from(json.clone());
+            match store.put_opts(&key, payload, PutMode::Create.into()).await {
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => true,
+                Err(e) => return Err(InfraError::Store(format!("writing {key}: {e}"))),
+            }
+        }
+    };
     put(store, &key, json).await?;
     if rerun {
         prune(store, result).await?;

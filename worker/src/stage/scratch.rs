@@ -1,25 +1,26 @@
-//! Jobs' scratch folders, made ahead of time and removed afterwards, both
-//! off the job's path.
+//! Jobs' scratch folders: made ahead of time, emptied and reused
+//! afterwards, all off the job's path.
 //!
-//! Creating and removing folders are writes to the file system's journal.
-//! On a worker whose disk also carries a broker's fsyncs they wait behind
-//! those (a few hundred microseconds to milliseconds each, on the
-//! development VM), which for a short job is more than its run. So the pool
-//! keeps a few folders made, each already holding `out-0` (the first output
-//! mount's folder; every job has `/outputs` unless it says otherwise), and
-//! a job takes one without touching the disk while a blocking thread makes
-//! the next. A job's folder is removed on a blocking thread when the job is
-//! done with it.
+//! Making and removing a folder per job is the costliest thing a short job
+//! does to its worker. On ext4, allocating an inode scans past every inode
+//! freed in the last few seconds (`recently_deleted` in the kernel), so a
+//! worker that creates and deletes folders at hundreds of jobs a second
+//! spends most of its CPU in the kernel (profiled with `perf`: 58% of the
+//! benchmark's samples; docs/BENCHMARKS.md). So the pool owns a fixed set of
+//! folders, one per job slot and one to spare, each holding `out-0` (the
+//! first output mount's folder; every job has `/outputs` unless it says
+//! otherwise). A job takes a ready one; when it is done, a blocking thread
+//! empties it (everything the job left, whatever it is) and gives it back.
+//! A folder that cannot be emptied is removed and a new one made instead.
 use crate::error::InfraError;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tempfile::TempDir;
 
-/// The first output mount's folder, made with every pooled folder.
+/// The first output mount's folder, in every pooled folder.
 pub const FIRST_OUTPUT: &str = "out-0";
 
-/// Ready scratch folders under one parent folder.
+/// Scratch folders under one parent folder.
 #[derive(Clone)]
 pub struct ScratchPool {
     inner: Arc<Inner>,
@@ -27,9 +28,17 @@ pub struct ScratchPool {
 
 struct Inner {
     parent: PathBuf,
+    /// Folders the pool owns at most: ready ones plus lent ones.
     keep: usize,
-    ready: Mutex<Vec<TempDir>>,
-    refilling: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    ready: Vec<TempDir>,
+    lent: usize,
+    /// A blocking thread is making folders.
+    refilling: bool,
 }
 
 impl ScratchPool {
@@ -44,49 +53,76 @@ impl ScratchPool {
         ScratchPool {
             inner: Arc::new(Inner {
                 parent,
-                keep,
-                ready: Mutex::new(Vec::with_capacity(keep)),
-                refilling: AtomicBool::new(false),
+                keep: keep.max(1),
+                state: Mutex::new(State::default()),
             }),
         }
     }
 
-    /// An empty scratch folder with `out-0` inside: a made one if the pool
-    /// has one, else made now. Either way the pool is topped up in the
-    /// background.
+    /// An empty scratch folder with `out-0` inside: a ready one if there
+    /// is one, else one made now.
     pub async fn take(&self) -> Result<Scratch, InfraError> {
-        let ready = self.inner.lock().pop();
-        self.refill();
+        let ready = {
+            let mut state = self.inner.lock();
+            state.lent += 1;
+            state.ready.pop()
+        };
+        self.inner.clone().refill();
         let dir = match ready {
             Some(dir) => dir,
             None => {
                 let inner = self.inner.clone();
-                tokio::task::spawn_blocking(move || inner.make())
+                let made = tokio::task::spawn_blocking(move || inner.make())
                     .await
-                    .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))??
+                    .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))
+                    .and_then(|made| made);
+                match made {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        self.inner.lock().lent -= 1;
+                        return Err(e);
+                    }
+                }
             }
         };
         Ok(Scratch {
             path: dir.path().to_path_buf(),
             dir: Some(dir),
+            pool: self.inner.clone(),
         })
     }
 
     /// Folders ready now (for tests).
     pub fn ready(&self) -> usize {
-        self.inner.lock().len()
+        self.inner.lock().ready.len()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tops the pool up on a blocking thread, unless one is at it already.
-    fn refill(&self) {
-        if self.inner.refilling.swap(true, Ordering::AcqRel) {
-            return;
+    /// Makes folders on a blocking thread until the pool owns `keep`,
+    /// unless a thread is at it already.
+    fn refill(self: Arc<Self>) {
+        {
+            let mut state = self.lock();
+            if state.refilling || state.ready.len() + state.lent >= self.keep {
+                return;
+            }
+            state.refilling = true;
         }
-        let inner = self.inner.clone();
         let fill = move || {
-            while inner.lock().len() < inner.keep {
-                match inner.make() {
-                    Ok(dir) => inner.lock().push(dir),
+            loop {
+                {
+                    let state = self.lock();
+                    if state.ready.len() + state.lent >= self.keep {
+                        break;
+                    }
+                }
+                match self.make() {
+                    Ok(dir) => self.lock().ready.push(dir),
                     Err(e) => {
                         // The job that finds the pool empty makes its own
                         // folder and reports the error if it persists.
@@ -95,7 +131,7 @@ impl ScratchPool {
                     }
                 }
             }
-            inner.refilling.store(false, Ordering::Release);
+            self.lock().refilling = false;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -103,12 +139,6 @@ impl ScratchPool {
             }
             Err(_) => fill(),
         }
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<TempDir>> {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn make(&self) -> Result<TempDir, InfraError> {
@@ -125,16 +155,77 @@ impl Inner {
             .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))?;
         Ok(dir)
     }
+
+    /// Takes back a folder a job is done with: emptied and kept when the
+    /// pool has room, else removed (dropping a `TempDir` removes it).
+    fn give_back(&self, dir: TempDir) {
+        let wanted = {
+            let mut state = self.lock();
+            state.lent -= 1;
+            state.ready.len() + state.lent < self.keep
+        };
+        if !wanted {
+            return;
+        }
+        match empty(dir.path()) {
+            Ok(()) => self.lock().ready.push(dir),
+            Err(e) => {
+                tracing::warn!(folder = %dir.path().display(), error = %e, "could not empty a scratch folder; removing it");
+            }
+        }
+    }
 }
 
-/// A job's scratch folder, removed on a blocking thread when dropped:
-/// deleting a tree is disk work that must not hold up the async runtime or
-/// the job's result. If the runtime is shutting down, the closure (and with
-/// it the folder) is dropped in place, so the folder goes either way.
+/// Removes everything in `dir` but an empty `out-0`, and checks that this
+/// is all that is left. Symbolic links are removed, never followed.
+fn empty(dir: &Path) -> std::io::Result<()> {
+    // Most jobs leave nothing outside their outputs, which were published
+    // (and are removed here): look before touching anything.
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    let out = dir.join(FIRST_OUTPUT);
+    if let [only] = entries.as_slice()
+        && only.file_name() == FIRST_OUTPUT
+        && only.file_type()?.is_dir()
+        && std::fs::read_dir(&out)?.next().is_none()
+    {
+        return Ok(());
+    }
+    let remove = |path: &Path| -> std::io::Result<()> {
+        if std::fs::symlink_metadata(path)?.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        }
+    };
+    for entry in entries {
+        let path = entry.path();
+        if entry.file_name() == FIRST_OUTPUT && entry.file_type()?.is_dir() {
+            for inner in std::fs::read_dir(&path)? {
+                remove(&inner?.path())?;
+            }
+        } else {
+            remove(&path)?;
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    let clean = left.len() == 1
+        && std::fs::symlink_metadata(&out)?.is_dir()
+        && std::fs::read_dir(&out)?.next().is_none();
+    if !clean {
+        return Err(std::io::Error::other("something was left behind"));
+    }
+    Ok(())
+}
+
+/// A job's scratch folder. Given back to the pool on a blocking thread when
+/// dropped: emptying a tree is disk work that must not hold up the async
+/// runtime or the job's result. If the runtime is shutting down, it is
+/// given back (or removed) in place.
 pub struct Scratch {
     path: PathBuf,
     /// Taken only by `drop`.
     dir: Option<TempDir>,
+    pool: Arc<Inner>,
 }
 
 impl Scratch {
@@ -147,11 +238,13 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
+            let pool = self.pool.clone();
+            let give_back = move || pool.give_back(dir);
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn_blocking(move || drop(dir));
+                    runtime.spawn_blocking(give_back);
                 }
-                Err(_) => drop(dir),
+                Err(_) => give_back(),
             }
         }
     }
@@ -160,33 +253,77 @@ impl Drop for Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..400 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
 
     #[tokio::test]
-    async fn folders_are_made_ahead_and_removed_after() {
+    async fn folders_are_made_ahead_then_emptied_and_reused() {
         let parent = tempfile::tempdir().unwrap();
         let pool = ScratchPool::new(parent.path(), 2);
         // The first job finds nothing made and makes its own.
         let first = pool.take().await.unwrap();
         assert!(first.path().join(FIRST_OUTPUT).is_dir());
         let first_path = first.path().to_path_buf();
-        for _ in 0..200 {
-            if pool.ready() == 2 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert_eq!(pool.ready(), 2, "the pool tops itself up");
+        until("the pool tops itself up", || pool.ready() == 1).await;
         let second = pool.take().await.unwrap();
-        assert!(second.path().join(FIRST_OUTPUT).is_dir());
         assert_ne!(second.path(), first_path);
+
+        // The job leaves everything a guest can make behind.
+        let out = first.path().join(FIRST_OUTPUT);
+        std::fs::create_dir_all(out.join("a/b/c")).unwrap();
+        std::fs::write(out.join("a/b/c/file"), b"x").unwrap();
+        std::fs::write(out.join("top"), b"x").unwrap();
+        std::os::unix::fs::symlink(parent.path(), out.join("link")).unwrap();
+        std::fs::create_dir(first.path().join("inputs")).unwrap();
+        std::fs::write(first.path().join("inputs/data"), b"x").unwrap();
         drop(first);
-        for _ in 0..200 {
-            if !first_path.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert!(!first_path.exists(), "a finished job's folder is removed");
+        until("the folder comes back", || pool.ready() == 1).await;
+        let again = pool.take().await.unwrap();
+        assert_eq!(again.path(), first_path, "the same folder, reused");
+        let left: Vec<_> = std::fs::read_dir(again.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(FIRST_OUTPUT)]);
+        assert_eq!(
+            std::fs::read_dir(again.path().join(FIRST_OUTPUT))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(parent.path().exists(), "a symlink is removed, not followed");
+        drop(second);
+        drop(again);
+        until("both are back", || pool.ready() == 2).await;
+        drop(pool);
+        let remaining = std::fs::read_dir(parent.path()).unwrap().count();
+        assert_eq!(remaining, 0, "dropping the pool removes its folders");
+    }
+
+    #[tokio::test]
+    async fn a_folder_beyond_the_pools_size_is_removed_not_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        let pool = ScratchPool::new(parent.path(), 1);
+        // Two jobs at once in a pool of one: one folder too many.
+        let one = pool.take().await.unwrap();
+        let two = pool.take().await.unwrap();
+        let one_path = one.path().to_path_buf();
+        let two_path = two.path().to_path_buf();
+        drop(one);
+        until("the extra one is removed", || !one_path.exists()).await;
+        assert_eq!(pool.ready(), 0);
+        drop(two);
+        until("the other is kept", || pool.ready() == 1).await;
+        assert!(two_path.join(FIRST_OUTPUT).is_dir());
     }
 
     #[tokio::test]
