@@ -434,10 +434,31 @@ impl Embedded {
         on_state(JobState::Running).await;
         let outputs = staged.outputs;
         let limits = job.limits;
-        let (mut report, collected) = self
+        // A job without inputs that wrote no output files needs its
+        // scratch folder no longer once its outputs are collected: it goes
+        // back to the pool on the guest's thread, not on a thread of its own.
+        let no_inputs = job.inputs.is_empty();
+        let (mut report, ran) = self
             .executor
-            .run_then(spec, move |_| publish::collect(&outputs, &limits))
+            .run_then(spec, move |_| {
+                let collected = publish::collect(&outputs, &limits);
+                let nothing_to_upload = collected
+                    .as_ref()
+                    .is_ok_and(|c| c.iter().all(|m| m.files.is_empty()));
+                let scratch = match no_inputs && nothing_to_upload {
+                    true => {
+                        scratch.give_back_here();
+                        None
+                    }
+                    false => Some(scratch),
+                };
+                (collected, scratch)
+            })
             .await;
+        let (collected, scratch) = match ran {
+            Some((collected, scratch)) => (Some(collected), scratch),
+            None => (None, None),
+        };
         staged.uploads.finish().await;
         on_state(JobState::Publishing).await;
         if let (Some(artifacts), Some(native)) = (&self.artifacts, report.new_artifact.take()) {
@@ -497,8 +518,9 @@ struct Executed {
     report: Report,
     collected: Vec<Collected>,
     stage_secs: f64,
-    /// The scratch folder lives until the outputs are published.
-    _scratch: Scratch,
+    /// The scratch folder lives until the outputs are published (`None`:
+    /// given back already, nothing in it was needed).
+    _scratch: Option<Scratch>,
 }
 
 fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<OutputResult> {

@@ -233,6 +233,14 @@ impl Scratch {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Gives the folder back on the calling thread, which must be one that
+    /// may block (it empties the folder).
+    pub fn give_back_here(mut self) {
+        if let Some(dir) = self.dir.take() {
+            self.pool.give_back(dir);
+        }
+    }
 }
 
 impl Drop for Scratch {
