@@ -150,7 +150,7 @@ fn row(kind: &str, mb: u64) {
             ..config.cache.clone()
         })
         .unwrap();
-        let uploads = shoal_worker::stage::Uploads::default();
+        let uploads = shoal_worker::stage::Uploads::new(&std::env::temp_dir());
         let (_, before) = peak_and_current_rss_kib();
         let started = Instant::now();
         let size = match kind {

@@ -438,9 +438,15 @@ impl Embedded {
         // scratch folder no longer once its outputs are collected: it goes
         // back to the pool on the guest's thread, not on a thread of its own.
         let no_inputs = job.inputs.is_empty();
+        let mut scratch = scratch;
         let (mut report, ran) = self
             .executor
-            .run_then(spec, move |_| {
+            .run_then(spec, move |report| {
+                // Staging finished (every unpacking thread with it); the
+                // guest is done unless it was stopped inside a host call.
+                if quiet(&report.outcome) {
+                    scratch.reusable();
+                }
                 let collected = publish::collect(&outputs, &limits);
                 let nothing_to_upload = collected
                     .as_ref()
@@ -496,6 +502,17 @@ impl Embedded {
 
 fn job_failure(job: &Job, e: JobError, worker: &str) -> ResultMessage {
     ResultMessage::failure(&job.id, e.status(), e.kind, e.message, worker)
+}
+
+/// Whether a run that ended this way left nothing writing into its
+/// folders. A timeout or the disk watcher stops the guest wherever it is,
+/// and a file operation it started on a blocking thread finishes after it;
+/// an internal failure may have stopped anything.
+fn quiet(outcome: &Outcome) -> bool {
+    !matches!(
+        outcome,
+        Outcome::TimedOut | Outcome::DiskLimit(_) | Outcome::Internal(_)
+    )
 }
 
 /// Resolved limits in the executor's terms.

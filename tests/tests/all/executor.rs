@@ -444,6 +444,65 @@ async fn a_module_compiled_in_memory_is_not_fetched_again_but_a_fresh_worker_che
     assert_eq!(made, h.embedded.config().concurrency() + 1);
 }
 
+/// The scratch folders under `dir`, by name.
+fn scratch_folders(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("shoal-job-"))
+        .collect()
+}
+
+/// Waits until the pool holds all its folders again, and names them.
+async fn settled(h: &Harness, dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let keep = h.embedded.config().concurrency() + 1;
+    for _ in 0..400 {
+        let names = scratch_folders(dir);
+        if names.len() == keep {
+            return names;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the pool never settled at {keep} folders: {:?}",
+        scratch_folders(dir)
+    );
+}
+
+#[tokio::test]
+async fn a_scratch_folder_is_reused_only_after_a_guest_that_ended_on_its_own() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().display().to_string();
+    let h = Harness::with_env(&[("SHOAL_WORKER_SCRATCH_DIR", &dir)]);
+    let (warm, _) = h.run(h.probe(&["args"]).await).await;
+    assert_eq!(warm.status, Status::Succeeded);
+    let before = settled(&h, scratch.path()).await;
+
+    // Jobs that ended on their own, with and without outputs: the same
+    // folders serve again.
+    let (plain, _) = h.run(h.probe(&["args"]).await).await;
+    assert_eq!(plain.status, Status::Succeeded);
+    assert_eq!(settled(&h, scratch.path()).await, before);
+    let (wrote, _) = h
+        .run(h.probe(&["write", "/outputs/a.txt", "left behind?"]).await)
+        .await;
+    assert_eq!(wrote.status, Status::Succeeded);
+    assert_eq!(settled(&h, scratch.path()).await, before);
+    let (next, _) = h.run(h.probe(&["ls", "/outputs"]).await).await;
+    assert_eq!(stdout(&next), "", "a reused /outputs is empty");
+
+    // A guest stopped by the clock may have a file operation still running:
+    // its folder is removed and a new one made.
+    let mut stopped = h.probe(&["sleep", "60"]).await;
+    stopped.limits.timeout_ms = Some(200);
+    let (timed_out, _) = h.run(stopped).await;
+    assert_eq!(kind(&timed_out), Some("timeout"), "{timed_out:?}");
+    let after = settled(&h, scratch.path()).await;
+    assert_eq!(before.difference(&after).count(), 1, "one folder replaced");
+    assert_eq!(after.difference(&before).count(), 1);
+}
+
 #[tokio::test]
 async fn the_examples_run() {
     let h = Harness::new();

@@ -769,7 +769,9 @@ enum CallError {
 /// bounds the disk a guest can fill while it runs. It looks every 50 ms, so
 /// a guest can overshoot by what it writes in that time. A guest writes
 /// through WASI host calls, which are where the run's future yields, so
-/// dropping the call (as `select!` does) stops it there.
+/// dropping the call (as `select!` does) stops it there; a file operation
+/// already running on a blocking thread still finishes, which is why the
+/// pipeline never reuses the scratch folder of a run stopped this way.
 async fn disk_watch(dirs: Vec<PathBuf>, max_bytes: u64, max_files: u64) -> String {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -126,7 +126,17 @@ pub async fn put_result(
             match store.put_opts(&key, payload, PutMode::Create.into()).await {
                 Ok(_) => return Ok(()),
                 Err(object_store::Error::AlreadyExists { .. }) => true,
-                Err(e) => return Err(InfraError::Store(format!("writing {key}: {e}"))),
+                // The local store makes a create-only write with a hard
+                // link, which some file systems (SMB, some FUSE ones) lack:
+                // look instead, and write as any store would.
+                Err(e) => {
+                    tracing::debug!(error = %e, "create-only write failed; looking for an earlier result instead");
+                    match store.head(&key).await {
+                        Ok(_) => true,
+                        Err(object_store::Error::NotFound { .. }) => false,
+                        Err(e) => return Err(InfraError::Store(format!("checking {key}: {e}"))),
+                    }
+                }
             }
         }
     };

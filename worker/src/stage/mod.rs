@@ -108,7 +108,12 @@ impl Stager {
         scratch: &Path,
         have_module: Option<[u8; 32]>,
     ) -> Result<Staged, Error> {
-        let uploads = Uploads::default();
+        // Links for uploads go beside the scratch folder, never in it.
+        let spool = scratch
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        let uploads = Uploads::new(&spool);
         let staged = self.stage_with(job, scratch, have_module, &uploads).await;
         if staged.is_err() {
             uploads.finish().await;

@@ -9,9 +9,11 @@
 //! benchmark's samples; docs/BENCHMARKS.md). So the pool owns a fixed set of
 //! folders, one per job slot and one to spare, each holding `out-0` (the
 //! first output mount's folder; every job has `/outputs` unless it says
-//! otherwise). A job takes a ready one; when it is done, a blocking thread
-//! empties it (everything the job left, whatever it is) and gives it back.
-//! A folder that cannot be emptied is removed and a new one made instead.
+//! otherwise). A job takes a ready one; when it is done, and only if it says
+//! nothing can still write into the folder, a blocking thread empties it
+//! (everything the job left, whatever it is) and gives it back. A folder
+//! that cannot be emptied, or that a job did not vouch for, is removed and
+//! a new one made instead.
 use crate::error::InfraError;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -60,35 +62,38 @@ impl ScratchPool {
     }
 
     /// An empty scratch folder with `out-0` inside: a ready one if there
-    /// is one, else one made now.
+    /// is one, else one made now. It is counted as lent only once the
+    /// caller holds it, so a caller cancelled while it waits costs the pool
+    /// nothing.
     pub async fn take(&self) -> Result<Scratch, InfraError> {
         let ready = {
             let mut state = self.inner.lock();
-            state.lent += 1;
-            state.ready.pop()
+            let ready = state.ready.pop();
+            if ready.is_some() {
+                state.lent += 1;
+            }
+            ready
         };
-        self.inner.clone().refill();
         let dir = match ready {
-            Some(dir) => dir,
+            Some(dir) => {
+                self.inner.clone().refill();
+                dir
+            }
             None => {
                 let inner = self.inner.clone();
-                let made = tokio::task::spawn_blocking(move || inner.make())
+                let dir = tokio::task::spawn_blocking(move || inner.make())
                     .await
-                    .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))
-                    .and_then(|made| made);
-                match made {
-                    Ok(dir) => dir,
-                    Err(e) => {
-                        self.inner.lock().lent -= 1;
-                        return Err(e);
-                    }
-                }
+                    .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))??;
+                self.inner.lock().lent += 1;
+                self.inner.clone().refill();
+                dir
             }
         };
         Ok(Scratch {
             path: dir.path().to_path_buf(),
             dir: Some(dir),
             pool: self.inner.clone(),
+            reusable: false,
         })
     }
 
@@ -156,9 +161,10 @@ impl Inner {
         Ok(dir)
     }
 
-    /// Takes back a folder a job is done with: emptied and kept when the
-    /// pool has room, else removed (dropping a `TempDir` removes it).
-    fn give_back(&self, dir: TempDir) {
+    /// Takes back a folder a job is done with: emptied and kept when it is
+    /// `reusable` and the pool has room, else removed (dropping a `TempDir`
+    /// removes it).
+    fn give_back(&self, dir: TempDir, reusable: bool) {
         let wanted = {
             let mut state = self.lock();
             state.lent -= 1;
@@ -167,11 +173,20 @@ impl Inner {
         if !wanted {
             return;
         }
-        match empty(dir.path()) {
-            Ok(()) => self.lock().ready.push(dir),
-            Err(e) => {
-                tracing::warn!(folder = %dir.path().display(), error = %e, "could not empty a scratch folder; removing it");
+        if reusable {
+            match empty(dir.path()) {
+                Ok(()) => return self.lock().ready.push(dir),
+                Err(e) => {
+                    tracing::warn!(folder = %dir.path().display(), error = %e, "could not empty a scratch folder; removing it");
+                }
             }
+        }
+        // Removed (dropping it), and replaced now, on this blocking thread,
+        // so the next job still finds one ready.
+        drop(dir);
+        match self.make() {
+            Ok(fresh) => self.lock().ready.push(fresh),
+            Err(e) => tracing::warn!(error = %e, "could not make a scratch folder ahead of time"),
         }
     }
 }
@@ -188,7 +203,7 @@ fn empty(dir: &Path) -> std::io::Result<()> {
         && only.file_type()?.is_dir()
         && std::fs::read_dir(&out)?.next().is_none()
     {
-        return Ok(());
+        return fresh_times(&out);
     }
     let remove = |path: &Path| -> std::io::Result<()> {
         if std::fs::symlink_metadata(path)?.is_dir() {
@@ -214,18 +229,38 @@ fn empty(dir: &Path) -> std::io::Result<()> {
     if !clean {
         return Err(std::io::Error::other("something was left behind"));
     }
-    Ok(())
+    fresh_times(&out)
 }
 
-/// A job's scratch folder. Given back to the pool on a blocking thread when
-/// dropped: emptying a tree is disk work that must not hold up the async
-/// runtime or the job's result. If the runtime is shutting down, it is
-/// given back (or removed) in place.
+/// A guest may set its output mount's timestamps (`fd_filestat_set_times`
+/// on the preopen); the next job sees the folder's times as of now.
+fn fresh_times(out: &Path) -> std::io::Result<()> {
+    let now = std::time::SystemTime::now();
+    std::fs::File::open(out)?.set_times(
+        std::fs::FileTimes::new()
+            .set_accessed(now)
+            .set_modified(now),
+    )
+}
+
+/// A job's scratch folder, dealt with on a blocking thread when dropped
+/// (emptying or removing a tree is disk work that must not hold up the
+/// async runtime or the job's result; if the runtime is shutting down, in
+/// place).
+///
+/// It is reused only when the job said it is quiet ([`Scratch::reusable`]):
+/// nothing may still write into it. A job that was cancelled, failed while
+/// staging (an unpacking thread may still be writing under `inputs/`), or
+/// whose guest was stopped in the middle of a host call (a file operation
+/// already running on a blocking thread finishes after the guest is gone)
+/// drops its folder unmarked, and it is removed, never handed to the next
+/// job.
 pub struct Scratch {
     path: PathBuf,
-    /// Taken only by `drop`.
+    /// Taken only when the folder is dealt with.
     dir: Option<TempDir>,
     pool: Arc<Inner>,
+    reusable: bool,
 }
 
 impl Scratch {
@@ -234,11 +269,17 @@ impl Scratch {
         &self.path
     }
 
+    /// Marks the folder safe to empty and reuse: staging finished, the
+    /// guest's run ended on its own, and nothing else writes into it.
+    pub fn reusable(&mut self) {
+        self.reusable = true;
+    }
+
     /// Gives the folder back on the calling thread, which must be one that
-    /// may block (it empties the folder).
+    /// may block (it empties or removes the folder).
     pub fn give_back_here(mut self) {
         if let Some(dir) = self.dir.take() {
-            self.pool.give_back(dir);
+            self.pool.give_back(dir, self.reusable);
         }
     }
 }
@@ -247,7 +288,8 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
             let pool = self.pool.clone();
-            let give_back = move || pool.give_back(dir);
+            let reusable = self.reusable;
+            let give_back = move || pool.give_back(dir, reusable);
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn_blocking(give_back);
@@ -278,11 +320,11 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let pool = ScratchPool::new(parent.path(), 2);
         // The first job finds nothing made and makes its own.
-        let first = pool.take().await.unwrap();
+        let mut first = pool.take().await.unwrap();
         assert!(first.path().join(FIRST_OUTPUT).is_dir());
         let first_path = first.path().to_path_buf();
         until("the pool tops itself up", || pool.ready() == 1).await;
-        let second = pool.take().await.unwrap();
+        let mut second = pool.take().await.unwrap();
         assert_ne!(second.path(), first_path);
 
         // The job leaves everything a guest can make behind.
@@ -293,6 +335,13 @@ mod tests {
         std::os::unix::fs::symlink(parent.path(), out.join("link")).unwrap();
         std::fs::create_dir(first.path().join("inputs")).unwrap();
         std::fs::write(first.path().join("inputs/data"), b"x").unwrap();
+        // And dates its output mount.
+        let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::open(&out)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(long_ago))
+            .unwrap();
+        first.reusable();
         drop(first);
         until("the folder comes back", || pool.ready() == 1).await;
         let again = pool.take().await.unwrap();
@@ -309,6 +358,14 @@ mod tests {
             0
         );
         assert!(parent.path().exists(), "a symlink is removed, not followed");
+        let modified = std::fs::metadata(again.path().join(FIRST_OUTPUT))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert!(modified > long_ago, "the output mount's times are reset");
+        second.reusable();
+        let mut again = again;
+        again.reusable();
         drop(second);
         drop(again);
         until("both are back", || pool.ready() == 2).await;
@@ -322,8 +379,10 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let pool = ScratchPool::new(parent.path(), 1);
         // Two jobs at once in a pool of one: one folder too many.
-        let one = pool.take().await.unwrap();
-        let two = pool.take().await.unwrap();
+        let mut one = pool.take().await.unwrap();
+        let mut two = pool.take().await.unwrap();
+        one.reusable();
+        two.reusable();
         let one_path = one.path().to_path_buf();
         let two_path = two.path().to_path_buf();
         drop(one);
@@ -332,6 +391,24 @@ mod tests {
         drop(two);
         until("the other is kept", || pool.ready() == 1).await;
         assert!(two_path.join(FIRST_OUTPUT).is_dir());
+    }
+
+    #[tokio::test]
+    async fn a_folder_nobody_vouched_for_is_removed_and_replaced() {
+        let parent = tempfile::tempdir().unwrap();
+        let pool = ScratchPool::new(parent.path(), 1);
+        // A job cancelled, or whose staging failed: something may still
+        // write into its folder, so the next job must not get it.
+        let unquiet = pool.take().await.unwrap();
+        let path = unquiet.path().to_path_buf();
+        drop(unquiet);
+        until("it is removed and replaced", || {
+            !path.exists() && pool.ready() == 1
+        })
+        .await;
+        let next = pool.take().await.unwrap();
+        assert_ne!(next.path(), path);
+        assert!(next.path().join(FIRST_OUTPUT).is_dir());
     }
 
     #[tokio::test]
