@@ -188,7 +188,8 @@ impl Embedded {
         let stager = Stager::new(store, &config)?;
         let worker = config.worker_name();
         // One folder ready per job slot, and one to spare.
-        let scratch = ScratchPool::new(&config.worker.scratch_dir, config.concurrency() + 1);
+        let scratch = ScratchPool::new(&config.worker.scratch_dir, config.concurrency() + 1)
+            .map_err(|e| e.to_string())?;
         Ok(Embedded {
             config,
             ceiling,

@@ -273,7 +273,17 @@ impl Drop for Reaper {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_nothing_the_next_worker_finishes_it() {
     let mut bench = Bench::new().await;
-    let mut first = bench.worker("doomed", &[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch_env = [("SHOAL_WORKER_SCRATCH_DIR", scratch.path().to_str().unwrap())];
+    let homes = || -> Vec<PathBuf> {
+        std::fs::read_dir(scratch.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("shoal-worker-"))
+            .map(|e| e.path())
+            .collect()
+    };
+    let mut first = bench.worker("doomed", &scratch_env);
     let id = unique("killed");
     bench.submit(&id, &["sleep", "3"]).await;
     let state = bench.running(&id).await;
@@ -281,11 +291,19 @@ async fn a_worker_killed_mid_job_loses_nothing_the_next_worker_finishes_it() {
 
     first.kill().unwrap(); // SIGKILL: no drain, no nack, no goodbye
     first.wait().unwrap();
-    let second = bench.worker("survivor", &[]);
+    let abandoned = homes();
+    assert_eq!(abandoned.len(), 1, "the killed worker's scratch is left");
+    let second = bench.worker("survivor", &scratch_env);
     let reaper = Reaper(vec![second]);
     let result = bench.result(&id).await;
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
     assert_eq!(result.worker, "survivor");
+    let now = homes();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(
+        !abandoned[0].exists(),
+        "the next worker removed the dead one's scratch"
+    );
     assert_eq!(
         result.attempt, 2,
         "the broker counted the first delivery: {result:?}"

@@ -429,24 +429,19 @@ async fn a_module_compiled_in_memory_is_not_fetched_again_but_a_fresh_worker_che
 
     // Scratch folders went where worker.scratch_dir says: one per job slot
     // and one to spare, made ahead and reused.
-    let mut made = 0;
-    for _ in 0..200 {
-        made = std::fs::read_dir(scratch.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("shoal-job-"))
-            .count();
-        if made == h.embedded.config().concurrency() + 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(made, h.embedded.config().concurrency() + 1);
+    settled(&h, scratch.path()).await;
 }
 
-/// The scratch folders under `dir`, by name.
+/// The scratch folders a worker made under `dir` (in its own
+/// `shoal-worker-*` folder), by name.
 fn scratch_folders(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
-    std::fs::read_dir(dir)
+    let homes: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shoal-worker-"))
+        .collect();
+    assert_eq!(homes.len(), 1, "one worker, one folder of its own");
+    std::fs::read_dir(homes[0].path())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -29,10 +29,25 @@ pub struct ScratchPool {
 }
 
 struct Inner {
-    parent: PathBuf,
+    state: Mutex<State>,
+    /// This pool's own folder, `shoal-worker-<random>` in the parent
+    /// folder; removed with the pool.
+    home: PathBuf,
+    /// Locked for the pool's life: how a later worker tells this folder is
+    /// still in use (the kernel releases the lock when the process dies,
+    /// however it dies).
+    _lock: std::fs::File,
     /// Folders the pool owns at most: ready ones plus lent ones.
     keep: usize,
-    state: Mutex<State>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The ready folders first (dropping a `TempDir` removes it), then
+        // the pool's own folder and its lock file.
+        drop(std::mem::take(&mut self.lock().ready));
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
 }
 
 #[derive(Default)]
@@ -43,22 +58,61 @@ struct State {
     refilling: bool,
 }
 
+/// The name of a pool's own folder starts with this.
+const HOME_PREFIX: &str = "shoal-worker-";
+/// The lock file in a pool's own folder.
+const LOCK: &str = ".lock";
+
 impl ScratchPool {
-    /// A pool of `keep` folders under `parent` (the system's temporary
-    /// folder when empty). Nothing is made until the first job asks.
-    pub fn new(parent: &Path, keep: usize) -> ScratchPool {
+    /// A pool of `keep` folders in a folder of its own under `parent` (the
+    /// system's temporary folder when empty). Folders that earlier workers
+    /// left there when they died (their lock is free) are removed first, so
+    /// a worker that crashes and restarts does not fill the disk with its
+    /// old jobs' inputs. Nothing is made for jobs until the first asks.
+    pub fn new(parent: &Path, keep: usize) -> Result<ScratchPool, InfraError> {
         let parent = if parent.as_os_str().is_empty() {
             std::env::temp_dir()
         } else {
             parent.to_path_buf()
         };
-        ScratchPool {
+        let disk = |what: &str, e: std::io::Error| {
+            InfraError::Disk(format!("{what} in {}: {e}", parent.display()))
+        };
+        remove_abandoned(&parent);
+        // Made under a name no other worker looks at, locked, then renamed
+        // into view: a worker starting at the same moment never finds it
+        // unlocked.
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let starting = parent.join(format!(".shoal-starting-{suffix}"));
+        let home = parent.join(format!("{HOME_PREFIX}{suffix}"));
+        std::fs::create_dir(&starting)
+            .map_err(|e| disk("creating the worker's scratch folder", e))?;
+        let locked = std::fs::File::create(starting.join(LOCK))
+            .and_then(|lock| {
+                lock.try_lock().map_err(std::io::Error::other)?;
+                Ok(lock)
+            })
+            .and_then(|lock| std::fs::rename(&starting, &home).map(|()| lock));
+        let lock = match locked {
+            Ok(lock) => lock,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&starting);
+                return Err(disk("setting up the worker's scratch folder", e));
+            }
+        };
+        Ok(ScratchPool {
             inner: Arc::new(Inner {
-                parent,
-                keep: keep.max(1),
                 state: Mutex::new(State::default()),
+                home,
+                _lock: lock,
+                keep: keep.max(1),
             }),
-        }
+        })
+    }
+
+    /// The pool's own folder (holding every scratch folder it made).
+    pub fn home(&self) -> &Path {
+        &self.inner.home
     }
 
     /// An empty scratch folder with `out-0` inside: a ready one if there
@@ -149,11 +203,11 @@ impl Inner {
     fn make(&self) -> Result<TempDir, InfraError> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-job-")
-            .tempdir_in(&self.parent)
+            .tempdir_in(&self.home)
             .map_err(|e| {
                 InfraError::Disk(format!(
                     "creating a scratch folder in {}: {e}",
-                    self.parent.display()
+                    self.home.display()
                 ))
             })?;
         std::fs::create_dir(dir.path().join(FIRST_OUTPUT))
@@ -187,6 +241,36 @@ impl Inner {
         match self.make() {
             Ok(fresh) => self.lock().ready.push(fresh),
             Err(e) => tracing::warn!(error = %e, "could not make a scratch folder ahead of time"),
+        }
+    }
+}
+
+/// Removes the folders of pools whose worker is gone: their lock file can
+/// be locked. A folder still being set up (no lock file yet) or locked by a
+/// live worker, on this host or another sharing the folder, is left alone.
+fn remove_abandoned(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_pool = name.to_string_lossy().starts_with(HOME_PREFIX)
+            && entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_pool {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(entry.path().join(LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(folder = %entry.path().display(), "removed the scratch folder of a worker that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(folder = %entry.path().display(), error = %e, "could not remove an abandoned scratch folder")
+                }
+            }
         }
     }
 }
@@ -318,7 +402,7 @@ mod tests {
     #[tokio::test]
     async fn folders_are_made_ahead_then_emptied_and_reused() {
         let parent = tempfile::tempdir().unwrap();
-        let pool = ScratchPool::new(parent.path(), 2);
+        let pool = ScratchPool::new(parent.path(), 2).unwrap();
         // The first job finds nothing made and makes its own.
         let mut first = pool.take().await.unwrap();
         assert!(first.path().join(FIRST_OUTPUT).is_dir());
@@ -377,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn a_folder_beyond_the_pools_size_is_removed_not_kept() {
         let parent = tempfile::tempdir().unwrap();
-        let pool = ScratchPool::new(parent.path(), 1);
+        let pool = ScratchPool::new(parent.path(), 1).unwrap();
         // Two jobs at once in a pool of one: one folder too many.
         let mut one = pool.take().await.unwrap();
         let mut two = pool.take().await.unwrap();
@@ -396,7 +480,7 @@ mod tests {
     #[tokio::test]
     async fn a_folder_nobody_vouched_for_is_removed_and_replaced() {
         let parent = tempfile::tempdir().unwrap();
-        let pool = ScratchPool::new(parent.path(), 1);
+        let pool = ScratchPool::new(parent.path(), 1).unwrap();
         // A job cancelled, or whose staging failed: something may still
         // write into its folder, so the next job must not get it.
         let unquiet = pool.take().await.unwrap();
@@ -416,8 +500,38 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let file = parent.path().join("not-a-folder");
         std::fs::write(&file, b"x").unwrap();
-        let pool = ScratchPool::new(&file, 1);
-        let err = pool.take().await.err().expect("no folder under a file");
+        let err = ScratchPool::new(&file, 1)
+            .err()
+            .expect("no folder under a file");
         assert!(matches!(err, InfraError::Disk(_)), "{err:?}");
+    }
+
+    #[test]
+    fn folders_of_workers_that_are_gone_are_removed_and_live_ones_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        // A worker that died mid-job: its folder, its lock file (unlocked
+        // now), a job's leftovers.
+        let gone = parent.path().join("shoal-worker-0123");
+        std::fs::create_dir_all(gone.join("shoal-job-x/inputs")).unwrap();
+        std::fs::write(gone.join("shoal-job-x/inputs/big"), b"x").unwrap();
+        std::fs::File::create(gone.join(LOCK)).unwrap();
+        // Something else in the folder, and a worker still setting up.
+        std::fs::create_dir(parent.path().join("unrelated")).unwrap();
+        std::fs::create_dir(parent.path().join("shoal-worker-starting")).unwrap();
+
+        let live = ScratchPool::new(parent.path(), 1).unwrap();
+        assert!(!gone.exists(), "the dead worker's folder is removed");
+        assert!(parent.path().join("unrelated").exists());
+        assert!(parent.path().join("shoal-worker-starting").exists());
+        // A second worker on the same folder leaves the first one's alone.
+        let other = ScratchPool::new(parent.path(), 1).unwrap();
+        assert!(
+            live.home().join(LOCK).exists(),
+            "a live worker's folder is kept"
+        );
+        assert_ne!(live.home(), other.home());
+        let home = live.home().to_path_buf();
+        drop(live);
+        assert!(!home.exists(), "a pool removes its folder when it goes");
     }
 }
