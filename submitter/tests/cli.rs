@@ -23,7 +23,7 @@ impl Cli {
     }
 
     fn submit(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_submit"))
+        submit_command()
             .args(args)
             .current_dir(self.work.path())
             .env("SHOAL_CACHE_DIR", self.cache.path())
@@ -31,6 +31,23 @@ impl Cli {
             .output()
             .unwrap()
     }
+}
+
+/// The `submit` binary, without the store and worker settings of the shell
+/// running the tests (`SHOAL_CACHE_*`, `SHOAL_WORKER_*`): each test names
+/// its own store, and one exported by hand (the S3 bucket, say) would
+/// otherwise send the CLI to a store the test's worker does not read.
+fn submit_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_submit"));
+    // Reading the test's own environment, to keep it from the child.
+    #[allow(clippy::disallowed_methods)]
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("SHOAL_CACHE_") || name.starts_with("SHOAL_WORKER_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
 }
 
 fn path(rel: &str) -> String {
@@ -323,7 +340,7 @@ fn run_against_a_fleet_then_get_the_result_again() {
     let suffix = fleet.suffix.clone();
 
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_submit"))
+        submit_command()
             .args(args)
             .current_dir(cli.work.path())
             .envs(env.iter().cloned())
@@ -452,7 +469,7 @@ fn run_against_a_fleet_then_get_the_result_again() {
 #[test]
 fn an_unreachable_broker_is_a_clear_error() {
     let cli = Cli::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_submit"))
+    let out = submit_command()
         .args(["run", &path("examples/hello/hello.wasm")])
         .current_dir(cli.work.path())
         .env("SHOAL_CACHE_DIR", cli.cache.path())
@@ -536,7 +553,7 @@ fn a_module_and_an_input_by_cid_run_locally() {
     let (probe, hello) = (cid("probe.car"), cid("hello.car"));
     let gateway = StaticGateway::start(&[(&probe, "probe.car"), (&hello, "hello.car")]);
     let cli = Cli::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_submit"))
+    let out = submit_command()
         .args(["run", "--local", &format!("ipfs://{probe}"), "-i"])
         .arg(format!("{hello}:/inputs/hello.txt"))
         .args(["--", "cat", "/inputs/hello.txt"])
@@ -554,7 +571,7 @@ fn a_module_and_an_input_by_cid_run_locally() {
 
     // Bacalhau's spellings: a bare CID as the module, --input-volumes
     // CID:PATH, and an inline input carried in the message.
-    let out = Command::new(env!("CARGO_BIN_EXE_submit"))
+    let out = submit_command()
         .args(["run", "--local", &probe, "--input-volumes"])
         .arg(format!("{hello}:/inputs/data/hello.txt"))
         .args(["--input-inline", "conf.txt=threads = 4", "--", "cat"])
@@ -571,7 +588,7 @@ fn a_module_and_an_input_by_cid_run_locally() {
     assert_eq!(text(&out.stdout), "threads = 4");
 
     // The cache now holds both CARs and the compiled module, nothing else.
-    let out = Command::new(env!("CARGO_BIN_EXE_submit"))
+    let out = submit_command()
         .args(["cache", "stats", "--json"])
         .env("SHOAL_CACHE_DIR", cli.cache.path())
         .output()
@@ -791,7 +808,7 @@ fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
     for mode in ["--local", "fleet"] {
         for (row, args, code, check) in &shapes {
             assert!(readme.contains(row), "README's table lacks {row}");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_submit"));
+            let mut cmd = submit_command();
             cmd.arg("run");
             if mode == "--local" {
                 cmd.arg("--local");
