@@ -23,11 +23,17 @@ impl Cli {
     }
 
     fn submit(&self, args: &[&str]) -> Output {
+        self.submit_with(args, &[])
+    }
+
+    /// `submit` with more settings in its environment.
+    fn submit_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         submit_command()
             .args(args)
             .current_dir(self.work.path())
             .env("SHOAL_CACHE_DIR", self.cache.path())
             .env("HOST_ONLY_SECRET", "must-not-leak")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -48,6 +54,16 @@ fn submit_command() -> Command {
         }
     }
     cmd
+}
+
+/// The root CID of a fixture CAR, from `tests/fixtures/ipfs/cids.txt`.
+fn fixture_cid(car: &str) -> String {
+    let cids = std::fs::read_to_string(repo().join("tests/fixtures/ipfs/cids.txt")).unwrap();
+    cids.lines()
+        .find_map(|l| l.strip_prefix(&format!("{car}\t")))
+        .and_then(|rest| rest.split('\t').next())
+        .unwrap()
+        .to_owned()
 }
 
 fn path(rel: &str) -> String {
@@ -542,48 +558,48 @@ impl Drop for StaticGateway {
 
 #[test]
 fn a_module_and_an_input_by_cid_run_locally() {
-    let cids = std::fs::read_to_string(repo().join("tests/fixtures/ipfs/cids.txt")).unwrap();
-    let cid = |name: &str| {
-        cids.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}\t")))
-            .and_then(|rest| rest.split('\t').next())
-            .unwrap()
-            .to_owned()
-    };
-    let (probe, hello) = (cid("probe.car"), cid("hello.car"));
+    let (probe, hello) = (fixture_cid("probe.car"), fixture_cid("hello.car"));
     let gateway = StaticGateway::start(&[(&probe, "probe.car"), (&hello, "hello.car")]);
     let cli = Cli::new();
-    let out = submit_command()
-        .args(["run", "--local", &format!("ipfs://{probe}"), "-i"])
-        .arg(format!("{hello}:/inputs/hello.txt"))
-        .args(["--", "cat", "/inputs/hello.txt"])
-        .current_dir(cli.work.path())
-        .env("SHOAL_CACHE_DIR", cli.cache.path())
-        .env(
-            "SHOAL_STAGING_IPFS_GATEWAYS",
-            format!("http://127.0.0.1:{}", gateway.port),
-        )
-        .output()
-        .unwrap();
+    let gateways = format!("http://127.0.0.1:{}", gateway.port);
+    let env = [("SHOAL_STAGING_IPFS_GATEWAYS", gateways.as_str())];
+    let module = format!("ipfs://{probe}");
+    let input = format!("{hello}:/inputs/hello.txt");
+    let out = cli.submit_with(
+        &[
+            "run",
+            "--local",
+            &module,
+            "-i",
+            &input,
+            "--",
+            "cat",
+            "/inputs/hello.txt",
+        ],
+        &env,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let want = std::fs::read(repo().join("tests/fixtures/ipfs/inputs/hello.txt")).unwrap();
     assert_eq!(out.stdout, want);
 
     // Bacalhau's spellings: a bare CID as the module, --input-volumes
     // CID:PATH, and an inline input carried in the message.
-    let out = submit_command()
-        .args(["run", "--local", &probe, "--input-volumes"])
-        .arg(format!("{hello}:/inputs/data/hello.txt"))
-        .args(["--input-inline", "conf.txt=threads = 4", "--", "cat"])
-        .arg("/inputs/conf.txt")
-        .current_dir(cli.work.path())
-        .env("SHOAL_CACHE_DIR", cli.cache.path())
-        .env(
-            "SHOAL_STAGING_IPFS_GATEWAYS",
-            format!("http://127.0.0.1:{}", gateway.port),
-        )
-        .output()
-        .unwrap();
+    let volume = format!("{hello}:/inputs/data/hello.txt");
+    let out = cli.submit_with(
+        &[
+            "run",
+            "--local",
+            &probe,
+            "--input-volumes",
+            &volume,
+            "--input-inline",
+            "conf.txt=threads = 4",
+            "--",
+            "cat",
+            "/inputs/conf.txt",
+        ],
+        &env,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "threads = 4");
 
@@ -664,15 +680,7 @@ fn an_import_module_runs_locally() {
 /// `--local` and once through a fleet (a worker in this test's process).
 #[test]
 fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
-    let cids = std::fs::read_to_string(repo().join("tests/fixtures/ipfs/cids.txt")).unwrap();
-    let cid = |name: &str| {
-        cids.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}\t")))
-            .and_then(|rest| rest.split('\t').next())
-            .unwrap()
-            .to_owned()
-    };
-    let (probe, hello) = (cid("probe.car"), cid("hello.car"));
+    let (probe, hello) = (fixture_cid("probe.car"), fixture_cid("hello.car"));
     // One static server is both the IPFS gateway and the URL origin.
     let server = StaticGateway::start(&[(&probe, "probe.car"), (&hello, "hello.car")]);
     std::fs::write(server._dir.path().join("data.txt"), "from a url\n").unwrap();

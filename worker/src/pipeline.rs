@@ -388,7 +388,7 @@ impl Embedded {
         on_state: &OnState,
     ) -> Result<Executed, Error> {
         on_state(JobState::Staging).await;
-        let scratch = self.scratch.take().await?;
+        let mut scratch = self.scratch.take().await?;
         let stage_started = Instant::now();
         // A module named by its hash and compiled here already is not
         // fetched again: its bytes could only be the ones compiled.
@@ -439,7 +439,6 @@ impl Embedded {
         // scratch folder no longer once its outputs are collected: it goes
         // back to the pool on the guest's thread, not on a thread of its own.
         let no_inputs = job.inputs.is_empty();
-        let mut scratch = scratch;
         let (mut report, ran) = self
             .executor
             .run_then(spec, move |report| {
@@ -452,12 +451,11 @@ impl Embedded {
                 let nothing_to_upload = collected
                     .as_ref()
                     .is_ok_and(|c| c.iter().all(|m| m.files.is_empty()));
-                let scratch = match no_inputs && nothing_to_upload {
-                    true => {
-                        scratch.give_back_here();
-                        None
-                    }
-                    false => Some(scratch),
+                let scratch = if no_inputs && nothing_to_upload {
+                    scratch.give_back_here();
+                    None
+                } else {
+                    Some(scratch)
                 };
                 (collected, scratch)
             })

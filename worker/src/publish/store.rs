@@ -95,13 +95,18 @@ impl EarlierResult {
             return EarlierResult::OnWrite;
         }
         let key = result_key(job_id);
-        EarlierResult::Lookup(tokio::spawn(async move {
-            match store.head(&key).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(InfraError::Store(format!("checking {key}: {e}"))),
-            }
-        }))
+        EarlierResult::Lookup(tokio::spawn(
+            async move { exists(store.as_ref(), &key).await },
+        ))
+    }
+}
+
+/// Whether the store holds `key`.
+async fn exists(store: &dyn ObjectStore, key: &StorePath) -> Result<bool, InfraError> {
+    match store.head(key).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(InfraError::Store(format!("checking {key}: {e}"))),
     }
 }
 
@@ -131,11 +136,7 @@ pub async fn put_result(
                 // look instead, and write as any store would.
                 Err(e) => {
                     tracing::debug!(error = %e, "create-only write failed; looking for an earlier result instead");
-                    match store.head(&key).await {
-                        Ok(_) => true,
-                        Err(object_store::Error::NotFound { .. }) => false,
-                        Err(e) => return Err(InfraError::Store(format!("checking {key}: {e}"))),
-                    }
+                    exists(store, &key).await?
                 }
             }
         }

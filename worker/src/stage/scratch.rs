@@ -129,20 +129,17 @@ impl ScratchPool {
             ready
         };
         let dir = match ready {
-            Some(dir) => {
-                self.inner.clone().refill();
-                dir
-            }
+            Some(dir) => dir,
             None => {
                 let inner = self.inner.clone();
                 let dir = tokio::task::spawn_blocking(move || inner.make())
                     .await
                     .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))??;
                 self.inner.lock().lent += 1;
-                self.inner.clone().refill();
                 dir
             }
         };
+        self.inner.clone().refill();
         Ok(Scratch {
             path: dir.path().to_path_buf(),
             dir: Some(dir),
@@ -217,8 +214,8 @@ impl Inner {
 
     /// Takes back a folder a job is done with: emptied and kept when it is
     /// `reusable` and the pool has room, else removed (dropping a `TempDir`
-    /// removes it).
-    fn give_back(&self, dir: TempDir, reusable: bool) {
+    /// removes it) and, if the pool is short, replaced.
+    fn give_back(self: &Arc<Self>, dir: TempDir, reusable: bool) {
         let wanted = {
             let mut state = self.lock();
             state.lent -= 1;
@@ -235,13 +232,10 @@ impl Inner {
                 }
             }
         }
-        // Removed (dropping it), and replaced now, on this blocking thread,
-        // so the next job still finds one ready.
+        // Removed (dropping it) and replaced, so the next job still finds
+        // one ready.
         drop(dir);
-        match self.make() {
-            Ok(fresh) => self.lock().ready.push(fresh),
-            Err(e) => tracing::warn!(error = %e, "could not make a scratch folder ahead of time"),
-        }
+        self.clone().refill();
     }
 }
 
