@@ -457,7 +457,6 @@ impl Session {
         result: &ResultMessage,
         job_props: &BasicProperties,
     ) -> Result<(), InfraError> {
-        METRICS.job_finished(result);
         let body = serde_json::to_vec(result)
             .map_err(|e| InfraError::Broker(format!("encoding result: {e}")))?;
         let mut props = BasicProperties::default()
@@ -480,7 +479,11 @@ impl Session {
                 a.and(b)
             }
             None => to_exchange.await,
-        }
+        }?;
+        // Counted once published: a result whose publish failed is not
+        // one, and the job's retry counts its own.
+        METRICS.job_finished(result);
+        Ok(())
     }
 
     async fn publish_confirmed(
