@@ -35,7 +35,7 @@ fn cids() -> HashMap<String, (Cid, String)> {
 
 /// Opens `name`.car and checks its header names the root from cids.txt.
 fn open(name: &str) -> (BlockFile, Cid) {
-    let car = BlockFile::open(&fixture(name)).unwrap();
+    let car = BlockFile::open(&fixture(name), u64::MAX).unwrap();
     let root = cids()[name].0.clone();
     assert_eq!(car.roots(), std::slice::from_ref(&root));
     (car, root)
@@ -152,6 +152,20 @@ fn cidv0_file_with_unixfs_leaves_and_deep_tree() {
 }
 
 #[test]
+fn a_car_with_more_blocks_than_allowed_is_refused_while_indexing() {
+    let (car, _) = open("small-chunks-v0.car");
+    let blocks = car.len() as u64;
+    assert!(blocks > 20, "{blocks} blocks");
+    let path = fixture("small-chunks-v0.car");
+    assert_eq!(BlockFile::open(&path, blocks).unwrap().len() as u64, blocks);
+    match BlockFile::open(&path, blocks - 1) {
+        Err(CarError::TooManyBlocks { limit }) => assert_eq!(limit, blocks - 1),
+        Err(other) => panic!("expected TooManyBlocks, got {other}"),
+        Ok(_) => panic!("expected TooManyBlocks, got a BlockFile"),
+    }
+}
+
+#[test]
 fn nested_directory_whole_and_by_path() {
     let (car, root) = open("tree.car");
     let tmp = tempfile::tempdir().unwrap();
@@ -223,7 +237,7 @@ fn nested_directory_whole_and_by_path() {
 
 #[test]
 fn tampered_block_is_an_integrity_error() {
-    let err = BlockFile::open(&fixture("random-tampered.car"))
+    let err = BlockFile::open(&fixture("random-tampered.car"), u64::MAX)
         .err()
         .unwrap();
     assert!(
@@ -237,7 +251,7 @@ fn truncated_car_is_malformed() {
     let tmp = tempfile::tempdir().unwrap();
     let cut = tmp.path().join("cut.car");
     fs::write(&cut, &bytes[..1_000_000]).unwrap(); // inside the first 1 MiB block
-    let err = BlockFile::open(&cut).err().unwrap();
+    let err = BlockFile::open(&cut, u64::MAX).err().unwrap();
     assert!(matches!(err, CarError::Malformed(m) if m.contains("ends in the middle of a block")));
     let err = index_car(&bytes[..bytes.len() - 1], |_, _| Ok(())).unwrap_err();
     assert!(matches!(err, CarError::Malformed(_)));
@@ -286,7 +300,7 @@ fn streaming_reader_and_verify_on_read() {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("hello.car");
     fs::copy(fixture("hello.car"), &copy).unwrap();
-    let car = BlockFile::open(&copy).unwrap();
+    let car = BlockFile::open(&copy, u64::MAX).unwrap();
     let root = car.roots()[0].clone();
     assert_eq!(car.get(&root).unwrap().unwrap(), hello);
     let mut bytes = fs::read(&copy).unwrap();

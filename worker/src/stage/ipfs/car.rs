@@ -49,6 +49,14 @@ pub enum CarError {
     /// A valid CAR we can't use (CARv2, a hash function we can't verify).
     #[error("unsupported CAR: {0}")]
     Unsupported(String),
+    /// More blocks than the index may hold: the index costs memory per
+    /// block (about 100 bytes), so a DAG of millions of tiny blocks would
+    /// cost the worker far more memory than the CAR's size on disk.
+    #[error("the content has more than {limit} blocks")]
+    TooManyBlocks {
+        /// The most blocks allowed.
+        limit: u64,
+    },
     /// Reading the local file (or the sink writing somewhere) failed.
     #[error("I/O error while reading the CAR: {0}")]
     Io(#[from] io::Error),
@@ -276,16 +284,26 @@ pub struct BlockFile {
 
 impl BlockFile {
     /// Indexes the CAR at `path`, verifying every block on the way; fails on
-    /// the first bad block, so a `BlockFile` only ever holds a clean CAR.
-    pub fn open(path: &Path) -> Result<BlockFile, CarError> {
+    /// the first bad block, so a `BlockFile` only ever holds a clean CAR,
+    /// and on the block after `max_blocks`.
+    pub fn open(path: &Path, max_blocks: u64) -> Result<BlockFile, CarError> {
         let file = File::open(path)?;
         let mut index = HashMap::new();
+        let mut too_many = false;
         let header = read_car(&file, |cid, block, offset| {
             index
                 .entry(cid.multihash())
                 .or_insert((offset, block.len() as u32));
+            too_many = index.len() as u64 > max_blocks;
+            if too_many {
+                return Err(io::Error::other("too many blocks"));
+            }
             Ok(())
-        })?;
+        });
+        if too_many {
+            return Err(CarError::TooManyBlocks { limit: max_blocks });
+        }
+        let header = header?;
         Ok(BlockFile {
             file: Mutex::new(file),
             header,

@@ -254,7 +254,12 @@ async fn open_and_unpack(
     let path = target.path.clone();
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let blocks = BlockFile::open(&car).map_err(|e| match e {
+        // One block per file or folder, plus one per KiB of content: real
+        // DAGs (256 KiB chunks) stay far below it, and the index's ~100
+        // bytes per block stay near a tenth of the byte cap.
+        let max_blocks = limits.max_files.saturating_add(limits.max_bytes / 1024);
+        let blocks = BlockFile::open(&car, max_blocks).map_err(|e| match e {
+            CarError::TooManyBlocks { .. } => Unpack::Content(UnixfsError::TooLarge(e.to_string())),
             CarError::Integrity { .. } => Unpack::Source(Miss::Integrity(e.to_string())),
             CarError::Unsupported(_) | CarError::Malformed(_) | CarError::Io(_) => {
                 Unpack::Source(Miss::Failed(e.to_string()))
