@@ -65,6 +65,7 @@ pub async fn run(config: &Config, module: &Path, n: usize) -> Result<Summary> {
         .iter()
         .map(|h| client.wait_result(&h.id, Duration::from_secs(600)));
     let results = futures::future::try_join_all(waits).await?;
+    client.close().await;
     Ok(Summary {
         results,
         elapsed: started.elapsed(),

@@ -7,11 +7,25 @@
 //! persistent and confirmed by the broker before `submit` returns; a pooled
 //! channel or connection that broke is replaced on its next use.
 //!
-//! Results come back on one exclusive, auto-deleted reply queue that every
-//! job names as its `reply_to`, on a connection of its own, so results
-//! reach this client whatever worker ran the job. Workers also send
-//! best-effort state messages (staging, running, publishing) there, which
+//! Results come back on one reply queue that every job names as its
+//! `reply_to`, on a connection of its own, so results reach this client
+//! whatever worker ran the job. Workers also send best-effort state
+//! messages (staging, running, publishing) there, which
 //! [`Client::wait_result_with`] hands to the caller, for a spinner.
+//!
+//! A service lives longer than any one broker connection, so the reply
+//! queue is named by the client and is neither exclusive nor deleted with
+//! its connection: when the connection drops, results keep arriving in the
+//! queue, the client reconnects with backoff and consumes it again, and a
+//! waiting caller sees nothing but a later result. Results are acked (in
+//! batches, when the queue runs dry), so one that was on the wire when the
+//! connection broke is delivered again. The queue expires
+//! ([`ClientOptions::reply_keep`]) once no client has used it for that
+//! long, and is deleted when the client is dropped. Only when the queue
+//! itself is gone on reconnect (a broker restart, a disconnection longer
+//! than `reply_keep`) may results have been lost: waiters for jobs
+//! submitted before then get [`ClientError::RepliesLost`] and the results
+//! store still has them (`submit get`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shoal_submitter::ClientError> {
@@ -33,16 +47,19 @@
 //! result out) that runs against a real broker and worker.
 use crate::{JobMessage, ResultMessage, StateMessage};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::PublisherConfirm;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, ConnectionProperties};
 use shoal_schemas::topology::{PUBLISHED_MS_HEADER, Topology};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 /// What went wrong talking to the fleet.
 #[derive(Debug, thiserror::Error)]
@@ -61,12 +78,14 @@ pub enum ClientError {
     /// No result arrived in time; the job may still finish later.
     #[error("no result for job {0} within the timeout")]
     Timeout(String),
-    /// The reply queue went away with its connection: results of jobs
-    /// submitted through this client can no longer arrive here, but workers
-    /// still publish them to the results exchange and the results store
-    /// (`submit get`). Connect a new client for new jobs.
+    /// The reply queue was gone when the client reconnected (the broker
+    /// restarted, or the client was away longer than
+    /// [`ClientOptions::reply_keep`]), so this job's result may have been
+    /// dropped on its way here. Workers also write every result to the
+    /// results store: fetch it with `submit get`. Jobs submitted after the
+    /// reconnection are not affected.
     #[error(
-        "lost the reply queue ({0}); results still reach the results store: fetch them with `submit get`"
+        "lost the reply queue ({0}) after this job was submitted; its result is in the results store: fetch it with `submit get`"
     )]
     RepliesLost(String),
 }
@@ -81,7 +100,7 @@ pub struct JobHandle {
 /// Pool sizes. The defaults suit a service publishing from a few dozen
 /// tasks; a channel carries many unconfirmed publishes at once, so more
 /// channels help only when many tasks publish at the same instant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Most AMQP connections used for publishing.
     pub max_connections: usize,
@@ -89,6 +108,13 @@ pub struct ClientOptions {
     pub max_channels: usize,
     /// How long `submit` waits for a free channel before it fails.
     pub wait_for_channel: Duration,
+    /// How long the reply queue outlives a lost connection (its
+    /// `x-expires`): results that arrive while the client reconnects wait
+    /// there this long.
+    pub reply_keep: Duration,
+    /// The connection name the broker shows (management UI,
+    /// `rabbitmqctl list_connections`), to tell services apart.
+    pub connection_name: String,
 }
 
 impl Default for ClientOptions {
@@ -97,6 +123,8 @@ impl Default for ClientOptions {
             max_connections: 2,
             max_channels: 16,
             wait_for_channel: Duration::from_secs(30),
+            reply_keep: Duration::from_secs(15 * 60),
+            connection_name: "shoal-submitter".into(),
         }
     }
 }
@@ -111,6 +139,12 @@ struct Inbox {
 struct InboxState {
     results: HashMap<String, ResultMessage>,
     states: HashMap<String, StateMessage>,
+    /// The reply queue's incarnation each waiting job was submitted in.
+    submitted: HashMap<String, u64>,
+    /// Bumped each time the reply queue had to be declared anew after a
+    /// loss; why it was lost. Jobs of an earlier incarnation without a
+    /// result may have lost it.
+    incarnation: u64,
     lost: Option<String>,
 }
 
@@ -146,12 +180,14 @@ impl managed::Manager for ConfirmChannels {
 /// submit from as many tasks as you like.
 pub struct Client {
     channels: managed::Pool<ConfirmChannels>,
-    /// Kept open for the reply queue, which lives as long as it does.
-    _replies: lapin::Connection,
     topology: Topology,
     reply_queue: String,
     inbox: Arc<Inbox>,
     broker: String,
+    /// Sent or dropped with the client: the reply listener then deletes
+    /// the queue and closes its connection.
+    stop: Option<oneshot::Sender<()>>,
+    listener: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Client {
@@ -161,7 +197,7 @@ impl Client {
         Client::connect_with(url, topology, ClientOptions::default()).await
     }
 
-    /// Connects with the given pool sizes.
+    /// Connects with the given options.
     pub async fn connect_with(
         url: &str,
         topology: Topology,
@@ -172,8 +208,9 @@ impl Client {
             broker: broker.clone(),
             message,
         };
+        let name = options.connection_name.clone();
         let properties =
-            || ConnectionProperties::default().with_connection_name("shoal-submitter".into());
+            move || ConnectionProperties::default().with_connection_name(name.clone().into());
         let connections = deadpool_lapin::Config {
             url: Some(url.to_owned()),
             pool: Some(deadpool_lapin::PoolConfig::new(options.max_connections)),
@@ -199,25 +236,41 @@ impl Client {
                 .map_err(|e| err(e.to_string()))?;
         }
 
-        let replies =
-            managed::Object::take(connections.get().await.map_err(|e| err(e.to_string()))?);
-        let channel = replies
-            .create_channel()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let (reply_queue, consumer) = shoal_schemas::topology::reply_queue(&channel)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let replies = Replies {
+            url: url.to_owned(),
+            queue: format!("shoal.reply.{}", uuid::Uuid::new_v4()),
+            keep: options.reply_keep,
+            connection_name: options.connection_name,
+        };
+        let (connection, consumer, _) = replies.open().await.map_err(|e| err(e.to_string()))?;
         let inbox = Arc::new(Inbox::default());
-        tokio::spawn(listen(consumer, inbox.clone()));
+        let (stop, stopped) = oneshot::channel();
+        let reply_queue = replies.queue.clone();
+        let listener = tokio::spawn(replies.listen(connection, consumer, inbox.clone(), stopped));
         Ok(Client {
             channels,
-            _replies: replies,
             topology,
             reply_queue,
             inbox,
             broker,
+            stop: Some(stop),
+            listener: Some(listener),
         })
+    }
+
+    /// Deletes the reply queue and closes the connections. Dropping the
+    /// client starts the same in the background, but a program about to
+    /// exit should await this: otherwise the queue lingers on the broker
+    /// for [`ClientOptions::reply_keep`], collecting the results of the
+    /// jobs it submitted.
+    pub async fn close(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(listener) = self.listener.take() {
+            let _ = listener.await;
+        }
+        self.channels.close();
     }
 
     /// The queue this client's results arrive on (the jobs' `reply_to`).
@@ -258,6 +311,13 @@ impl Client {
                 ))
             })?;
             bodies.push((id, body));
+        }
+        {
+            let mut inbox = self.inbox.state.lock().unwrap_or_else(|e| e.into_inner());
+            let incarnation = inbox.incarnation;
+            for (id, _) in &bodies {
+                inbox.submitted.insert(id.clone(), incarnation);
+            }
         }
         let err = |message: String| ClientError::Broker {
             broker: self.broker.clone(),
@@ -339,12 +399,19 @@ impl Client {
                 let (result, state, lost) = {
                     let mut inbox = self.inbox.state.lock().unwrap_or_else(|e| e.into_inner());
                     let result = inbox.results.remove(id);
-                    let state = if result.is_some() {
+                    let lost = match inbox.submitted.get(id) {
+                        Some(&submitted) if result.is_none() && submitted < inbox.incarnation => {
+                            inbox.lost.clone()
+                        }
+                        _ => None,
+                    };
+                    let state = if result.is_some() || lost.is_some() {
+                        inbox.submitted.remove(id);
                         inbox.states.remove(id)
                     } else {
                         inbox.states.get(id).cloned()
                     };
-                    (result, state, inbox.lost.clone())
+                    (result, state, lost)
                 };
                 if let Some(result) = result {
                     return Ok(result);
@@ -365,13 +432,155 @@ impl Client {
     }
 }
 
-/// Files results and states by job id until the reply queue goes away.
-async fn listen(mut consumer: lapin::Consumer, inbox: Arc<Inbox>) {
-    let why = loop {
-        let delivery = match consumer.next().await {
+/// The client's reply queue and how to reach it again.
+struct Replies {
+    url: String,
+    queue: String,
+    keep: Duration,
+    connection_name: String,
+}
+
+/// Unacked results the broker may hand the listener before it acks them
+/// all at once.
+const REPLY_PREFETCH: u16 = 256;
+
+impl Replies {
+    /// Connects and consumes the reply queue, declaring it if it is not
+    /// there. The flag says whether it was still there (with the results
+    /// that arrived meanwhile) or had to be declared anew.
+    async fn open(&self) -> lapin::Result<(lapin::Connection, lapin::Consumer, bool)> {
+        let connection = lapin::Connection::connect(
+            &self.url,
+            ConnectionProperties::default()
+                .with_connection_name(self.connection_name.clone().into()),
+        )
+        .await?;
+        let mut channel = connection.create_channel().await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            ShortString::from("x-expires"),
+            AMQPValue::LongUInt(
+                u32::try_from(self.keep.as_millis())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            ),
+        );
+        let declare = |passive| QueueDeclareOptions {
+            passive,
+            ..QueueDeclareOptions::default()
+        };
+        // A passive declare fails (and closes its channel) when the queue
+        // is gone: that is how a lost queue is told from a kept one.
+        let kept = match channel
+            .queue_declare(self.queue.as_str().into(), declare(true), arguments.clone())
+            .await
+        {
+            Ok(_) => true,
+            Err(_) => {
+                channel = connection.create_channel().await?;
+                channel
+                    .queue_declare(self.queue.as_str().into(), declare(false), arguments)
+                    .await?;
+                false
+            }
+        };
+        channel
+            .basic_qos(REPLY_PREFETCH, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((connection, consumer, kept))
+    }
+
+    /// Files results and states by job id; when the connection drops,
+    /// reconnects with backoff and consumes the same queue again. Ends when
+    /// the client is dropped, deleting the queue.
+    async fn listen(
+        self,
+        mut connection: lapin::Connection,
+        mut consumer: lapin::Consumer,
+        inbox: Arc<Inbox>,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
+        loop {
+            let why = tokio::select! {
+                why = file_replies(&mut consumer, &inbox) => why,
+                _ = &mut stopped => {
+                    if let Ok(channel) = connection.create_channel().await {
+                        let _ = channel
+                            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    let _ = connection.close(200, "client dropped".into()).await;
+                    return;
+                }
+            };
+            tracing::warn!(queue = %self.queue, error = %why, "reply connection lost; reconnecting");
+            // The old connection may still be open (a consumer the broker
+            // cancelled): close it, without waiting long on a dead one.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                connection.close(200, "reconnecting".into()),
+            )
+            .await;
+            let mut delay = Duration::from_millis(100);
+            let kept = loop {
+                match self.open().await {
+                    Ok((c, q, kept)) => {
+                        (connection, consumer) = (c, q);
+                        break kept;
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %self.queue, error = %e, retry_in = ?delay, "reply connection refused");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = &mut stopped => return,
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            };
+            if kept {
+                tracing::info!(queue = %self.queue, "reply connection back; no result lost");
+            } else {
+                tracing::warn!(queue = %self.queue, "reply queue was gone and is declared anew; results of earlier jobs are in the results store");
+                let mut state = inbox.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.incarnation += 1;
+                state.lost = Some(why);
+                drop(state);
+                inbox.arrived.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Files results and states by job id until the consumer ends, acking
+/// what it filed whenever no more deliveries are waiting (one ack for a
+/// burst of results). Returns why it ended.
+async fn file_replies(consumer: &mut lapin::Consumer, inbox: &Inbox) -> String {
+    let mut unacked: Option<lapin::Acker> = None;
+    loop {
+        let next = match consumer.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if let Some(acker) = unacked.take()
+                    && let Err(e) = acker.ack(BasicAckOptions { multiple: true }).await
+                {
+                    return e.to_string();
+                }
+                consumer.next().await
+            }
+        };
+        let delivery = match next {
             Some(Ok(delivery)) => delivery,
-            Some(Err(e)) => break e.to_string(),
-            None => break "the broker cancelled the reply consumer".to_owned(),
+            Some(Err(e)) => return e.to_string(),
+            None => return "the broker cancelled the reply consumer".to_owned(),
         };
         let is_state = delivery
             .properties
@@ -391,8 +600,6 @@ async fn listen(mut consumer: lapin::Consumer, inbox: Arc<Inbox>) {
             }
         }
         inbox.arrived.notify_waiters();
-    };
-    tracing::warn!(error = %why, "reply queue lost");
-    inbox.state.lock().unwrap_or_else(|e| e.into_inner()).lost = Some(why);
-    inbox.arrived.notify_waiters();
+        unacked = Some(delivery.acker);
+    }
 }

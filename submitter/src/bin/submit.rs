@@ -336,26 +336,11 @@ async fn run_on_fleet(
     let client = shoal_submitter::Client::connect(&amqp.url, amqp.topology())
         .await
         .context("connecting to the fleet (set SHOAL_AMQP_URL, or use --local)")?;
-    let handle = client.submit(job).await?;
-    if run.detach {
-        println!("{}", handle.id);
+    let waited = wait_on_fleet(&client, job, run).await;
+    client.close().await;
+    let Some(result) = waited? else {
         return Ok(0);
-    }
-    let spinner = spinner(&format!("job {}: queued, waiting for a worker", handle.id));
-    let waited = client
-        .wait_result_with(
-            &handle.id,
-            run.wait.unwrap_or(std::time::Duration::from_secs(86_400)),
-            |state| spinner.set_message(describe(&handle.id, state)),
-        )
-        .await;
-    spinner.finish_and_clear();
-    let result = waited.with_context(|| {
-        format!(
-            "the job is still queued or running; fetch it later with: submit get {}",
-            handle.id
-        )
-    })?;
+    };
     let dir = run
         .out
         .download
@@ -367,6 +352,34 @@ async fn run_on_fleet(
         .context("downloading the results")?;
     report(&result, &dir, run.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
+}
+
+/// Submits the job and, unless detached, waits for its result.
+async fn wait_on_fleet(
+    client: &shoal_submitter::Client,
+    job: JobMessage,
+    run: &RunArgs,
+) -> Result<Option<ResultMessage>> {
+    let handle = client.submit(job).await?;
+    if run.detach {
+        println!("{}", handle.id);
+        return Ok(None);
+    }
+    let spinner = spinner(&format!("job {}: queued, waiting for a worker", handle.id));
+    let waited = client
+        .wait_result_with(
+            &handle.id,
+            run.wait.unwrap_or(std::time::Duration::from_secs(86_400)),
+            |state| spinner.set_message(describe(&handle.id, state)),
+        )
+        .await;
+    spinner.finish_and_clear();
+    waited.map(Some).with_context(|| {
+        format!(
+            "the job is still queued or running; fetch it later with: submit get {}",
+            handle.id
+        )
+    })
 }
 
 async fn get_command(get: GetArgs) -> Result<u8> {

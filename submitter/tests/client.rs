@@ -1,0 +1,232 @@
+//! The `Client` library against a real RabbitMQ (127.0.0.1:5672), with the
+//! test playing the worker: it takes each job off the queue itself and
+//! publishes the result to the job's `reply_to` when the test says so, so
+//! the result can be made to arrive exactly while the client is cut off.
+use futures::StreamExt;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use shoal_schemas::topology::Topology;
+use shoal_schemas::{JobMessage, Location, ResultMessage, Source, Status};
+use shoal_submitter::{Client, ClientError, ClientOptions};
+use std::process::Command;
+use std::time::Duration;
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A client whose connections carry a name of their own, so the test can
+/// close exactly them, on a topology no other test uses.
+async fn connect() -> (Client, String, Topology) {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let topology = Topology {
+        job_queue: format!("test.jobs.{suffix}"),
+        results_exchange: format!("test.results.{suffix}"),
+        dead_letter: format!("test.dead.{suffix}"),
+        ..Topology::default()
+    };
+    let name = format!("test-client-{suffix}");
+    let options = ClientOptions {
+        connection_name: name.clone(),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(AMQP_URL, topology.clone(), options)
+        .await
+        .unwrap();
+    (client, name, topology)
+}
+
+/// The test's side of the broker: takes jobs and answers them.
+struct FakeWorker {
+    channel: Channel,
+    _connection: Connection,
+    topology: Topology,
+}
+
+impl FakeWorker {
+    async fn new(topology: &Topology) -> FakeWorker {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        FakeWorker {
+            channel,
+            _connection: connection,
+            topology: topology.clone(),
+        }
+    }
+
+    /// Takes the next job off the queue: its id and `reply_to`.
+    async fn take(&self) -> (String, String) {
+        for _ in 0..100 {
+            let got = self
+                .channel
+                .basic_get(
+                    self.topology.job_queue.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap();
+            if let Some(message) = got {
+                let props = &message.delivery.properties;
+                return (
+                    props.message_id().as_ref().unwrap().to_string(),
+                    props.reply_to().as_ref().unwrap().to_string(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no job arrived on {}", self.topology.job_queue);
+    }
+
+    /// Publishes a `succeeded` result to `reply_to`, confirmed.
+    async fn answer(&self, id: &str, reply_to: &str) {
+        let body = serde_json::to_vec(&ResultMessage::new(id, Status::Succeeded, "fake")).unwrap();
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(""),
+                reply_to.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_correlation_id(id.into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    /// Whether the broker has a queue of this name (a passive declare on a
+    /// channel of its own, since a failed one closes its channel).
+    async fn queue_exists(&self, name: &str) -> bool {
+        let channel = self._connection.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(name.into(), options, FieldTable::default())
+            .await
+            .is_ok()
+    }
+}
+
+fn job() -> JobMessage {
+    JobMessage::new(Source::new(Location::Sha256("ab".repeat(32))))
+}
+
+/// Closes every broker connection named `name`; how many it closed.
+fn close_connections(name: &str) -> usize {
+    let listing = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|line| line.contains(name))
+        .map(|line| {
+            let pid = line.split('\t').next().unwrap();
+            let out = Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "closed by the client test"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_result_published_while_the_client_is_cut_off_still_reaches_its_waiter() {
+    let (client, name, topology) = connect().await;
+    let worker = FakeWorker::new(&topology).await;
+    let before = client.submit(job()).await.unwrap();
+    let (id, reply_to) = worker.take().await;
+    assert_eq!(id, before.id);
+    assert_eq!(reply_to, client.reply_queue());
+
+    // Both the publishing connection and the reply connection go.
+    assert!(close_connections(&name) >= 2);
+    worker.answer(&id, &reply_to).await;
+    let result = client
+        .wait_result(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(result.job_id, id);
+    assert_eq!(result.status, Status::Succeeded);
+
+    // And the client publishes and hears results as before.
+    let after = client.submit(job()).await.unwrap();
+    let (id, reply_to) = worker.take().await;
+    assert_eq!(id, after.id);
+    worker.answer(&id, &reply_to).await;
+    let result = client
+        .wait_result(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(result.job_id, after.id);
+}
+
+#[tokio::test]
+async fn a_reply_queue_lost_on_the_broker_fails_only_the_jobs_submitted_before_it() {
+    let (client, _, topology) = connect().await;
+    let worker = FakeWorker::new(&topology).await;
+    let before = client.submit(job()).await.unwrap();
+    let (id, _) = worker.take().await;
+    assert_eq!(id, before.id);
+
+    // What a broker restart does to a non-durable queue.
+    worker
+        .channel
+        .queue_delete(client.reply_queue().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    match client.wait_result(&id, Duration::from_secs(30)).await {
+        Err(ClientError::RepliesLost(why)) => assert!(why.contains("cancel"), "{why}"),
+        other => panic!("expected RepliesLost, got {other:?}"),
+    }
+
+    // The client declared the queue anew: later jobs are answered.
+    let after = client.submit(job()).await.unwrap();
+    let (id, reply_to) = worker.take().await;
+    assert_eq!(id, after.id);
+    worker.answer(&id, &reply_to).await;
+    let result = client
+        .wait_result(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(result.job_id, after.id);
+}
+
+#[tokio::test]
+async fn a_closed_or_dropped_client_deletes_its_reply_queue() {
+    let (client, _, topology) = connect().await;
+    let worker = FakeWorker::new(&topology).await;
+    let queue = client.reply_queue().to_owned();
+    assert!(worker.queue_exists(&queue).await);
+    client.close().await;
+    assert!(!worker.queue_exists(&queue).await, "{queue} outlived close");
+
+    // Dropped, the client deletes it in the background.
+    let (client, _, _) = connect().await;
+    let queue = client.reply_queue().to_owned();
+    assert!(worker.queue_exists(&queue).await);
+    drop(client);
+    let gone = futures::stream::iter(0..100)
+        .then(|_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            !worker.queue_exists(&queue).await
+        })
+        .any(|gone| async move { gone })
+        .await;
+    assert!(gone, "reply queue {queue} outlived its dropped client");
+}
