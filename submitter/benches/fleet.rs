@@ -441,6 +441,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
             d.publish_secs.unwrap_or(0.0),
         ]);
     }
+    client.close().await;
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
     let conn = Connection::connect(url, ConnectionProperties::default())

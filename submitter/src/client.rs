@@ -14,18 +14,18 @@
 //! [`Client::wait_result_with`] hands to the caller, for a spinner.
 //!
 //! A service lives longer than any one broker connection, so the reply
-//! queue is named by the client and is neither exclusive nor deleted with
-//! its connection: when the connection drops, results keep arriving in the
-//! queue, the client reconnects with backoff and consumes it again, and a
-//! waiting caller sees nothing but a later result. Results are acked (in
-//! batches, when the queue runs dry), so one that was on the wire when the
-//! connection broke is delivered again. The queue expires
-//! ([`ClientOptions::reply_keep`]) once no client has used it for that
-//! long, and is deleted when the client is dropped. Only when the queue
-//! itself is gone on reconnect (a broker restart, a disconnection longer
-//! than `reply_keep`) may results have been lost: waiters for jobs
-//! submitted before then get [`ClientError::RepliesLost`] and the results
-//! store still has them (`submit get`).
+//! queue is named by the client, durable, and neither exclusive nor
+//! deleted with its connection: when the connection drops or the broker
+//! restarts, results keep arriving in the queue, the client reconnects with
+//! backoff and consumes it again, and a waiting caller sees nothing but a
+//! later result. Results are acked (in batches, when the queue runs dry),
+//! so one that was on the wire when the connection broke is delivered
+//! again. The queue expires ([`ClientOptions::reply_keep`]) once no client
+//! has used it for that long, and [`Client::close`] deletes it. Only when
+//! the queue itself is gone (the client was away longer than
+//! `reply_keep`, or someone deleted it) may results have been lost:
+//! waiters for jobs submitted before then get [`ClientError::RepliesLost`]
+//! and the results store still has them (`submit get`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shoal_submitter::ClientError> {
@@ -78,9 +78,9 @@ pub enum ClientError {
     /// No result arrived in time; the job may still finish later.
     #[error("no result for job {0} within the timeout")]
     Timeout(String),
-    /// The reply queue was gone when the client reconnected (the broker
-    /// restarted, or the client was away longer than
-    /// [`ClientOptions::reply_keep`]), so this job's result may have been
+    /// The reply queue was gone when the client reconnected (the client was
+    /// away longer than [`ClientOptions::reply_keep`], or someone deleted
+    /// the queue), so this job's result may have been
     /// dropped on its way here. Workers also write every result to the
     /// results store: fetch it with `submit get`. Jobs submitted after the
     /// reconnection are not affected.
@@ -88,6 +88,12 @@ pub enum ClientError {
         "lost the reply queue ({0}) after this job was submitted; its result is in the results store: fetch it with `submit get`"
     )]
     RepliesLost(String),
+    /// The job was not submitted through this client, or its result was
+    /// already taken by an earlier wait (fetch it with `submit get`).
+    #[error(
+        "job {0} is not awaited by this client (not submitted here, or its result was already taken)"
+    )]
+    UnknownJob(String),
 }
 
 /// A submitted job.
@@ -242,7 +248,7 @@ impl Client {
             keep: options.reply_keep,
             connection_name: options.connection_name,
         };
-        let (connection, consumer, _) = replies.open().await.map_err(|e| err(e.to_string()))?;
+        let (connection, consumer, _) = replies.open(true).await.map_err(|e| err(e.to_string()))?;
         let inbox = Arc::new(Inbox::default());
         let (stop, stopped) = oneshot::channel();
         let reply_queue = replies.queue.clone();
@@ -312,13 +318,27 @@ impl Client {
             })?;
             bodies.push((id, body));
         }
+        let ids: Vec<String> = bodies.iter().map(|(id, _)| id.clone()).collect();
         {
             let mut inbox = self.inbox.state.lock().unwrap_or_else(|e| e.into_inner());
             let incarnation = inbox.incarnation;
-            for (id, _) in &bodies {
+            for id in &ids {
                 inbox.submitted.insert(id.clone(), incarnation);
             }
         }
+        let published = self.publish(bodies).await;
+        if published.is_err() {
+            // Nobody will wait for these: a retry registers them again.
+            let mut inbox = self.inbox.state.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                inbox.submitted.remove(id);
+            }
+        }
+        published
+    }
+
+    /// Publishes on one channel, then awaits every confirm.
+    async fn publish(&self, bodies: Vec<(String, Vec<u8>)>) -> Result<Vec<JobHandle>, ClientError> {
         let err = |message: String| ClientError::Broker {
             broker: self.broker.clone(),
             message,
@@ -403,6 +423,9 @@ impl Client {
                         Some(&submitted) if result.is_none() && submitted < inbox.incarnation => {
                             inbox.lost.clone()
                         }
+                        None if result.is_none() => {
+                            return Err(ClientError::UnknownJob(id.to_owned()));
+                        }
                         _ => None,
                     };
                     let state = if result.is_some() || lost.is_some() {
@@ -444,11 +467,29 @@ struct Replies {
 /// all at once.
 const REPLY_PREFETCH: u16 = 256;
 
+/// How long deleting the queue and closing the connection may take when
+/// the client closes: a half-open connection would otherwise hold it until
+/// the heartbeat gives up.
+const CLOSE_WITHIN: Duration = Duration::from_secs(3);
+
+/// A channel-level "no such queue" from a passive declare.
+fn not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
 impl Replies {
-    /// Connects and consumes the reply queue, declaring it if it is not
-    /// there. The flag says whether it was still there (with the results
-    /// that arrived meanwhile) or had to be declared anew.
-    async fn open(&self) -> lapin::Result<(lapin::Connection, lapin::Consumer, bool)> {
+    /// Connects and consumes the reply queue: declares it on the first
+    /// call; later, first asks the broker whether it is still there. The
+    /// flag says whether it was (with the results that arrived meanwhile)
+    /// or had to be declared anew.
+    ///
+    /// The queue is durable, so its results survive a broker restart too,
+    /// and expires (`x-expires`) once unused for `keep`: RabbitMQ is
+    /// retiring transient queues that are not exclusive, and an exclusive
+    /// one would die with the connection it is meant to outlive.
+    async fn open(&self, first: bool) -> lapin::Result<(lapin::Connection, lapin::Consumer, bool)> {
         let connection = lapin::Connection::connect(
             &self.url,
             ConnectionProperties::default()
@@ -467,23 +508,31 @@ impl Replies {
         );
         let declare = |passive| QueueDeclareOptions {
             passive,
+            durable: true,
             ..QueueDeclareOptions::default()
         };
-        // A passive declare fails (and closes its channel) when the queue
-        // is gone: that is how a lost queue is told from a kept one.
-        let kept = match channel
-            .queue_declare(self.queue.as_str().into(), declare(true), arguments.clone())
-            .await
-        {
-            Ok(_) => true,
-            Err(_) => {
-                channel = connection.create_channel().await?;
-                channel
-                    .queue_declare(self.queue.as_str().into(), declare(false), arguments)
-                    .await?;
-                false
+        let kept = if first {
+            false
+        } else {
+            // A passive declare of a missing queue fails with 404 and
+            // closes its channel.
+            match channel
+                .queue_declare(self.queue.as_str().into(), declare(true), arguments.clone())
+                .await
+            {
+                Ok(_) => true,
+                Err(e) if not_found(&e) => {
+                    channel = connection.create_channel().await?;
+                    false
+                }
+                Err(e) => return Err(e),
             }
         };
+        if !kept {
+            channel
+                .queue_declare(self.queue.as_str().into(), declare(false), arguments)
+                .await?;
+        }
         channel
             .basic_qos(REPLY_PREFETCH, BasicQosOptions::default())
             .await?;
@@ -500,7 +549,7 @@ impl Replies {
 
     /// Files results and states by job id; when the connection drops,
     /// reconnects with backoff and consumes the same queue again. Ends when
-    /// the client is dropped, deleting the queue.
+    /// the client is closed or dropped, deleting the queue.
     async fn listen(
         self,
         mut connection: lapin::Connection,
@@ -512,15 +561,19 @@ impl Replies {
             let why = tokio::select! {
                 why = file_replies(&mut consumer, &inbox) => why,
                 _ = &mut stopped => {
-                    if let Ok(channel) = connection.create_channel().await {
-                        let _ = channel
-                            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                    let _ = connection.close(200, "client dropped".into()).await;
+                    let _ = tokio::time::timeout(CLOSE_WITHIN, async {
+                        if let Ok(channel) = connection.create_channel().await {
+                            let _ = channel
+                                .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+                                .await;
+                        }
+                        let _ = connection.close(200, "client closed".into()).await;
+                    })
+                    .await;
                     return;
                 }
             };
+            let since = tokio::time::Instant::now();
             tracing::warn!(queue = %self.queue, error = %why, "reply connection lost; reconnecting");
             // The old connection may still be open (a consumer the broker
             // cancelled): close it, without waiting long on a dead one.
@@ -530,14 +583,28 @@ impl Replies {
             )
             .await;
             let mut delay = Duration::from_millis(100);
+            let mut expired = false;
             let kept = loop {
-                match self.open().await {
+                let opened = tokio::select! {
+                    opened = self.open(false) => opened,
+                    _ = &mut stopped => return,
+                };
+                match opened {
                     Ok((c, q, kept)) => {
                         (connection, consumer) = (c, q);
                         break kept;
                     }
                     Err(e) => {
                         tracing::warn!(queue = %self.queue, error = %e, retry_in = ?delay, "reply connection refused");
+                        // Away longer than the queue's expiry: it is gone
+                        // whatever happens next, so waiters need not wait
+                        // for the broker to say so.
+                        if !expired && since.elapsed() > self.keep {
+                            expired = true;
+                            inbox.lose(format!(
+                                "{why}; unreachable for longer than the reply queue is kept"
+                            ));
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
                             _ = &mut stopped => return,
@@ -550,19 +617,29 @@ impl Replies {
                 tracing::info!(queue = %self.queue, "reply connection back; no result lost");
             } else {
                 tracing::warn!(queue = %self.queue, "reply queue was gone and is declared anew; results of earlier jobs are in the results store");
-                let mut state = inbox.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.incarnation += 1;
-                state.lost = Some(why);
-                drop(state);
-                inbox.arrived.notify_waiters();
+                if !expired {
+                    inbox.lose(why);
+                }
             }
         }
     }
 }
 
-/// Files results and states by job id until the consumer ends, acking
-/// what it filed whenever no more deliveries are waiting (one ack for a
-/// burst of results). Returns why it ended.
+impl Inbox {
+    /// The reply queue is gone: jobs submitted so far without a result
+    /// may never get one here.
+    fn lose(&self, why: String) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.incarnation += 1;
+        state.lost = Some(why);
+        drop(state);
+        self.arrived.notify_waiters();
+    }
+}
+
+/// Files results and states of jobs this client waits for, until the
+/// consumer ends, acking what it filed whenever no more deliveries are
+/// waiting (one ack for a burst of results). Returns why it ended.
 async fn file_replies(consumer: &mut lapin::Consumer, inbox: &Inbox) -> String {
     let mut unacked: Option<lapin::Acker> = None;
     loop {
@@ -588,13 +665,20 @@ async fn file_replies(consumer: &mut lapin::Consumer, inbox: &Inbox) -> String {
             .as_ref()
             .is_some_and(|k| k.as_str() == shoal_schemas::STATE_SCHEMA);
         {
+            // Only jobs someone may still wait for: a result delivered
+            // again after its waiter took it (it was on the wire when the
+            // connection broke) must not stay here for good.
             let mut state = inbox.state.lock().unwrap_or_else(|e| e.into_inner());
             if is_state {
-                if let Ok(message) = serde_json::from_slice::<StateMessage>(&delivery.data) {
+                if let Ok(message) = serde_json::from_slice::<StateMessage>(&delivery.data)
+                    && state.submitted.contains_key(&message.job_id)
+                {
                     state.states.insert(message.job_id.clone(), message);
                 }
             } else if let Ok(result) = serde_json::from_slice::<ResultMessage>(&delivery.data) {
-                state.results.insert(result.job_id.clone(), result);
+                if state.submitted.contains_key(&result.job_id) {
+                    state.results.insert(result.job_id.clone(), result);
+                }
             } else {
                 tracing::warn!("ignoring a reply that is neither a result nor a state");
             }

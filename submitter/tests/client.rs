@@ -17,22 +17,31 @@ use std::time::Duration;
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// A client whose connections carry a name of their own, so the test can
-/// close exactly them, on a topology no other test uses.
-async fn connect() -> (Client, String, Topology) {
+/// A topology no other test uses.
+fn topology() -> Topology {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let topology = Topology {
+    Topology {
         job_queue: format!("test.jobs.{suffix}"),
         results_exchange: format!("test.results.{suffix}"),
         dead_letter: format!("test.dead.{suffix}"),
         ..Topology::default()
-    };
-    let name = format!("test-client-{suffix}");
+    }
+}
+
+/// A client whose connections carry a name of their own, so the test can
+/// close exactly them, on a topology no other test uses.
+async fn connect() -> (Client, String, Topology) {
+    connect_as(AMQP_URL, ClientOptions::default()).await
+}
+
+async fn connect_as(url: &str, options: ClientOptions) -> (Client, String, Topology) {
+    let topology = topology();
+    let name = format!("test-client-{}", uuid::Uuid::new_v4().simple());
     let options = ClientOptions {
         connection_name: name.clone(),
-        ..ClientOptions::default()
+        ..options
     };
-    let client = Client::connect_with(AMQP_URL, topology.clone(), options)
+    let client = Client::connect_with(url, topology.clone(), options)
         .await
         .unwrap();
     (client, name, topology)
@@ -125,6 +134,11 @@ fn job() -> JobMessage {
     JobMessage::new(Source::new(Location::Sha256("ab".repeat(32))))
 }
 
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl").args(args).output().unwrap();
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+}
+
 /// Closes every broker connection named `name`; how many it closed.
 fn close_connections(name: &str) -> usize {
     let listing = Command::new("rabbitmqctl")
@@ -174,6 +188,12 @@ async fn a_result_published_while_the_client_is_cut_off_still_reaches_its_waiter
         .await
         .unwrap();
     assert_eq!(result.job_id, after.id);
+    // Taken once; a second wait says so instead of waiting out its timeout.
+    assert!(matches!(
+        client.wait_result(&id, Duration::from_secs(30)).await,
+        Err(ClientError::UnknownJob(_))
+    ));
+    client.close().await;
 }
 
 #[tokio::test]
@@ -184,7 +204,7 @@ async fn a_reply_queue_lost_on_the_broker_fails_only_the_jobs_submitted_before_i
     let (id, _) = worker.take().await;
     assert_eq!(id, before.id);
 
-    // What a broker restart does to a non-durable queue.
+    // What an operator deleting it, or its expiry, does.
     worker
         .channel
         .queue_delete(client.reply_queue().into(), QueueDeleteOptions::default())
@@ -205,6 +225,82 @@ async fn a_reply_queue_lost_on_the_broker_fails_only_the_jobs_submitted_before_i
         .await
         .unwrap();
     assert_eq!(result.job_id, after.id);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn more_results_than_the_unacked_window_all_arrive() {
+    // Without acks the broker stops at 256 unacked results.
+    let (client, _, topology) = connect().await;
+    let worker = FakeWorker::new(&topology).await;
+    let handles = client
+        .submit_batch((0..600).map(|_| job()).collect())
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        let (id, reply_to) = worker.take().await;
+        worker.answer(&id, &reply_to).await;
+    }
+    for handle in &handles {
+        let result = client
+            .wait_result(&handle.id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(result.job_id, handle.id);
+    }
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_client_cut_off_longer_than_its_queue_is_kept_fails_its_waiters_then_recovers() {
+    // A broker user of its own: deleting it cuts the client off and
+    // refuses its reconnections, as an unreachable broker would.
+    let user = format!("shoal-test-{}", uuid::Uuid::new_v4().simple());
+    let add_user = || {
+        rabbitmqctl(&["add_user", &user, "secret"]);
+        rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+    };
+    add_user();
+    let url = format!("amqp://{user}:secret@127.0.0.1:5672/%2f");
+    let options = ClientOptions {
+        reply_keep: Duration::from_secs(1),
+        ..ClientOptions::default()
+    };
+    let (client, name, topology) = connect_as(&url, options).await;
+    let worker = FakeWorker::new(&topology).await;
+    let before = client.submit(job()).await.unwrap();
+
+    rabbitmqctl(&["delete_user", &user]);
+    close_connections(&name);
+    match client
+        .wait_result(&before.id, Duration::from_secs(30))
+        .await
+    {
+        Err(ClientError::RepliesLost(why)) => {
+            assert!(why.contains("longer than the reply queue is kept"), "{why}")
+        }
+        other => panic!("expected RepliesLost, got {other:?}"),
+    }
+
+    add_user();
+    let after = client.submit(job()).await.unwrap();
+    let (mut id, mut reply_to) = worker.take().await;
+    if id == before.id {
+        (id, reply_to) = worker.take().await;
+    }
+    assert_eq!(id, after.id);
+    // The client declares its queue anew once the broker lets it back in.
+    while !worker.queue_exists(&reply_to).await {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.answer(&id, &reply_to).await;
+    let result = client
+        .wait_result(&after.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(result.job_id, after.id);
+    client.close().await;
+    rabbitmqctl(&["delete_user", &user]);
 }
 
 #[tokio::test]
