@@ -193,6 +193,9 @@ pub struct StagingSection {
     pub url_read_timeout_secs: u64,
     /// Age below which a cached URL is used without a request, seconds.
     pub url_revalidate_secs: u64,
+    /// Longest a job's staging (module, imports and inputs together) may
+    /// take, seconds.
+    pub timeout_secs: u64,
     /// Trustless IPFS gateways, comma-separated, tried in order.
     pub ipfs_gateways: String,
     /// Buckets `s3://` sources may read, comma-separated; empty: any but the store's own.
@@ -381,6 +384,9 @@ impl Config {
         }
         if self.amqp.max_attempts == 0 {
             problems.push("amqp.max_attempts must be at least 1".into());
+        }
+        if self.staging.timeout_secs == 0 {
+            problems.push("staging.timeout_secs must be positive".into());
         }
         if self.executor.epoch_tick_ms == 0 {
             problems.push("executor.epoch_tick_ms must be positive".into());

@@ -398,10 +398,25 @@ impl Embedded {
             }
             _ => None,
         };
-        let staged = self
+        let deadline = Duration::from_secs(self.config.staging.timeout_secs);
+        let staging = self
             .stager
-            .stage(job, scratch.path(), held.as_ref().map(|(sha, _)| *sha))
-            .await?;
+            .stage(job, scratch.path(), held.as_ref().map(|(sha, _)| *sha));
+        let staged = match tokio::time::timeout(deadline, staging).await {
+            Ok(staged) => staged?,
+            // The scratch folder is not reused: an unpacking thread of the
+            // abandoned staging may still write into it.
+            Err(_) => {
+                return Err(JobError::new(
+                    ErrorKind::InputUnavailable,
+                    format!(
+                        "staging the module and inputs did not finish within {} s (staging.timeout_secs): a source is too slow",
+                        deadline.as_secs()
+                    ),
+                )
+                .into());
+            }
+        };
         let stage_secs = stage_started.elapsed().as_secs_f64();
         let mut mounts = staged.mounts;
         mounts.extend(extra_mounts.iter().cloned());

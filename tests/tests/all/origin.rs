@@ -16,6 +16,9 @@ pub enum Route {
     Status(u16),
     /// Read the request, then never answer (a hung server).
     Hang,
+    /// 200 with a body of this many bytes, sent one byte every 100 ms: no
+    /// read ever waits long, but the whole takes ages.
+    Drip(usize),
 }
 
 #[derive(Default)]
@@ -72,6 +75,17 @@ impl Origin {
                         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                         return;
                     }
+                    if let Some(Route::Drip(len)) = routes.get(&path) {
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                        let _ = socket.write_all(head.as_bytes()).await;
+                        for _ in 0..*len {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            if socket.write_all(b"x").await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
                     let (status, headers, body) = match routes.get(&path) {
                         Some(Route::Body(body)) => {
                             let etag = format!("\"{}\"", body.len());
@@ -93,7 +107,7 @@ impl Origin {
                         Some(Route::Status(500)) => {
                             ("500 Internal Server Error", String::new(), Vec::new())
                         }
-                        Some(Route::Status(_) | Route::Hang) | None => {
+                        Some(Route::Status(_) | Route::Hang | Route::Drip(_)) | None => {
                             ("404 Not Found", String::new(), Vec::new())
                         }
                     };

@@ -44,6 +44,27 @@ async fn a_url_input_is_staged_then_served_from_the_cache_without_a_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_past_its_deadline_fails_the_job_and_the_next_job_is_served() {
+    let origin = Origin::start(vec![
+        ("/slow.txt", Route::Drip(100_000)),
+        ("/data.txt", Route::Body(b"on time\n".to_vec())),
+    ])
+    .await;
+    let h = Harness::with_env(&[ALLOW_LOOPBACK, ("SHOAL_STAGING_TIMEOUT_SECS", "1")]);
+    let started = std::time::Instant::now();
+    let (result, _) = h.run(cat_job(&h, &origin.url("/slow.txt")).await).await;
+    assert_eq!(result.status, Status::Failed, "{result:?}");
+    assert_eq!(kind(&result), Some("input_unavailable"));
+    let message = &result.error.as_ref().unwrap().message;
+    assert!(message.contains("staging.timeout_secs"), "{message}");
+    // Not a measurement: only that the drip (10,000 s) was cut off.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+
+    let (result, _) = h.run(cat_job(&h, &origin.url("/data.txt")).await).await;
+    assert_eq!(stdout(&result), "on time\n", "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_cache_entry_is_revalidated_and_a_304_downloads_no_body() {
     let origin = Origin::start(vec![("/data.txt", Route::Body(b"same bytes\n".to_vec()))]).await;
     let h = Harness::with_env(&[ALLOW_LOOPBACK, ("SHOAL_STAGING_URL_REVALIDATE_SECS", "0")]);
