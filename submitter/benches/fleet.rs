@@ -6,6 +6,7 @@
 //! TMPDIR=/some/folder cargo bench -p shoal-submitter --bench fleet   # store and scratch there
 //! SHOAL_CACHE_S3_BUCKET=shoal-test SHOAL_CACHE_S3_ENDPOINT=http://127.0.0.1:8333 \
 //!     cargo bench -p shoal-submitter --bench fleet                   # store on S3
+//! SHOAL_EXECUTOR_POOLING=false cargo bench -p shoal-submitter --bench fleet  # on-demand allocator
 //! ```
 //!
 //! With persistent messages, publisher confirms and manual acks, in one run:
@@ -48,13 +49,18 @@ fn url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// The store and scratch settings this run was given (`SHOAL_CACHE_*`,
-/// `SHOAL_WORKER_SCRATCH_DIR`), to measure the worker against S3 or with
-/// scratch elsewhere; by default a local-folder store in the temporary folder.
+/// The store, scratch and executor settings this run was given
+/// (`SHOAL_CACHE_*`, `SHOAL_WORKER_SCRATCH_DIR`, `SHOAL_EXECUTOR_*`), to
+/// measure the worker against S3, with scratch elsewhere or without the
+/// pooling allocator; by default a local-folder store in the temporary folder.
 fn store_settings() -> Vec<(String, String)> {
     #[allow(clippy::disallowed_methods)]
     std::env::vars()
-        .filter(|(k, _)| k.starts_with("SHOAL_CACHE_") || k == "SHOAL_WORKER_SCRATCH_DIR")
+        .filter(|(k, _)| {
+            k.starts_with("SHOAL_CACHE_")
+                || k.starts_with("SHOAL_EXECUTOR_")
+                || k == "SHOAL_WORKER_SCRATCH_DIR"
+        })
         .collect()
 }
 

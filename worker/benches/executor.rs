@@ -95,21 +95,25 @@ fn main() {
     let n = 3000;
 
     println!("## hello, warm module cache ({n} jobs each)");
-    let executor = Executor::new(ExecutorConfig::default()).unwrap();
-    let warm = executor.run_blocking(spec(&hello, &["x"], u64::MAX));
-    assert_eq!(warm.outcome, Outcome::Exited(0));
-    let samples: Vec<Duration> = (0..n)
-        .map(|_| {
-            let started = Instant::now();
-            let report = executor.run_blocking(spec(&hello, &["x"], u64::MAX));
-            assert!(report.cache_hit);
-            started.elapsed()
-        })
-        .collect();
-    println!(
-        "executor.run_blocking (whole job)    {}",
-        percentiles(samples)
-    );
+    let on_demand = Executor::new(ExecutorConfig::default()).unwrap();
+    let executor = Executor::new(ExecutorConfig {
+        pool_stores: 4,
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    for (name, executor) in [("on demand", &on_demand), ("pooling  ", &executor)] {
+        let warm = executor.run_blocking(spec(&hello, &["x"], u64::MAX));
+        assert_eq!(warm.outcome, Outcome::Exited(0));
+        let samples: Vec<Duration> = (0..n)
+            .map(|_| {
+                let started = Instant::now();
+                let report = executor.run_blocking(spec(&hello, &["x"], u64::MAX));
+                assert!(report.cache_hit);
+                started.elapsed()
+            })
+            .collect();
+        println!("executor.run_blocking, {name} {}", percentiles(samples));
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -126,7 +130,7 @@ fn main() {
         out
     });
     println!(
-        "executor.run (via the blocking pool) {}",
+        "executor.run, pooling (blocking pool) {}",
         percentiles(samples)
     );
     println!(

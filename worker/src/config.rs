@@ -286,6 +286,8 @@ pub struct ExecutorSection {
     pub max_wasm_stack_bytes: usize,
     /// Largest table, elements.
     pub max_table_elements: usize,
+    /// Pooling allocator (room for twice `worker.concurrency` jobs).
+    pub pooling: bool,
 }
 
 /// `[log]`
@@ -436,6 +438,13 @@ impl Config {
             epoch_tick: Duration::from_millis(self.executor.epoch_tick_ms),
             max_wasm_stack_bytes: self.executor.max_wasm_stack_bytes,
             max_table_elements: self.executor.max_table_elements,
+            // Twice: a guest stopped inside a host call keeps its store
+            // until the call returns, while the next job already runs.
+            pool_stores: if self.executor.pooling {
+                2 * self.concurrency()
+            } else {
+                0
+            },
         }
     }
 }

@@ -788,3 +788,57 @@ async fn an_output_name_with_a_control_character_is_skipped_not_retried() {
     assert_eq!(out.skipped.len(), 1, "{result:?}");
     assert_eq!(out.skipped[0].path, "bad\\nname");
 }
+
+/// A probe run straight on an executor, with limits no test reaches.
+fn probe_spec(args: &[&str]) -> shoal_worker::execute::RunSpec {
+    use sha2::Digest;
+    use shoal_worker::execute::{ModuleBytes, RunLimits, RunSpec};
+    let bytes = std::fs::read(fixture("probe.wasm")).unwrap();
+    RunSpec {
+        module: ModuleBytes {
+            sha256: sha2::Sha256::digest(&bytes).into(),
+            bytes: bytes.into(),
+        },
+        argv0: "probe.wasm".into(),
+        entrypoint: "_start".into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: Vec::new(),
+        mounts: Vec::new(),
+        limits: RunLimits {
+            fuel: u64::MAX,
+            memory_bytes: 64 << 20,
+            timeout: std::time::Duration::from_secs(60),
+            max_stdout_bytes: 1 << 20,
+            max_stderr_bytes: 1 << 20,
+            max_disk_bytes: u64::MAX,
+            max_disk_files: u64::MAX,
+        },
+        artifact: None,
+        want_artifact: false,
+        compiled: None,
+        imports: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_no_room_left_is_our_error_and_the_next_job_runs_once_a_slot_is_free() {
+    use shoal_worker::execute::{Executor, ExecutorConfig, Outcome};
+    let executor = Executor::new(ExecutorConfig {
+        pool_stores: 1,
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    let asleep = tokio::spawn({
+        let executor = executor.clone();
+        async move { executor.run(probe_spec(&["sleep", "2"])).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let crowded = executor.run(probe_spec(&["args", "x"])).await;
+    match &crowded.outcome {
+        Outcome::Internal(why) => assert!(why.contains("pool is full"), "{why}"),
+        other => panic!("expected the pool to be full, got {other:?}"),
+    }
+    assert_eq!(asleep.await.unwrap().outcome, Outcome::Exited(0));
+    let after = executor.run(probe_spec(&["args", "x"])).await;
+    assert_eq!(after.outcome, Outcome::Exited(0));
+}
