@@ -15,17 +15,19 @@
 //!
 //! A service lives longer than any one broker connection, so the reply
 //! queue is named by the client, durable, and neither exclusive nor
-//! deleted with its connection: when the connection drops or the broker
-//! restarts, results keep arriving in the queue, the client reconnects with
-//! backoff and consumes it again, and a waiting caller sees nothing but a
-//! later result. Results are acked (in batches, when the queue runs dry),
-//! so one that was on the wire when the connection broke is delivered
-//! again. The queue expires ([`ClientOptions::reply_keep`]) once no client
-//! has used it for that long, and [`Client::close`] deletes it. Only when
-//! the queue itself is gone (the client was away longer than
-//! `reply_keep`, or someone deleted it) may results have been lost:
-//! waiters for jobs submitted before then get [`ClientError::RepliesLost`]
-//! and the results store still has them (`submit get`).
+//! deleted with its connection: when the connection drops, results keep
+//! arriving in the queue, the client reconnects with backoff and consumes
+//! it again, and a waiting caller sees nothing but a later result. Results
+//! are acked (in batches, when the queue runs dry), so one that was on the
+//! wire when the connection broke is delivered again. Workers send these
+//! copies transient (the results store is the record), so a broker restart
+//! drops them; a marker message beside the queue tells the client so. The
+//! queue expires ([`ClientOptions::reply_keep`]) once no client has used it
+//! for that long, and [`Client::close`] deletes it. When the queue or what
+//! it held is gone (a broker restart, the client away longer than
+//! `reply_keep`, someone deleted it), waiters for jobs submitted before get
+//! [`ClientError::RepliesLost`] and the results store still has them
+//! (`submit get`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shoal_submitter::ClientError> {
@@ -51,7 +53,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::PublisherConfirm;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, ConnectionProperties};
@@ -78,9 +80,10 @@ pub enum ClientError {
     /// No result arrived in time; the job may still finish later.
     #[error("no result for job {0} within the timeout")]
     Timeout(String),
-    /// The reply queue was gone when the client reconnected (the client was
-    /// away longer than [`ClientOptions::reply_keep`], or someone deleted
-    /// the queue), so this job's result may have been
+    /// The reply queue, or the results in it, were gone when the client
+    /// reconnected (the broker restarted, the client was away longer than
+    /// [`ClientOptions::reply_keep`], or someone deleted the queue), so this
+    /// job's result may have been
     /// dropped on its way here. Workers also write every result to the
     /// results store: fetch it with `submit get`. Jobs submitted after the
     /// reconnection are not affected.
@@ -481,14 +484,17 @@ fn not_found(e: &lapin::Error) -> bool {
 
 impl Replies {
     /// Connects and consumes the reply queue: declares it on the first
-    /// call; later, first asks the broker whether it is still there. The
-    /// flag says whether it was (with the results that arrived meanwhile)
-    /// or had to be declared anew.
+    /// call; later, first asks the broker whether it outlived the
+    /// disconnection with what it held ([`Replies::survived`]). The flag
+    /// says whether it did, or had to be declared anew.
     ///
-    /// The queue is durable, so its results survive a broker restart too,
-    /// and expires (`x-expires`) once unused for `keep`: RabbitMQ is
-    /// retiring transient queues that are not exclusive, and an exclusive
-    /// one would die with the connection it is meant to outlive.
+    /// The queue is durable and expires (`x-expires`) once unused for
+    /// `keep`: RabbitMQ is retiring transient queues that are not exclusive,
+    /// and an exclusive one would die with the connection it is meant to
+    /// outlive. Workers send their copies of results here *transient*: a
+    /// notification to a waiting client, not the record (that is the
+    /// results store), so the broker does not write every result to disk.
+    /// A broker restart drops them; the marker queue beside it tells.
     async fn open(&self, first: bool) -> lapin::Result<(lapin::Connection, lapin::Consumer, bool)> {
         let connection = lapin::Connection::connect(
             &self.url,
@@ -496,43 +502,47 @@ impl Replies {
                 .with_connection_name(self.connection_name.clone().into()),
         )
         .await?;
-        let mut channel = connection.create_channel().await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            ShortString::from("x-expires"),
-            AMQPValue::LongUInt(
-                u32::try_from(self.keep.as_millis())
-                    .unwrap_or(u32::MAX)
-                    .max(1),
-            ),
-        );
-        let declare = |passive| QueueDeclareOptions {
-            passive,
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let kept = if first {
-            false
-        } else {
-            // A passive declare of a missing queue fails with 404 and
-            // closes its channel.
-            match channel
-                .queue_declare(self.queue.as_str().into(), declare(true), arguments.clone())
-                .await
-            {
-                Ok(_) => true,
-                Err(e) if not_found(&e) => {
-                    channel = connection.create_channel().await?;
-                    false
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let kept = !first && self.survived(&connection).await?;
         if !kept {
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                ShortString::from("x-expires"),
+                AMQPValue::LongUInt(
+                    u32::try_from(self.keep.as_millis())
+                        .unwrap_or(u32::MAX)
+                        .max(1),
+                ),
+            );
+            let declare = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            };
+            let channel = connection.create_channel().await?;
+            for queue in [&self.queue, &self.marker()] {
+                channel
+                    .queue_declare(queue.as_str().into(), declare, arguments.clone())
+                    .await?;
+            }
+            // Exactly one transient message in the marker queue.
+            let marker = self.marker();
             channel
-                .queue_declare(self.queue.as_str().into(), declare(false), arguments)
+                .queue_purge(marker.as_str().into(), QueuePurgeOptions::default())
+                .await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channel
+                .basic_publish(
+                    ShortString::from(""),
+                    marker.as_str().into(),
+                    BasicPublishOptions::default(),
+                    b"",
+                    BasicProperties::default().with_delivery_mode(1),
+                )
+                .await?
                 .await?;
         }
+        let channel = connection.create_channel().await?;
         channel
             .basic_qos(REPLY_PREFETCH, BasicQosOptions::default())
             .await?;
@@ -545,6 +555,37 @@ impl Replies {
             )
             .await?;
         Ok((connection, consumer, kept))
+    }
+
+    /// The queue beside the reply queue holding one transient message,
+    /// never consumed: only a broker restart (or expiry) removes it, and
+    /// with it any transient results in the reply queue.
+    fn marker(&self) -> String {
+        format!("{}.marker", self.queue)
+    }
+
+    /// Whether the reply queue and the results in it outlived the
+    /// disconnection: it is still there, and so is the marker message.
+    async fn survived(&self, connection: &lapin::Connection) -> lapin::Result<bool> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        // A passive declare of a missing queue fails with 404 and closes
+        // its channel; the caller opens others.
+        let channel = connection.create_channel().await?;
+        for queue in [&self.queue, &self.marker()] {
+            match channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(declared) if *queue == self.queue || declared.message_count() == 1 => {}
+                Ok(_) => return Ok(false),
+                Err(e) if not_found(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// Files results and states by job id; when the connection drops,
@@ -563,9 +604,11 @@ impl Replies {
                 _ = &mut stopped => {
                     let _ = tokio::time::timeout(CLOSE_WITHIN, async {
                         if let Ok(channel) = connection.create_channel().await {
-                            let _ = channel
-                                .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-                                .await;
+                            for queue in [&self.queue, &self.marker()] {
+                                let _ = channel
+                                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                                    .await;
+                            }
                         }
                         let _ = connection.close(200, "client closed".into()).await;
                     })
@@ -616,7 +659,7 @@ impl Replies {
             if kept {
                 tracing::info!(queue = %self.queue, "reply connection back; no result lost");
             } else {
-                tracing::warn!(queue = %self.queue, "reply queue was gone and is declared anew; results of earlier jobs are in the results store");
+                tracing::warn!(queue = %self.queue, "reply queue or the results in it were gone (broker restart or expiry); declared anew; results of earlier jobs are in the results store");
                 if !expired {
                     inbox.lose(why);
                 }

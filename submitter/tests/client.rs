@@ -5,7 +5,7 @@
 use futures::StreamExt;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -94,7 +94,8 @@ impl FakeWorker {
         panic!("no job arrived on {}", self.topology.job_queue);
     }
 
-    /// Publishes a `succeeded` result to `reply_to`, confirmed.
+    /// Publishes a `succeeded` result to `reply_to`, confirmed and
+    /// transient, as workers do.
     async fn answer(&self, id: &str, reply_to: &str) {
         let body = serde_json::to_vec(&ResultMessage::new(id, Status::Succeeded, "fake")).unwrap();
         let confirm = self
@@ -105,7 +106,7 @@ impl FakeWorker {
                 BasicPublishOptions::default(),
                 &body,
                 BasicProperties::default()
-                    .with_delivery_mode(2)
+                    .with_delivery_mode(1)
                     .with_correlation_id(id.into()),
             )
             .await
@@ -229,6 +230,42 @@ async fn a_reply_queue_lost_on_the_broker_fails_only_the_jobs_submitted_before_i
 }
 
 #[tokio::test]
+async fn a_broker_restart_that_dropped_transient_results_fails_the_jobs_submitted_before_it() {
+    let (client, name, topology) = connect().await;
+    let worker = FakeWorker::new(&topology).await;
+    let before = client.submit(job()).await.unwrap();
+    let (id, _) = worker.take().await;
+    assert_eq!(id, before.id);
+
+    // What a restart does: the connections go, and with them every
+    // transient message, the marker beside the reply queue included.
+    let marker = format!("{}.marker", client.reply_queue());
+    assert!(worker.queue_exists(&marker).await);
+    worker
+        .channel
+        .queue_purge(marker.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert!(close_connections(&name) >= 2);
+    match client.wait_result(&id, Duration::from_secs(30)).await {
+        Err(ClientError::RepliesLost(_)) => {}
+        other => panic!("expected RepliesLost, got {other:?}"),
+    }
+
+    // The marker is back, and later jobs are answered.
+    let after = client.submit(job()).await.unwrap();
+    let (id, reply_to) = worker.take().await;
+    assert_eq!(id, after.id);
+    worker.answer(&id, &reply_to).await;
+    let result = client
+        .wait_result(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(result.job_id, after.id);
+    client.close().await;
+}
+
+#[tokio::test]
 async fn more_results_than_the_unacked_window_all_arrive() {
     // Without acks the broker stops at 256 unacked results.
     let (client, _, topology) = connect().await;
@@ -311,6 +348,11 @@ async fn a_closed_or_dropped_client_deletes_its_reply_queue() {
     assert!(worker.queue_exists(&queue).await);
     client.close().await;
     assert!(!worker.queue_exists(&queue).await, "{queue} outlived close");
+    let marker = format!("{queue}.marker");
+    assert!(
+        !worker.queue_exists(&marker).await,
+        "{marker} outlived close"
+    );
 
     // Dropped, the client deletes it in the background.
     let (client, _, _) = connect().await;

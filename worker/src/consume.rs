@@ -474,7 +474,16 @@ impl Session {
             self.publish_confirmed(&self.amqp.results_exchange, &key, &body, props.clone());
         match job_props.reply_to() {
             Some(reply_to) => {
-                let to_reply = self.publish_confirmed("", reply_to.as_str(), &body, props);
+                // Transient: the copy for a waiting submitter is a
+                // notification, not the record (that is the store, and the
+                // persistent copy above), so the broker does not write it
+                // to disk; the submitter library notices a broker restart.
+                let to_reply = self.publish_confirmed(
+                    "",
+                    reply_to.as_str(),
+                    &body,
+                    props.with_delivery_mode(1),
+                );
                 let (a, b) = futures::join!(to_exchange, to_reply);
                 a.and(b)
             }
