@@ -475,6 +475,26 @@ const REPLY_PREFETCH: u16 = 256;
 /// the heartbeat gives up.
 const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 
+/// Reply and marker queues: durable (RabbitMQ 4.3 refuses transient
+/// queues that are not exclusive), removed by `x-expires` when unused.
+const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+/// `x-expires`: the queue goes once unused this long.
+fn expires(span: Duration) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-expires"),
+        AMQPValue::LongUInt(u32::try_from(span.as_millis()).unwrap_or(u32::MAX).max(1)),
+    );
+    arguments
+}
+
 /// A channel-level "no such queue" from a passive declare.
 fn not_found(e: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -504,25 +524,11 @@ impl Replies {
         .await?;
         let kept = !first && self.survived(&connection).await?;
         if !kept {
-            let mut arguments = FieldTable::default();
-            arguments.insert(
-                ShortString::from("x-expires"),
-                AMQPValue::LongUInt(
-                    u32::try_from(self.keep.as_millis())
-                        .unwrap_or(u32::MAX)
-                        .max(1),
-                ),
-            );
-            let declare = QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            };
             let channel = connection.create_channel().await?;
-            for queue in [&self.queue, &self.marker()] {
-                channel
-                    .queue_declare(queue.as_str().into(), declare, arguments.clone())
-                    .await?;
-            }
+            channel
+                .queue_declare(self.queue.as_str().into(), DURABLE, expires(self.keep))
+                .await?;
+            self.declare_marker(&channel).await?;
             // Exactly one transient message in the marker queue.
             let marker = self.marker();
             channel
@@ -564,6 +570,22 @@ impl Replies {
         format!("{}.marker", self.queue)
     }
 
+    /// Declares the marker queue, which also renews its lease: with no
+    /// consumer it counts as unused, so the listener declares it again
+    /// every half `keep` while connected. It expires after twice `keep`,
+    /// so after a disconnection it outlives the reply queue, and a client
+    /// finding the reply queue never finds the marker expired first.
+    async fn declare_marker(&self, channel: &lapin::Channel) -> lapin::Result<()> {
+        channel
+            .queue_declare(
+                self.marker().as_str().into(),
+                DURABLE,
+                expires(self.keep.saturating_mul(2)),
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// Whether the reply queue and the results in it outlived the
     /// disconnection: it is still there, and so is the marker message.
     async fn survived(&self, connection: &lapin::Connection) -> lapin::Result<bool> {
@@ -599,21 +621,42 @@ impl Replies {
         mut stopped: oneshot::Receiver<()>,
     ) {
         loop {
-            let why = tokio::select! {
-                why = file_replies(&mut consumer, &inbox) => why,
-                _ = &mut stopped => {
-                    let _ = tokio::time::timeout(CLOSE_WITHIN, async {
-                        if let Ok(channel) = connection.create_channel().await {
-                            for queue in [&self.queue, &self.marker()] {
-                                let _ = channel
-                                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                                    .await;
+            let why = {
+                let filing = file_replies(&mut consumer, &inbox);
+                tokio::pin!(filing);
+                let renew_every = (self.keep / 2).max(Duration::from_millis(100));
+                let mut renew = tokio::time::interval_at(
+                    tokio::time::Instant::now() + renew_every,
+                    renew_every,
+                );
+                loop {
+                    tokio::select! {
+                        why = &mut filing => break why,
+                        _ = renew.tick() => {
+                            // A failure here shows up on the consumer too.
+                            if let Ok(channel) = connection.create_channel().await {
+                                let _ = self.declare_marker(&channel).await;
+                                let _ = channel.close(200, "marker renewed".into()).await;
                             }
                         }
-                        let _ = connection.close(200, "client closed".into()).await;
-                    })
-                    .await;
-                    return;
+                        _ = &mut stopped => {
+                            let _ = tokio::time::timeout(CLOSE_WITHIN, async {
+                                if let Ok(channel) = connection.create_channel().await {
+                                    for queue in [&self.queue, &self.marker()] {
+                                        let _ = channel
+                                            .queue_delete(
+                                                queue.as_str().into(),
+                                                QueueDeleteOptions::default(),
+                                            )
+                                            .await;
+                                    }
+                                }
+                                let _ = connection.close(200, "client closed".into()).await;
+                            })
+                            .await;
+                            return;
+                        }
+                    }
                 }
             };
             let since = tokio::time::Instant::now();

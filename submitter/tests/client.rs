@@ -266,6 +266,32 @@ async fn a_broker_restart_that_dropped_transient_results_fails_the_jobs_submitte
 }
 
 #[tokio::test]
+async fn a_client_connected_longer_than_its_keep_still_finds_its_results_after_a_cut() {
+    // The marker queue has no consumer, so only the client's renewals keep
+    // it from expiring while the client is connected.
+    let options = ClientOptions {
+        reply_keep: Duration::from_secs(1),
+        ..ClientOptions::default()
+    };
+    let (client, name, topology) = connect_as(AMQP_URL, options).await;
+    let worker = FakeWorker::new(&topology).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let marker = format!("{}.marker", client.reply_queue());
+    assert!(worker.queue_exists(&marker).await, "{marker} expired");
+
+    let before = client.submit(job()).await.unwrap();
+    let (id, reply_to) = worker.take().await;
+    assert!(close_connections(&name) >= 2);
+    worker.answer(&id, &reply_to).await;
+    let result = client
+        .wait_result(&before.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(result.job_id, before.id);
+    client.close().await;
+}
+
+#[tokio::test]
 async fn more_results_than_the_unacked_window_all_arrive() {
     // Without acks the broker stops at 256 unacked results.
     let (client, _, topology) = connect().await;
