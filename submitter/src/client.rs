@@ -633,11 +633,15 @@ impl Replies {
                     tokio::select! {
                         why = &mut filing => break why,
                         _ = renew.tick() => {
-                            // A failure here shows up on the consumer too.
-                            if let Ok(channel) = connection.create_channel().await {
-                                let _ = self.declare_marker(&channel).await;
-                                let _ = channel.close(200, "marker renewed".into()).await;
-                            }
+                            // A failure here shows up on the consumer too;
+                            // bounded, since filing waits meanwhile.
+                            let _ = tokio::time::timeout(CLOSE_WITHIN, async {
+                                if let Ok(channel) = connection.create_channel().await {
+                                    let _ = self.declare_marker(&channel).await;
+                                    let _ = channel.close(200, "marker renewed".into()).await;
+                                }
+                            })
+                            .await;
                         }
                         _ = &mut stopped => {
                             let _ = tokio::time::timeout(CLOSE_WITHIN, async {

@@ -438,8 +438,10 @@ impl Config {
             epoch_tick: Duration::from_millis(self.executor.epoch_tick_ms),
             max_wasm_stack_bytes: self.executor.max_wasm_stack_bytes,
             max_table_elements: self.executor.max_table_elements,
-            // Twice: a guest stopped inside a host call keeps its store
-            // until the call returns, while the next job already runs.
+            // Twice: when a worker loses the broker, the guests of the
+            // jobs it gives up run on to their deadlines, keeping their
+            // stores, while the next session's jobs start (they wait for
+            // a slot beyond this; see Executor::run_then).
             pool_stores: if self.executor.pooling {
                 2 * self.concurrency()
             } else {

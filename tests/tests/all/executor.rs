@@ -821,7 +821,7 @@ fn probe_spec(args: &[&str]) -> shoal_worker::execute::RunSpec {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pool_with_no_room_left_is_our_error_and_the_next_job_runs_once_a_slot_is_free() {
+async fn a_job_waits_for_a_pool_slot_and_a_full_pool_is_our_error_not_the_jobs() {
     use shoal_worker::execute::{Executor, ExecutorConfig, Outcome};
     let executor = Executor::new(ExecutorConfig {
         pool_stores: 1,
@@ -833,12 +833,43 @@ async fn a_pool_with_no_room_left_is_our_error_and_the_next_job_runs_once_a_slot
         async move { executor.run(probe_spec(&["sleep", "2"])).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let crowded = executor.run(probe_spec(&["args", "x"])).await;
+
+    // Bypassing the slot count (the blocking entry point takes none), the
+    // pool is full: an internal error, not the job's failure.
+    let bypass = executor.clone();
+    let crowded =
+        tokio::task::spawn_blocking(move || bypass.run_blocking(probe_spec(&["args", "x"])))
+            .await
+            .unwrap();
     match &crowded.outcome {
         Outcome::Internal(why) => assert!(why.contains("pool is full"), "{why}"),
         other => panic!("expected the pool to be full, got {other:?}"),
     }
+
+    // Through `run`, the job waits for the sleeping guest's slot instead
+    // (which the sleeper holds for another 1.5 s or so).
+    let started = std::time::Instant::now();
+    let waited = executor.run(probe_spec(&["args", "x"])).await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "ran before the slot was free"
+    );
+    assert_eq!(waited.outcome, Outcome::Exited(0));
     assert_eq!(asleep.await.unwrap().outcome, Outcome::Exited(0));
-    let after = executor.run(probe_spec(&["args", "x"])).await;
-    assert_eq!(after.outcome, Outcome::Exited(0));
+}
+
+#[tokio::test]
+async fn a_table_declared_past_the_limit_is_refused_by_either_allocator() {
+    // 200,000 elements against executor.max_table_elements = 100,000.
+    let wat = b"(module (table 200000 funcref) (func (export \"_start\")))";
+    for (pooling, want) in [("true", "invalid_module"), ("false", "memory_limit")] {
+        let h = Harness::with_env(&[("SHOAL_EXECUTOR_POOLING", pooling)]);
+        let module = h.upload_bytes(wat, "big_table.wat").await;
+        let (result, _) = h.run(shoal_schemas::JobMessage::new(module)).await;
+        assert_eq!(
+            (result.status, kind(&result)),
+            (Status::Failed, Some(want)),
+            "pooling {pooling}: {result:?}"
+        );
+    }
 }

@@ -326,7 +326,11 @@ const STORE_MEMORIES: usize = 16;
 
 /// The pooling allocator, with room for `pool_stores` stores each holding
 /// as much as [`JobLimiter`] lets one job have, so a job the limiter
-/// accepts never finds the pool short while at most that many run.
+/// accepts never finds the pool short while at most that many run (and
+/// `run_then` never lets more run). The per-module limits are checked when
+/// a module is compiled: a table declared larger than
+/// `max_table_elements`, or an instance over 8 MiB of VM state, is then
+/// `invalid_module` rather than `memory_limit`.
 ///
 /// Why pool: a job's memories, tables and fiber stack are then slots
 /// reused from job to job instead of fresh mappings. On demand, every job
@@ -341,7 +345,10 @@ fn pool(config: &ExecutorConfig) -> PoolingAllocationConfig {
     let per_store = |n: usize| stores.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
     let mut pool = PoolingAllocationConfig::new();
     pool.total_core_instances(per_store(STORE_INSTANCES))
-        .total_memories(per_store(STORE_MEMORIES))
+        // A store's GC heap (wasm GC, exceptions) takes a memory slot too,
+        // unseen by the limiter's memory count.
+        .total_memories(per_store(STORE_MEMORIES + 1))
+        .total_gc_heaps(stores)
         .total_tables(per_store(STORE_TABLES))
         .total_stacks(stores)
         .max_tables_per_module(STORE_TABLES as u32)
@@ -367,6 +374,8 @@ struct Inner {
     hits: AtomicU64,
     misses: AtomicU64,
     stop_ticker: Arc<AtomicBool>,
+    /// Permits for the pool's stores (`pool_stores`), when pooling.
+    stores: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Drop for Inner {
@@ -389,7 +398,10 @@ impl Executor {
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack_bytes);
         if config.pool_stores > 0 {
-            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&config)));
+            // Stacks are reused too; a host call's leftovers on them are
+            // out of a guest's reach, but zeroing them is cheap insurance.
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&config)))
+                .async_stack_zeroing(true);
         }
         let engine =
             Engine::new(&wasm).map_err(|e| format!("creating the wasmtime engine: {e}"))?;
@@ -417,6 +429,8 @@ impl Executor {
         let fingerprint = fingerprint(&engine);
         let entries =
             NonZeroUsize::new(config.module_cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let stores = (config.pool_stores > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(config.pool_stores)));
         Ok(Executor {
             inner: Arc::new(Inner {
                 engine,
@@ -428,6 +442,7 @@ impl Executor {
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 stop_ticker,
+                stores,
             }),
         })
     }
@@ -485,8 +500,17 @@ impl Executor {
         T: Send + 'static,
     {
         let inner = self.inner.clone();
+        // A store for every job the pool has room for: a guest whose job
+        // was cancelled (its worker lost the broker) runs on to its own
+        // deadline and keeps its store, and the jobs after it wait for it
+        // here rather than find the pool full.
+        let slot = match &self.inner.stores {
+            Some(stores) => stores.clone().acquire_owned().await.ok(),
+            None => None,
+        };
         let ran = tokio::task::spawn_blocking(move || {
             let report = inner.run_blocking(spec);
+            drop(slot);
             let after = then(&report);
             (report, after)
         })
@@ -766,7 +790,8 @@ impl Inner {
             Ok(Err(CallError::Link(e)))
                 if store.data().limiter.exceeded.is_none()
                     && e.downcast_ref::<Trap>().is_none()
-                    && e.downcast_ref::<I32Exit>().is_none() =>
+                    && e.downcast_ref::<I32Exit>().is_none()
+                    && e.downcast_ref::<PoolConcurrencyLimitError>().is_none() =>
             {
                 Outcome::InvalidModule(root_cause(&e))
             }
