@@ -470,10 +470,11 @@ struct Replies {
 /// all at once.
 const REPLY_PREFETCH: u16 = 256;
 
-/// How long deleting the queue and closing the connection may take when
-/// the client closes: a half-open connection would otherwise hold it until
-/// the heartbeat gives up.
-const CLOSE_WITHIN: Duration = Duration::from_secs(3);
+/// How long the listener's housekeeping (renewing the marker; deleting
+/// the queues and closing the connection when the client closes) may take:
+/// a half-open connection would otherwise hold it until the heartbeat
+/// gives up, and filing results waits meanwhile.
+const HOUSEKEEPING_WITHIN: Duration = Duration::from_secs(3);
 
 /// Reply and marker queues: durable (RabbitMQ 4.3 refuses transient
 /// queues that are not exclusive), removed by `x-expires` when unused.
@@ -594,20 +595,25 @@ impl Replies {
             ..QueueDeclareOptions::default()
         };
         // A passive declare of a missing queue fails with 404 and closes
-        // its channel; the caller opens others.
+        // its channel: the first missing queue ends the check.
         let channel = connection.create_channel().await?;
-        for queue in [&self.queue, &self.marker()] {
-            match channel
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-            {
-                Ok(declared) if *queue == self.queue || declared.message_count() == 1 => {}
-                Ok(_) => return Ok(false),
-                Err(e) if not_found(&e) => return Ok(false),
-                Err(e) => return Err(e),
+        let messages = |queue: String| {
+            let channel = channel.clone();
+            async move {
+                match channel
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                {
+                    Ok(declared) => Ok(Some(declared.message_count())),
+                    Err(e) if not_found(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
+        };
+        if messages(self.queue.clone()).await?.is_none() {
+            return Ok(false);
         }
-        Ok(true)
+        Ok(messages(self.marker()).await? == Some(1))
     }
 
     /// Files results and states by job id; when the connection drops,
@@ -633,9 +639,8 @@ impl Replies {
                     tokio::select! {
                         why = &mut filing => break why,
                         _ = renew.tick() => {
-                            // A failure here shows up on the consumer too;
-                            // bounded, since filing waits meanwhile.
-                            let _ = tokio::time::timeout(CLOSE_WITHIN, async {
+                            // A failure here shows up on the consumer too.
+                            let _ = tokio::time::timeout(HOUSEKEEPING_WITHIN, async {
                                 if let Ok(channel) = connection.create_channel().await {
                                     let _ = self.declare_marker(&channel).await;
                                     let _ = channel.close(200, "marker renewed".into()).await;
@@ -644,7 +649,7 @@ impl Replies {
                             .await;
                         }
                         _ = &mut stopped => {
-                            let _ = tokio::time::timeout(CLOSE_WITHIN, async {
+                            let _ = tokio::time::timeout(HOUSEKEEPING_WITHIN, async {
                                 if let Ok(channel) = connection.create_channel().await {
                                     for queue in [&self.queue, &self.marker()] {
                                         let _ = channel

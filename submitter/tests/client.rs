@@ -131,6 +131,29 @@ impl FakeWorker {
     }
 }
 
+/// Submits a job through `client` and takes it off the queue as the
+/// worker: its id and `reply_to`.
+async fn submitted(client: &Client, worker: &FakeWorker) -> (String, String) {
+    let handle = client.submit(job()).await.unwrap();
+    let (id, reply_to) = worker.take().await;
+    assert_eq!(id, handle.id);
+    (id, reply_to)
+}
+
+/// A job submitted, answered and waited for: the client publishes and
+/// hears results. Its id.
+async fn round_trip(client: &Client, worker: &FakeWorker) -> String {
+    let (id, reply_to) = submitted(client, worker).await;
+    worker.answer(&id, &reply_to).await;
+    let result = client
+        .wait_result(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(result.job_id, id);
+    assert_eq!(result.status, Status::Succeeded);
+    id
+}
+
 fn job() -> JobMessage {
     JobMessage::new(Source::new(Location::Sha256("ab".repeat(32))))
 }
@@ -164,9 +187,7 @@ fn close_connections(name: &str) -> usize {
 async fn a_result_published_while_the_client_is_cut_off_still_reaches_its_waiter() {
     let (client, name, topology) = connect().await;
     let worker = FakeWorker::new(&topology).await;
-    let before = client.submit(job()).await.unwrap();
-    let (id, reply_to) = worker.take().await;
-    assert_eq!(id, before.id);
+    let (id, reply_to) = submitted(&client, &worker).await;
     assert_eq!(reply_to, client.reply_queue());
 
     // Both the publishing connection and the reply connection go.
@@ -180,15 +201,7 @@ async fn a_result_published_while_the_client_is_cut_off_still_reaches_its_waiter
     assert_eq!(result.status, Status::Succeeded);
 
     // And the client publishes and hears results as before.
-    let after = client.submit(job()).await.unwrap();
-    let (id, reply_to) = worker.take().await;
-    assert_eq!(id, after.id);
-    worker.answer(&id, &reply_to).await;
-    let result = client
-        .wait_result(&id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(result.job_id, after.id);
+    let id = round_trip(&client, &worker).await;
     // Taken once; a second wait says so instead of waiting out its timeout.
     assert!(matches!(
         client.wait_result(&id, Duration::from_secs(30)).await,
@@ -201,9 +214,7 @@ async fn a_result_published_while_the_client_is_cut_off_still_reaches_its_waiter
 async fn a_reply_queue_lost_on_the_broker_fails_only_the_jobs_submitted_before_it() {
     let (client, _, topology) = connect().await;
     let worker = FakeWorker::new(&topology).await;
-    let before = client.submit(job()).await.unwrap();
-    let (id, _) = worker.take().await;
-    assert_eq!(id, before.id);
+    let (id, _) = submitted(&client, &worker).await;
 
     // What an operator deleting it, or its expiry, does.
     worker
@@ -217,15 +228,7 @@ async fn a_reply_queue_lost_on_the_broker_fails_only_the_jobs_submitted_before_i
     }
 
     // The client declared the queue anew: later jobs are answered.
-    let after = client.submit(job()).await.unwrap();
-    let (id, reply_to) = worker.take().await;
-    assert_eq!(id, after.id);
-    worker.answer(&id, &reply_to).await;
-    let result = client
-        .wait_result(&id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(result.job_id, after.id);
+    round_trip(&client, &worker).await;
     client.close().await;
 }
 
@@ -233,9 +236,7 @@ async fn a_reply_queue_lost_on_the_broker_fails_only_the_jobs_submitted_before_i
 async fn a_broker_restart_that_dropped_transient_results_fails_the_jobs_submitted_before_it() {
     let (client, name, topology) = connect().await;
     let worker = FakeWorker::new(&topology).await;
-    let before = client.submit(job()).await.unwrap();
-    let (id, _) = worker.take().await;
-    assert_eq!(id, before.id);
+    let (id, _) = submitted(&client, &worker).await;
 
     // What a restart does: the connections go, and with them every
     // transient message, the marker beside the reply queue included.
@@ -253,15 +254,7 @@ async fn a_broker_restart_that_dropped_transient_results_fails_the_jobs_submitte
     }
 
     // The marker is back, and later jobs are answered.
-    let after = client.submit(job()).await.unwrap();
-    let (id, reply_to) = worker.take().await;
-    assert_eq!(id, after.id);
-    worker.answer(&id, &reply_to).await;
-    let result = client
-        .wait_result(&id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(result.job_id, after.id);
+    round_trip(&client, &worker).await;
     client.close().await;
 }
 
@@ -279,15 +272,14 @@ async fn a_client_connected_longer_than_its_keep_still_finds_its_results_after_a
     let marker = format!("{}.marker", client.reply_queue());
     assert!(worker.queue_exists(&marker).await, "{marker} expired");
 
-    let before = client.submit(job()).await.unwrap();
-    let (id, reply_to) = worker.take().await;
+    let (id, reply_to) = submitted(&client, &worker).await;
     assert!(close_connections(&name) >= 2);
     worker.answer(&id, &reply_to).await;
     let result = client
-        .wait_result(&before.id, Duration::from_secs(30))
+        .wait_result(&id, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(result.job_id, before.id);
+    assert_eq!(result.job_id, id);
     client.close().await;
 }
 
