@@ -671,12 +671,16 @@ impl Replies {
             let since = tokio::time::Instant::now();
             tracing::warn!(queue = %self.queue, error = %why, "reply connection lost; reconnecting");
             // The old connection may still be open (a consumer the broker
-            // cancelled): close it, without waiting long on a dead one.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                connection.close(200, "reconnecting".into()),
-            )
-            .await;
+            // cancelled): close it, without waiting long on a dead one,
+            // and not at all on one known dead, whose queue's `x-expires`
+            // is already counting.
+            if connection.status().connected() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    connection.close(200, "reconnecting".into()),
+                )
+                .await;
+            }
             let mut delay = Duration::from_millis(100);
             let mut expired = false;
             let kept = loop {

@@ -262,13 +262,16 @@ async fn a_broker_restart_that_dropped_transient_results_fails_the_jobs_submitte
 async fn a_client_connected_longer_than_its_keep_still_finds_its_results_after_a_cut() {
     // The marker queue has no consumer, so only the client's renewals keep
     // it from expiring while the client is connected.
+    // Held more than twice the keep, the marker's own expiry; the keep
+    // leaves the reconnection (under a loaded CI) time to find the reply
+    // queue before it expires too.
     let options = ClientOptions {
-        reply_keep: Duration::from_secs(1),
+        reply_keep: Duration::from_secs(3),
         ..ClientOptions::default()
     };
     let (client, name, topology) = connect_as(AMQP_URL, options).await;
     let worker = FakeWorker::new(&topology).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let marker = format!("{}.marker", client.reply_queue());
     assert!(worker.queue_exists(&marker).await, "{marker} expired");
 
