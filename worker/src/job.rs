@@ -74,11 +74,14 @@ impl Job {
             let raw = input.guest_path();
             let path = paths::input_path(&raw)
                 .map_err(|e| JobError::invalid(format!("/inputs/{i}/path: {e}")))?;
-            if path == GuestPath::inputs_root()
-                && input.source.unpack != Some(shoal_schemas::Unpack::Tar)
-            {
+            // A tar archive, or a CID (Bacalhau mounts a CID at /inputs when
+            // no path is given): a CID that turns out to be one file is
+            // staged as /inputs/<its name>, since /inputs is a folder.
+            let may_be_root = input.source.unpack == Some(shoal_schemas::Unpack::Tar)
+                || matches!(input.source.location, shoal_schemas::Location::Cid(_));
+            if path == GuestPath::inputs_root() && !may_be_root {
                 return Err(JobError::invalid(format!(
-                    "/inputs/{i}/path: only a directory (unpack \"tar\") can be mounted at /inputs itself; give the file a name such as /inputs/data"
+                    "/inputs/{i}/path: only a directory (unpack \"tar\", or a CID) can be mounted at /inputs itself; give the file a name such as /inputs/data"
                 )));
             }
             if let Some((j, other)) = inputs

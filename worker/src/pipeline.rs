@@ -216,9 +216,44 @@ impl Embedded {
         &self.executor
     }
 
-    /// Runs one job and writes its results to the download folder. An
-    /// `Err` means our side failed; everything the job did is in the result.
+    /// Runs one job and writes its results to the download folder.
+    ///
+    /// Every end of an accepted job is a result, ours included: a local run
+    /// has no queue to retry from, so an input that could not be fetched or
+    /// a disk that failed ends as status `error` (kind `input_unavailable`
+    /// for a source that could not be reached, `internal` for the rest),
+    /// written to `result.json` like any other. An `Err` means not even the
+    /// result could be written.
     pub async fn run(
+        &self,
+        mut msg: JobMessage,
+        options: LocalOptions,
+    ) -> Result<(ResultMessage, PathBuf), InfraError> {
+        let id = msg
+            .id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        let dir = self.download_dir(&id, &options);
+        match self.attempt(msg, options).await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                let result = ResultMessage::failure(
+                    &id,
+                    Status::Error,
+                    e.kind(),
+                    e.to_string(),
+                    &self.worker,
+                );
+                self.write_failure(&dir, result)
+            }
+        }
+    }
+
+    /// One attempt at a job, results written to the download folder. An
+    /// `Err` is our side's failure (an origin that did not answer, the
+    /// store), which a caller with a queue would retry; everything the job
+    /// itself did is in the result.
+    pub async fn attempt(
         &self,
         msg: JobMessage,
         options: LocalOptions,
@@ -418,8 +453,12 @@ impl Embedded {
             }
         };
         let stage_secs = stage_started.elapsed().as_secs_f64();
-        let mut mounts = staged.mounts;
-        mounts.extend(extra_mounts.iter().cloned());
+        // `--mount` preopens come first, in the order given, so the first
+        // is fd 3, as with `wasmtime run --dir`; wasi-libc resolves each
+        // path by its longest matching preopen, so order never changes
+        // which mount a path reaches.
+        let mut mounts = extra_mounts.to_vec();
+        mounts.extend(staged.mounts);
         let module = staged.module;
         let compiled = held.map(|(_, compiled)| compiled);
         let sha256 = module.sha256;
@@ -584,24 +623,37 @@ fn path_string(path: &Path) -> String {
         .to_string()
 }
 
-/// `--mount` preopens must not overlap the job's own mounts or each other.
+/// `--mount` preopens may nest with the job's own mounts and with each
+/// other, as `wasmtime run --dir` allows (a writable host folder at `/`
+/// beside `/inputs` and `/outputs` is what WASI test suites expect): the
+/// guest reaches each path through its longest matching preopen, and
+/// wasmtime keeps it inside that preopen's folder whatever `..` or symlinks
+/// it tries. Two mounts at the same path are refused, since one would
+/// silently hide the other. The mount at `/inputs` itself is made only when
+/// the job has inputs; a `--mount` there would shadow them.
 fn check_extra_mounts(job: &Job, extra: &[Mount]) -> Result<(), JobError> {
-    let mut taken: Vec<GuestPath> = job.outputs.iter().map(|o| o.path.clone()).collect();
+    let mut taken: Vec<(GuestPath, String)> = job
+        .outputs
+        .iter()
+        .map(|o| (o.path.clone(), format!("output {:?}", o.name)))
+        .collect();
     if !job.inputs.is_empty() {
-        taken.push(GuestPath::inputs_root());
+        taken.push((GuestPath::inputs_root(), "the job's inputs".to_owned()));
     }
     for mount in extra {
         let path = GuestPath::parse(&mount.guest)
             .map_err(|e| JobError::invalid(format!("--mount: {e}")))?;
-        if path.is_root() {
-            return Err(JobError::invalid("--mount: cannot mount at /"));
-        }
-        if let Some(other) = taken.iter().find(|t| t.overlaps(&path)) {
+        if let Some((_, other)) = taken.iter().find(|(t, _)| *t == path) {
             return Err(JobError::invalid(format!(
-                "--mount: {path} overlaps the mount at {other}"
+                "--mount: {path} is already the mount of {other}"
             )));
         }
-        taken.push(path);
+        if !job.inputs.is_empty() && path.starts_with(&GuestPath::inputs_root()) {
+            return Err(JobError::invalid(format!(
+                "--mount: {path} is inside /inputs, where the job's inputs are mounted read-only"
+            )));
+        }
+        taken.push((path, format!("--mount {}", mount.host.display())));
     }
     Ok(())
 }

@@ -279,6 +279,11 @@ impl Stager {
         if source.unpack.unwrap_or(Unpack::File) == Unpack::File {
             if let Location::Cid(spec) = &source.location {
                 let car = scratch.join(format!("input-{i}.car"));
+                if input.path == GuestPath::inputs_root() {
+                    return self
+                        .stage_cid_at_root(spec, source, root, &car, scratch, &what)
+                        .await;
+                }
                 let unpacked = self.stage_cid(spec, &host, &car, &what).await?;
                 return Ok(Amount {
                     bytes: unpacked.bytes,
@@ -458,6 +463,44 @@ impl Stager {
         self.gateways
             .stage(self.store.as_ref(), spec, dest, car, limits, what)
             .await
+    }
+
+    /// A `cid` source mounted at `/inputs` itself (Bacalhau's place for a
+    /// CID given without a path; `Job::resolve` makes it the job's only
+    /// input). A folder becomes `/inputs`; a single file cannot (a preopen
+    /// is a folder), so it appears as `/inputs/<its name>`, as it would
+    /// without the path. Unpacked beside `root` first, since which it is
+    /// shows only once the DAG is read.
+    async fn stage_cid_at_root(
+        &self,
+        spec: &str,
+        source: &Source,
+        root: &Path,
+        car: &Path,
+        scratch: &Path,
+        what: &str,
+    ) -> Result<Amount, Error> {
+        let tree = scratch.join("input-root");
+        let unpacked = self.stage_cid(spec, &tree, car, what).await?;
+        let target = match unpacked.kind {
+            ipfs::Kind::Directory => {
+                tokio::fs::remove_dir(root)
+                    .await
+                    .map_err(|e| InfraError::Disk(format!("replacing {}: {e}", root.display())))?;
+                root.to_path_buf()
+            }
+            ipfs::Kind::File => match source.display_name() {
+                name if name == "." || name == ".." => root.join("input"),
+                name => root.join(name),
+            },
+        };
+        tokio::fs::rename(&tree, &target)
+            .await
+            .map_err(|e| InfraError::Disk(format!("moving {what} into place: {e}")))?;
+        Ok(Amount {
+            bytes: unpacked.bytes,
+            files: unpacked.files + unpacked.dirs,
+        })
     }
 
     /// A `cid` source that must be one file (a module): staged in `scratch`, then read.
