@@ -265,7 +265,7 @@ impl Session {
                 let mut result = ResultMessage::failure(
                     &id,
                     Status::Error,
-                    ErrorKind::Internal,
+                    e.kind(),
                     format!("gave up after {attempt} attempts: {e}"),
                     self.pipeline.worker_name(),
                 );

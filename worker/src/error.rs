@@ -61,6 +61,22 @@ pub enum InfraError {
     Disk(String),
 }
 
+impl InfraError {
+    /// The error kind of the `error` result this failure ends in once
+    /// nothing retries it (after `amqp.max_attempts` in a fleet, at once in
+    /// a local run): `input_unavailable` for a source that could not be
+    /// reached, so the result says which side of the job failed, and
+    /// `internal` for our own store, broker and disk.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            InfraError::Fetch(_) => ErrorKind::InputUnavailable,
+            InfraError::Store(_) | InfraError::Broker(_) | InfraError::Disk(_) => {
+                ErrorKind::Internal
+            }
+        }
+    }
+}
+
 /// Either kind of failure before or after the guest ran.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -70,4 +86,25 @@ pub enum Error {
     /// Our fault.
     #[error(transparent)]
     Infra(#[from] InfraError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_source_ends_as_input_unavailable_the_rest_as_internal() {
+        let table = [
+            (
+                InfraError::Fetch("origin".into()),
+                ErrorKind::InputUnavailable,
+            ),
+            (InfraError::Store("bucket".into()), ErrorKind::Internal),
+            (InfraError::Broker("channel".into()), ErrorKind::Internal),
+            (InfraError::Disk("scratch".into()), ErrorKind::Internal),
+        ];
+        for (error, kind) in table {
+            assert_eq!(error.kind(), kind, "{error}");
+        }
+    }
 }
