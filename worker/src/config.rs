@@ -191,7 +191,8 @@ pub struct StagingSection {
     pub url_connect_timeout_secs: u64,
     /// Read timeout, seconds.
     pub url_read_timeout_secs: u64,
-    /// Age below which a cached URL is used without a request, seconds.
+    /// Age below which a cached URL is used without a request, seconds;
+    /// 0 (the default) revalidates on every job.
     pub url_revalidate_secs: u64,
     /// Longest a job's staging (module, imports and inputs together) may
     /// take, seconds.

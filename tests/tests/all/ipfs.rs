@@ -280,7 +280,7 @@ async fn an_incomplete_car_or_a_failing_gateway_is_ours_to_retry() {
     for spec in [tree, hello] {
         let mut job = h.probe(&["ls", "/inputs"]).await;
         job.inputs = vec![cid_input(spec, "/inputs/x")];
-        match h.embedded.run(job, LocalOptions::default()).await {
+        match h.embedded.attempt(job, LocalOptions::default()).await {
             Err(InfraError::Fetch(message)) => assert!(message.contains(spec), "{message}"),
             other => panic!(
                 "{spec}: expected an infrastructure error, got {:?}",
@@ -330,7 +330,7 @@ async fn a_hanging_gateway_times_out_and_the_next_one_answers() {
     ]);
     let mut job = h.probe(&["ls", "/inputs"]).await;
     job.inputs = vec![cid_input(hello, "/inputs/x")];
-    match h.embedded.run(job, LocalOptions::default()).await {
+    match h.embedded.attempt(job, LocalOptions::default()).await {
         Err(InfraError::Fetch(message)) => assert!(message.contains(hello.as_str()), "{message}"),
         other => panic!(
             "expected an infrastructure error, got {:?}",

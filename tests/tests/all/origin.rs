@@ -10,6 +10,9 @@ use tokio::net::TcpListener;
 pub enum Route {
     /// 200 with this body and an ETag derived from it; honours If-None-Match.
     Body(Vec<u8>),
+    /// Like `Body`, but the test may change the body between requests (a
+    /// file edited at its origin); the ETag follows the content.
+    Mutable(Arc<Mutex<Vec<u8>>>),
     /// A redirect to this location.
     Redirect(String),
     /// This status with an empty body.
@@ -86,9 +89,15 @@ impl Origin {
                         }
                         return;
                     }
-                    let (status, headers, body) = match routes.get(&path) {
+                    let mutable = match routes.get(&path) {
+                        Some(Route::Mutable(body)) => {
+                            Some(Route::Body(body.lock().unwrap().clone()))
+                        }
+                        _ => None,
+                    };
+                    let (status, headers, body) = match mutable.as_ref().or(routes.get(&path)) {
                         Some(Route::Body(body)) => {
-                            let etag = format!("\"{}\"", body.len());
+                            let etag = format!("\"{:x}\"", content_tag(body));
                             if if_none_match.as_deref() == Some(etag.as_str()) {
                                 ("304 Not Modified", format!("ETag: {etag}\r\n"), Vec::new())
                             } else {
@@ -107,9 +116,10 @@ impl Origin {
                         Some(Route::Status(500)) => {
                             ("500 Internal Server Error", String::new(), Vec::new())
                         }
-                        Some(Route::Status(_) | Route::Hang | Route::Drip(_)) | None => {
-                            ("404 Not Found", String::new(), Vec::new())
-                        }
+                        Some(
+                            Route::Status(_) | Route::Hang | Route::Drip(_) | Route::Mutable(_),
+                        )
+                        | None => ("404 Not Found", String::new(), Vec::new()),
                     };
                     let response = format!(
                         "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -151,4 +161,12 @@ impl Origin {
     pub fn total_requests(&self) -> usize {
         self.counts.lock().unwrap().requests.values().sum()
     }
+}
+
+/// An ETag for `body`: any change of content changes it.
+fn content_tag(body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    hasher.finish()
 }

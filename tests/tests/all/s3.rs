@@ -70,7 +70,7 @@ async fn an_unreachable_s3_store_is_ours_to_retry_not_the_jobs_failure() {
         source: Source::new(Location::Sha256("ab".repeat(32))),
         path: Some("/inputs/data".into()),
     }];
-    let outcome = h.embedded.run(job, LocalOptions::default()).await;
+    let outcome = h.embedded.attempt(job, LocalOptions::default()).await;
     match outcome {
         Err(InfraError::Store(message)) => assert!(message.contains("cache/sha256"), "{message}"),
         other => panic!(
@@ -294,10 +294,12 @@ async fn two_workers_caching_the_same_url_at_once_leave_one_good_entry() {
     );
 
     // A third worker is served by the cache (verified as it is read): the
-    // entry the two wrote at once is whole.
+    // entry the two wrote at once is whole. It asks the origin (every job
+    // revalidates), which answers 304 and sends no body.
     let c = Harness::with_env(&env);
     job(&c, url).await;
-    assert_eq!(origin.requests(&path), 2, "the cache entry was not usable");
+    assert_eq!(origin.requests(&path), 3);
+    assert_eq!(origin.bodies(&path), 2, "the cache entry was not usable");
     let hex = shoal_worker::stage::sha256_hex(&body);
     let stored = c
         .embedded

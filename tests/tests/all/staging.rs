@@ -23,13 +23,13 @@ async fn cat_job(h: &Harness, url: &str) -> JobMessage {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_url_input_is_staged_then_served_from_the_cache_without_a_request() {
+async fn within_a_freshness_window_a_cached_url_is_used_without_a_request() {
     let origin = Origin::start(vec![(
         "/data.txt",
         Route::Body(b"fetched over http\n".to_vec()),
     )])
     .await;
-    let h = Harness::with_env(&[ALLOW_LOOPBACK]);
+    let h = Harness::with_env(&[ALLOW_LOOPBACK, ("SHOAL_STAGING_URL_REVALIDATE_SECS", "300")]);
     let url = origin.url("/data.txt");
     for _ in 0..2 {
         let (result, _) = h.run(cat_job(&h, &url).await).await;
@@ -41,6 +41,35 @@ async fn a_url_input_is_staged_then_served_from_the_cache_without_a_request() {
         1,
         "the second job asked the origin"
     );
+}
+
+/// By default every job asks the origin (as Bacalhau fetches on every
+/// job): unchanged content costs a 304 and no body, changed content is
+/// fetched, never served stale from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_changed_at_its_origin_is_never_served_stale() {
+    let body = std::sync::Arc::new(std::sync::Mutex::new(b"version 1\n".to_vec()));
+    let origin = Origin::start(vec![("/data.txt", Route::Mutable(body.clone()))]).await;
+    let h = Harness::with_env(&[ALLOW_LOOPBACK]);
+    let url = origin.url("/data.txt");
+    for _ in 0..2 {
+        let (result, _) = h.run(cat_job(&h, &url).await).await;
+        assert_eq!(stdout(&result), "version 1\n", "{result:?}");
+    }
+    assert_eq!(
+        origin.requests("/data.txt"),
+        2,
+        "the second job did not ask the origin"
+    );
+    assert_eq!(
+        origin.bodies("/data.txt"),
+        1,
+        "an unchanged file was downloaded again"
+    );
+    *body.lock().unwrap() = b"version 2\n".to_vec();
+    let (result, _) = h.run(cat_job(&h, &url).await).await;
+    assert_eq!(stdout(&result), "version 2\n", "served stale: {result:?}");
+    assert_eq!(origin.bodies("/data.txt"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +150,7 @@ async fn an_origin_error_is_ours_to_retry_not_the_jobs_failure() {
     let origin = Origin::start(vec![("/flaky", Route::Status(500))]).await;
     let h = Harness::with_env(&[ALLOW_LOOPBACK]);
     let job = cat_job(&h, &origin.url("/flaky")).await;
-    let outcome = h.embedded.run(job, LocalOptions::default()).await;
+    let outcome = h.embedded.attempt(job, LocalOptions::default()).await;
     assert!(
         matches!(outcome, Err(InfraError::Fetch(_))),
         "{:?}",
@@ -132,7 +161,7 @@ async fn an_origin_error_is_ours_to_retry_not_the_jobs_failure() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let job = cat_job(&h, &format!("http://127.0.0.1:{port}/x")).await;
-    let outcome = h.embedded.run(job, LocalOptions::default()).await;
+    let outcome = h.embedded.attempt(job, LocalOptions::default()).await;
     assert!(
         matches!(outcome, Err(InfraError::Fetch(_))),
         "{:?}",

@@ -15,9 +15,10 @@
 //!
 //! The cache: `cache/url/<sha256 of the URL>.json` records the content's
 //! sha256 (the content itself lives at `cache/sha256/<hex>` like any other)
-//! and the origin's validators. Within `staging.url_revalidate_secs` of the
-//! last check a hit makes no request at all; after that it is a conditional
-//! request, and a `304 Not Modified` downloads no body.
+//! and the origin's validators. Every job asks the origin by default, with a
+//! conditional request, so changed content is never served stale and a
+//! `304 Not Modified` downloads no body. `staging.url_revalidate_secs` opens
+//! a freshness window within which a hit makes no request at all.
 use crate::config::StagingSection;
 use crate::error::{Error, InfraError, JobError};
 use crate::publish::store::{get_if_present, put};
@@ -337,8 +338,12 @@ impl UrlFetcher {
         {
             tracing::debug!(url, "url revalidated: not modified");
             crate::metrics::METRICS.cache_lookup("url", true);
-            entry.checked_at = now_secs();
-            self.record(store, &key, &entry).await?;
+            // The check time matters only to a freshness window; without
+            // one, a 304 writes nothing to the store.
+            if self.revalidate_secs > 0 {
+                entry.checked_at = now_secs();
+                self.record(store, &key, &entry).await?;
+            }
             return Ok(entry.size);
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
