@@ -682,7 +682,12 @@ fn an_import_module_runs_locally() {
 fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
     let (probe, hello) = (fixture_cid("probe.car"), fixture_cid("hello.car"));
     // One static server is both the IPFS gateway and the URL origin.
-    let server = StaticGateway::start(&[(&probe, "probe.car"), (&hello, "hello.car")]);
+    let tree = fixture_cid("tree.car");
+    let server = StaticGateway::start(&[
+        (&probe, "probe.car"),
+        (&hello, "hello.car"),
+        (&tree, "tree.car"),
+    ]);
     std::fs::write(server._dir.path().join("data.txt"), "from a url\n").unwrap();
     let base = format!("http://127.0.0.1:{}", server.port);
 
@@ -706,6 +711,10 @@ fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
     let volume = format!("{hello}:/inputs/data");
     let ipfs_input = format!("ipfs://{hello}:/inputs/h.txt");
     let ipfs_module = format!("ipfs://{probe}");
+    let ipfs_folder = format!("ipfs://{tree}");
+    let top_text =
+        std::fs::read_to_string(repo().join("tests/fixtures/ipfs/inputs/tree/top.txt")).unwrap();
+    let is_top = |o: &str| o == top_text;
     let is_hello = |o: &str| o == hello_text;
     // (README fragment, arguments after `run`, exit code, stdout check)
     type Shape<'a> = (&'a str, Vec<&'a str>, i32, &'a dyn Fn(&str) -> bool);
@@ -748,6 +757,33 @@ fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
             ],
             0,
             &|_| true,
+        ),
+        (
+            "keeps the default `outputs:/outputs`",
+            vec![
+                &probe_wasm,
+                "-o",
+                "extra:/extra",
+                "--",
+                "write",
+                "/outputs/o.txt",
+                "x",
+            ],
+            0,
+            &|_| true,
+        ),
+        (
+            "`-i ipfs://CID` (no path)",
+            vec![
+                &probe_wasm,
+                "-i",
+                &ipfs_folder,
+                "--",
+                "cat",
+                "/inputs/top.txt",
+            ],
+            0,
+            &is_top,
         ),
         (
             "--entry-point",
@@ -842,4 +878,299 @@ fn bacalhau_command_shapes_work_locally_and_through_a_fleet() {
     }
 
     fleet.stop();
+}
+
+/// Bacalhau's `-o` rule: `/outputs` stays beside other output mounts unless
+/// an `-o` takes it; `--no-outputs` mounts nothing at all.
+#[test]
+fn output_mounts_follow_bacalhaus_rule() {
+    let cli = Cli::new();
+    let probe = path("tests/fixtures/probe.wasm");
+    let run = |dl: &Path, extra: &[&str], guest: &[&str]| {
+        let mut args = vec!["run", "--local", probe.as_str(), "--download"];
+        args.push(dl.to_str().unwrap());
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(guest);
+        cli.submit(&args)
+    };
+    let dl = cli.work.path().join("beside");
+    let out = run(
+        &dl,
+        &["-o", "extra:/extra"],
+        &["write", "/outputs/o.txt", "kept"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dl.join("outputs/o.txt")).unwrap(),
+        "kept"
+    );
+    assert!(
+        dl.join("extra").is_dir(),
+        "the -o mount has no results folder"
+    );
+
+    // An -o at /outputs is the one mount there, under its own name.
+    let dl = cli.work.path().join("renamed");
+    let out = run(
+        &dl,
+        &["-o", "mine:/outputs"],
+        &["write", "/outputs/o.txt", "x"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(dl.join("mine/o.txt").is_file());
+    assert!(!dl.join("outputs").exists());
+
+    // --no-outputs: no preopen at all, so /outputs cannot be written.
+    let dl = cli.work.path().join("none");
+    let out = run(&dl, &["--no-outputs"], &["write", "/outputs/o.txt", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("error: "),
+        "{}",
+        text(&out.stdout)
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dl.join("result.json")).unwrap()).unwrap();
+    assert_eq!(
+        result["outputs"].as_array().map_or(0, Vec::len),
+        0,
+        "{result}"
+    );
+}
+
+/// A CID given without a guest path mounts at `/inputs` itself, as in
+/// Bacalhau: a folder is `/inputs`, a single file `/inputs/<CID>`.
+#[test]
+fn a_cid_without_a_path_mounts_at_inputs() {
+    let (tree, hello) = (fixture_cid("tree.car"), fixture_cid("hello.car"));
+    let gateway = StaticGateway::start(&[(&tree, "tree.car"), (&hello, "hello.car")]);
+    let cli = Cli::new();
+    let gateways = format!("http://127.0.0.1:{}", gateway.port);
+    let env = [("SHOAL_STAGING_IPFS_GATEWAYS", gateways.as_str())];
+    let probe = path("tests/fixtures/probe.wasm");
+    let folder = format!("ipfs://{tree}");
+    let out = cli.submit_with(
+        &[
+            "run", "--local", &probe, "-i", &folder, "--", "ls", "/inputs",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut listed: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    listed.sort();
+    assert_eq!(listed, ["nested", "top.txt"]);
+
+    let file_at = format!("/inputs/{hello}");
+    let out = cli.submit_with(
+        &[
+            "run",
+            "--local",
+            &probe,
+            "--input-volumes",
+            &hello,
+            "--",
+            "cat",
+            &file_at,
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let want = std::fs::read(repo().join("tests/fixtures/ipfs/inputs/hello.txt")).unwrap();
+    assert_eq!(out.stdout, want);
+
+    // /inputs cannot hold it and another input too: say so before anything runs.
+    let named = format!("ipfs://{hello}:/inputs/h.txt");
+    let out = cli.submit_with(
+        &[
+            "run", "--local", &probe, "-i", &folder, "-i", &named, "--", "ls", "/inputs",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("give it a path"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// In `--local`, a failure of ours after the job was accepted (an input that
+/// could not be fetched) is still a result: status `error` in result.json,
+/// the summary line and exit 127. Exit 2 stays for a wrong command line.
+#[test]
+fn an_infrastructure_failure_in_a_local_run_is_a_result() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cli = Cli::new();
+    let probe = path("tests/fixtures/probe.wasm");
+    let hello = fixture_cid("hello.car");
+    let nowhere = format!("http://127.0.0.1:{port}");
+    let dl = cli.work.path().join("offline");
+    let input = format!("ipfs://{hello}:/inputs/h.txt");
+    let out = cli.submit_with(
+        &[
+            "run",
+            "--local",
+            &probe,
+            "-i",
+            &input,
+            "--download",
+            dl.to_str().unwrap(),
+            "--",
+            "cat",
+            "/inputs/h.txt",
+        ],
+        &[("SHOAL_STAGING_IPFS_GATEWAYS", nowhere.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("shoal: error · input_unavailable: fetching: "),
+        "{stderr}"
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dl.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["status"], "error", "{result}");
+    assert_eq!(result["error"]["kind"], "input_unavailable", "{result}");
+
+    // `--input-urls HOST/PATH` is https, as in Bacalhau: a plain-HTTP
+    // origin cannot answer it, which is again a result naming the URL.
+    let origin = StaticGateway::start(&[]);
+    std::fs::write(origin._dir.path().join("data.txt"), "plain\n").unwrap();
+    let bare = format!("127.0.0.1:{}/data.txt", origin.port);
+    let out = cli.submit_with(
+        &[
+            "run",
+            "--local",
+            &probe,
+            "--input-urls",
+            &bare,
+            "--",
+            "cat",
+            "/inputs/data.txt",
+        ],
+        &[("SHOAL_STAGING_URL_ALLOW", "127.0.0.1/32")],
+    );
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("https://{bare}")),
+        "{}",
+        text(&out.stderr)
+    );
+    // With its scheme spelled out, the same origin serves it.
+    let spelled = format!("http://{bare}");
+    let out = cli.submit_with(
+        &[
+            "run",
+            "--local",
+            &probe,
+            "--input-urls",
+            &spelled,
+            "--",
+            "cat",
+            "/inputs/data.txt",
+        ],
+        &[("SHOAL_STAGING_URL_ALLOW", "127.0.0.1/32")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "plain\n");
+}
+
+/// `--mount HOST:/:rw` (what WASI test suites need) nests with `/inputs` and
+/// `/outputs`, each path reaching its longest matching mount, and the guest
+/// escapes none of them: not with `..`, not through symlinks.
+#[test]
+fn a_host_folder_at_root_nests_with_the_jobs_mounts_and_nothing_escapes() {
+    let cli = Cli::new();
+    let probe = path("tests/fixtures/probe.wasm");
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("inputs")).unwrap();
+    std::fs::write(root.path().join("inputs/data.txt"), "the host's, hidden\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.path().join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc/passwd", root.path().join("rel-link"))
+        .unwrap();
+    let data = cli.work.path().join("data.txt");
+    std::fs::write(&data, "the job's input\n").unwrap();
+    let mount = format!("{}:/:rw", root.path().display());
+    let input = format!("{}:/inputs/data.txt", data.display());
+    let dl = cli.work.path().join("nested");
+    let run = |guest: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--local",
+            probe.as_str(),
+            "--mount",
+            &mount,
+            "-i",
+            &input,
+        ];
+        if guest.first() == Some(&"write") {
+            args.extend(["--download", dl.to_str().unwrap()]);
+        }
+        args.push("--");
+        args.extend_from_slice(guest);
+        cli.submit(&args)
+    };
+    let out = run(&["write", "/outputs/o.txt", "out"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dl.join("outputs/o.txt")).unwrap(),
+        "out"
+    );
+    assert!(
+        !root.path().join("outputs").exists(),
+        "/outputs reached the root mount"
+    );
+    let out = run(&["cat", "/made-here.txt"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let out = run(&["symlink", "../../../../../etc/passwd", "/guest-link"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = run(&["write", "/made-here.txt", "written"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("made-here.txt")).unwrap(),
+        "written"
+    );
+    let out = run(&["cat", "made-here.txt"]);
+    assert_eq!(text(&out.stdout), "written");
+    let out = run(&["cat", "/inputs/data.txt"]);
+    assert_eq!(text(&out.stdout), "the job's input\n");
+
+    for escape in [
+        "/../../../../etc/passwd",
+        "../etc/passwd",
+        "/inputs/../../etc/passwd",
+        "/outputs/../../../etc/passwd",
+        "/abs-link",
+        "/rel-link",
+        "/guest-link",
+    ] {
+        let out = run(&["cat", escape]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{escape}: {}",
+            text(&out.stdout)
+        );
+        assert!(!text(&out.stdout).contains("root:"), "{escape} escaped");
+    }
+
+    // Two mounts at one path are refused, naming both.
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        &probe,
+        "--mount",
+        &format!("{}:/outputs", root.path().display()),
+        "--",
+        "args",
+    ]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already the mount of output"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -94,7 +94,7 @@ struct RunArgs {
     /// A local file or folder, an http(s) URL, an s3://BUCKET/KEY or an IPFS CID[/path] (ipfs:// optional), mounted read-only under /inputs (default /inputs/<its name>).
     #[arg(short = 'i', long = "input", value_name = "SRC[:GUEST_PATH]", value_parser = args::input_spec)]
     inputs: Vec<InputSpec>,
-    /// A URL whose content appears under /inputs (Bacalhau's --input-urls).
+    /// A URL whose content appears under /inputs (Bacalhau's --input-urls); without a scheme, https:// is assumed.
     #[arg(long = "input-url", visible_alias = "input-urls", value_name = "URL")]
     input_urls: Vec<String>,
     /// Bacalhau's --input-volumes: the same as -i, e.g. CID:/inputs/data.
@@ -106,9 +106,12 @@ struct RunArgs {
     /// Small text carried in the job message itself, at /inputs/NAME (at most limits.max_inline_bytes).
     #[arg(long = "input-inline", value_name = "NAME=TEXT", value_parser = args::env_pair)]
     input_inline: Vec<(String, String)>,
-    /// A writable mount kept after the job; replaces the default outputs:/outputs.
+    /// A writable mount kept after the job (repeatable). As in Bacalhau, the default outputs:/outputs is kept unless an -o names /outputs (or the name outputs).
     #[arg(short = 'o', long = "output", value_name = "NAME:GUEST_PATH", value_parser = args::output_spec)]
     outputs: Vec<(String, String)>,
+    /// No output mount at all, not even /outputs (for programs and test suites that need fd 3 free).
+    #[arg(long, conflicts_with = "outputs")]
+    no_outputs: bool,
     /// Local runs only: preopen a host folder (read-only unless :rw), for debugging.
     #[arg(long = "mount", value_name = "HOST_DIR:GUEST_PATH[:rw]", value_parser = args::mount_spec)]
     mounts: Vec<MountSpec>,
@@ -189,7 +192,7 @@ async fn run_command(run: RunArgs) -> Result<u8> {
     job.env = run.env.iter().cloned().collect();
     for url in &run.input_urls {
         job.inputs.push(Input {
-            source: Source::new(Location::Url(url_source(url)?)),
+            source: Source::new(Location::Url(url_source(&with_scheme(url))?)),
             path: None,
         });
     }
@@ -214,6 +217,7 @@ async fn run_command(run: RunArgs) -> Result<u8> {
             path: Some(format!("/inputs/{}", name.trim_start_matches('/'))),
         });
     }
+    let mut cid_at_root = None;
     for spec in run.inputs.iter().chain(&run.input_volumes) {
         if is_url(&spec.source) {
             job.inputs.push(Input {
@@ -236,8 +240,13 @@ async fn run_command(run: RunArgs) -> Result<u8> {
                     source: Source::new(Location::Cid(
                         cid.with_context(|| format!("--input {}", spec.source))?,
                     )),
-                    path: spec.path.clone(),
+                    // Bacalhau's place for a CID given without a path: a
+                    // folder is /inputs itself (one file, /inputs/<name>).
+                    path: Some(spec.path.clone().unwrap_or_else(|| "/inputs".to_owned())),
                 });
+                if spec.path.is_none() {
+                    cid_at_root = Some(spec.source.clone());
+                }
                 continue;
             }
             bail!(
@@ -254,17 +263,14 @@ async fn run_command(run: RunArgs) -> Result<u8> {
             path: spec.path.clone(),
         });
     }
-    if !run.outputs.is_empty() {
-        job.outputs = Some(
-            run.outputs
-                .iter()
-                .map(|(name, path)| OutputMount {
-                    name: name.clone(),
-                    path: path.clone(),
-                })
-                .collect(),
+    if let Some(cid) = cid_at_root
+        && job.inputs.len() > 1
+    {
+        bail!(
+            "--input {cid}: a CID given without a path is mounted at /inputs itself (as in Bacalhau), so it cannot share /inputs with other inputs; give it a path, e.g. -i {cid}:/inputs/data"
         );
     }
+    job.outputs = output_mounts(&run.outputs, run.no_outputs);
     job.limits.fuel = run.fuel;
     job.limits.memory_bytes = run.memory;
     job.limits.timeout_ms = run
@@ -490,6 +496,53 @@ fn cid_source(s: &str) -> Option<Result<String>> {
     )
 }
 
+/// The output mounts of `-o` and `--no-outputs`, by Bacalhau's rule: the
+/// default `outputs:/outputs` stays unless an `-o` takes its path or a
+/// path inside it (which it would overlap), or its name (which would be
+/// used twice). `None` is the job's default, that one mount.
+fn output_mounts(given: &[(String, String)], none: bool) -> Option<Vec<OutputMount>> {
+    if none {
+        return Some(Vec::new());
+    }
+    if given.is_empty() {
+        return None;
+    }
+    let mut mounts: Vec<OutputMount> = given
+        .iter()
+        .map(|(name, path)| OutputMount {
+            name: name.clone(),
+            path: path.clone(),
+        })
+        .collect();
+    let is_outputs = |path: &str| {
+        let path = path.trim_end_matches('/');
+        path == "/outputs" || path.starts_with("/outputs/")
+    };
+    if !mounts
+        .iter()
+        .any(|m| m.name == "outputs" || is_outputs(&m.path))
+    {
+        mounts.insert(
+            0,
+            OutputMount {
+                name: "outputs".into(),
+                path: "/outputs".into(),
+            },
+        );
+    }
+    Some(mounts)
+}
+
+/// `--input-urls example.com/data.txt` means https, as in Bacalhau; a
+/// string with a scheme of its own is left for `url_source` to judge.
+fn with_scheme(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("https://{url}")
+    }
+}
+
 fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
@@ -543,4 +596,64 @@ fn report(result: &ResultMessage, dir: &Path, json: bool) -> Result<()> {
     parts.push(format!("results in {}", dir.display()));
     eprintln!("shoal: {}", parts.join(" · "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts(given: &[(&str, &str)], none: bool) -> Option<Vec<(String, String)>> {
+        let given: Vec<(String, String)> = given
+            .iter()
+            .map(|(n, p)| ((*n).to_owned(), (*p).to_owned()))
+            .collect();
+        output_mounts(&given, none).map(|m| m.into_iter().map(|m| (m.name, m.path)).collect())
+    }
+
+    #[test]
+    fn outputs_stay_unless_an_output_takes_them() {
+        let owned = |pairs: &[(&str, &str)]| -> Option<Vec<(String, String)>> {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(n, p)| ((*n).to_owned(), (*p).to_owned()))
+                    .collect(),
+            )
+        };
+        assert_eq!(mounts(&[], false), None);
+        assert_eq!(mounts(&[], true), Some(Vec::new()));
+        assert_eq!(
+            mounts(&[("extra", "/extra")], false),
+            owned(&[("outputs", "/outputs"), ("extra", "/extra")])
+        );
+        assert_eq!(
+            mounts(&[("mine", "/outputs/")], false),
+            owned(&[("mine", "/outputs/")])
+        );
+        assert_eq!(
+            mounts(&[("sub", "/outputs/sub")], false),
+            owned(&[("sub", "/outputs/sub")])
+        );
+        assert_eq!(
+            mounts(&[("outputs", "/results")], false),
+            owned(&[("outputs", "/results")])
+        );
+        // A longer name that merely starts like it does not count.
+        assert_eq!(
+            mounts(&[("o", "/outputs2")], false),
+            owned(&[("outputs", "/outputs"), ("o", "/outputs2")])
+        );
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_is_https() {
+        assert_eq!(with_scheme("example.com"), "https://example.com");
+        assert_eq!(
+            with_scheme("example.com/a/b.txt"),
+            "https://example.com/a/b.txt"
+        );
+        assert_eq!(with_scheme("http://example.com/x"), "http://example.com/x");
+        assert!(url_source(&with_scheme("example.com/data.txt")).is_ok());
+        assert!(url_source(&with_scheme("ftp://example.com/x")).is_err());
+    }
 }
