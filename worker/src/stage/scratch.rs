@@ -78,6 +78,10 @@ impl ScratchPool {
         let disk = |what: &str, e: std::io::Error| {
             InfraError::Disk(format!("{what} in {}: {e}", parent.display()))
         };
+        // A configured folder that does not exist yet is made, as any
+        // program makes its own working folder; only one that cannot be
+        // made (a file in the way, no permission) stops the worker.
+        std::fs::create_dir_all(&parent).map_err(|e| disk("creating worker.scratch_dir", e))?;
         remove_abandoned(&parent);
         // Made under a name no other worker looks at, locked, then renamed
         // into view: a worker starting at the same moment never finds it
@@ -382,6 +386,19 @@ impl Drop for Scratch {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_scratch_folder_that_does_not_exist_is_made() {
+        let parent = tempfile::tempdir().unwrap();
+        let nested = parent.path().join("not/there/yet");
+        let pool = ScratchPool::new(&nested, 1).unwrap();
+        assert!(pool.take().await.unwrap().path().starts_with(&nested));
+        // A file in the way is still an error, naming the setting.
+        let blocked = parent.path().join("file");
+        std::fs::write(&blocked, "in the way").unwrap();
+        let err = ScratchPool::new(&blocked.join("sub"), 1).err().unwrap();
+        assert!(err.to_string().contains("worker.scratch_dir"), "{err}");
+    }
 
     async fn until(what: &str, mut done: impl FnMut() -> bool) {
         for _ in 0..400 {
