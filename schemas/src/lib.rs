@@ -14,7 +14,6 @@
 mod job;
 mod result;
 mod state;
-#[cfg(feature = "amqp")]
 pub mod topology;
 mod validate;
 
@@ -36,6 +35,9 @@ pub const RESULT_SCHEMA: &str = "shoal.result/v1";
 pub const STATE_SCHEMA: &str = "shoal.state/v1";
 /// The job message JSON Schema (2020-12), as shipped in `schemas/job.schema.json`.
 pub const JOB_SCHEMA_JSON: &str = include_str!("../job.schema.json");
+/// The AMQP topology (exchanges, queues, their exact arguments) for
+/// clients in other languages, as shipped in `schemas/topology.json`.
+pub const TOPOLOGY_JSON: &str = include_str!("../topology.json");
 /// The result message JSON Schema (2020-12), as shipped in `schemas/result.schema.json`.
 pub const RESULT_SCHEMA_JSON: &str = include_str!("../result.schema.json");
 /// The state message JSON Schema (2020-12), as shipped in `schemas/state.schema.json`.

@@ -1,13 +1,27 @@
 //! The AMQP topology, declared idempotently by workers and submitters
-//! alike (feature `amqp`). Both sides must declare the job queue with the
-//! same arguments, or RabbitMQ refuses the second declaration; keeping the
-//! one definition here makes that impossible to get wrong.
+//! alike (the declaring itself needs feature `amqp`). Both sides must
+//! declare the job queue with the same arguments, or RabbitMQ refuses the
+//! second declaration; keeping the one definition here makes that
+//! impossible to get wrong. `schemas/topology.json` states the same for
+//! clients in other languages (a test checks the two agree).
+#[cfg(feature = "amqp")]
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
+#[cfg(feature = "amqp")]
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+#[cfg(feature = "amqp")]
 use lapin::{Channel, ExchangeKind};
+
+/// The value of a queue argument, with its AMQP field type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgumentValue {
+    /// A long string (`longstr`, AMQP field type `S`).
+    LongString(String),
+    /// A signed 32-bit integer (`signed-32`, AMQP field type `I`).
+    Int(i32),
+}
 
 /// Names and retry bound of the queues and exchanges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +75,47 @@ pub fn state_routing_key(job_id: &str) -> String {
     format!("state.{job_id}")
 }
 
+/// Type of the dead-letter exchange: every dead letter goes to its queue.
+pub const DEAD_LETTER_EXCHANGE_TYPE: &str = "fanout";
+/// Type of the results exchange: routing keys `job.<id>` and `state.<id>`.
+pub const RESULTS_EXCHANGE_TYPE: &str = "topic";
+
+#[cfg(feature = "amqp")]
+fn exchange_kind(kind: &str) -> ExchangeKind {
+    match kind {
+        "fanout" => ExchangeKind::Fanout,
+        "topic" => ExchangeKind::Topic,
+        other => ExchangeKind::Custom(other.to_owned()),
+    }
+}
+
+impl Topology {
+    /// The job queue's arguments, in the order they are declared: a quorum
+    /// queue (replicated, with a delivery count) whose dead letters go to
+    /// the dead-letter exchange, and the broker's own bound on deliveries.
+    pub fn job_queue_arguments(&self) -> Vec<(&'static str, ArgumentValue)> {
+        vec![
+            (
+                "x-queue-type",
+                ArgumentValue::LongString("quorum".to_owned()),
+            ),
+            (
+                "x-dead-letter-exchange",
+                ArgumentValue::LongString(self.dead_letter.clone()),
+            ),
+            (
+                "x-delivery-limit",
+                ArgumentValue::Int(i32::try_from(self.delivery_limit).unwrap_or(i32::MAX)),
+            ),
+        ]
+    }
+}
+
 /// Declares a submitter's reply queue and consumes it: server-named,
 /// exclusive to this connection and deleted with it, consumed without acks
 /// (nobody else could take a message back from it, so acks would only cost
 /// round trips). Returns its name, for the jobs' `reply_to`, and the consumer.
+#[cfg(feature = "amqp")]
 pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Consumer)> {
     let queue = channel
         .queue_declare(
@@ -92,6 +143,7 @@ pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Con
     Ok((name, consumer))
 }
 
+#[cfg(feature = "amqp")]
 impl Topology {
     /// Declares everything; safe to call any number of times, from any side.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
@@ -102,7 +154,7 @@ impl Topology {
         channel
             .exchange_declare(
                 ShortString::from(self.dead_letter.as_str()),
-                ExchangeKind::Fanout,
+                exchange_kind(DEAD_LETTER_EXCHANGE_TYPE),
                 durable,
                 FieldTable::default(),
             )
@@ -129,24 +181,19 @@ impl Topology {
         channel
             .exchange_declare(
                 ShortString::from(self.results_exchange.as_str()),
-                ExchangeKind::Topic,
+                exchange_kind(RESULTS_EXCHANGE_TYPE),
                 durable,
                 FieldTable::default(),
             )
             .await?;
         let mut args = FieldTable::default();
-        args.insert(
-            ShortString::from("x-queue-type"),
-            AMQPValue::LongString("quorum".into()),
-        );
-        args.insert(
-            ShortString::from("x-dead-letter-exchange"),
-            AMQPValue::LongString(self.dead_letter.as_str().into()),
-        );
-        args.insert(
-            ShortString::from("x-delivery-limit"),
-            AMQPValue::LongInt(self.delivery_limit as i32),
-        );
+        for (name, value) in self.job_queue_arguments() {
+            let value = match value {
+                ArgumentValue::LongString(s) => AMQPValue::LongString(s.as_str().into()),
+                ArgumentValue::Int(n) => AMQPValue::LongInt(n),
+            };
+            args.insert(ShortString::from(name), value);
+        }
         channel
             .queue_declare(
                 ShortString::from(self.job_queue.as_str()),

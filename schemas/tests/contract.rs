@@ -243,3 +243,59 @@ fn error_kinds_in_schema_match_the_enum() {
     let ours: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(listed, ours);
 }
+
+/// `topology.json`, what clients in other languages declare, is exactly
+/// what `topology.rs` declares: names, exchange types, queue flags and every
+/// argument with its AMQP type.
+#[test]
+fn topology_json_is_what_the_rust_side_declares() {
+    use shoal_schemas::topology::{
+        ArgumentValue, DEAD_LETTER_EXCHANGE_TYPE, RESULTS_EXCHANGE_TYPE, Topology,
+    };
+    let spec: Value = serde_json::from_str(TOPOLOGY_JSON).unwrap();
+    let ours = Topology::default();
+    assert_eq!(spec["protocol"], 1);
+    let by_role = |list: &str, role: &str| -> Value {
+        spec[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["role"] == role)
+            .unwrap_or_else(|| panic!("no {role} in {list}"))
+            .clone()
+    };
+    let dead = by_role("exchanges", "dead_letter");
+    assert_eq!(dead["name"], ours.dead_letter.as_str());
+    assert_eq!(dead["type"], DEAD_LETTER_EXCHANGE_TYPE);
+    let results = by_role("exchanges", "results");
+    assert_eq!(results["name"], ours.results_exchange.as_str());
+    assert_eq!(results["type"], RESULTS_EXCHANGE_TYPE);
+    for exchange in [&dead, &results] {
+        assert_eq!(exchange["durable"], true);
+        assert_eq!(exchange["auto_delete"], false);
+        assert_eq!(exchange["arguments"], serde_json::json!({}));
+    }
+    let dead_queue = by_role("queues", "dead_letter");
+    assert_eq!(dead_queue["name"], ours.dead_letter.as_str());
+    assert_eq!(dead_queue["arguments"], serde_json::json!({}));
+    assert_eq!(
+        dead_queue["bindings"],
+        serde_json::json!([{ "exchange": ours.dead_letter, "routing_key": "" }])
+    );
+    let jobs = by_role("queues", "jobs");
+    assert_eq!(jobs["name"], ours.job_queue.as_str());
+    let mut want = serde_json::Map::new();
+    for (name, value) in ours.job_queue_arguments() {
+        let typed = match value {
+            ArgumentValue::LongString(s) => serde_json::json!({ "type": "longstr", "value": s }),
+            ArgumentValue::Int(n) => serde_json::json!({ "type": "signed-32", "value": n }),
+        };
+        want.insert(name.to_owned(), typed);
+    }
+    assert_eq!(jobs["arguments"], Value::Object(want));
+    for queue in [&dead_queue, &jobs] {
+        assert_eq!(queue["durable"], true, "{queue}");
+        assert_eq!(queue["exclusive"], false, "{queue}");
+        assert_eq!(queue["auto_delete"], false, "{queue}");
+    }
+}
