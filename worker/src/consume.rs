@@ -74,6 +74,51 @@ pub async fn run(
     }
 }
 
+/// A queue or exchange that exists on the broker with other arguments than
+/// ours, as RabbitMQ reports it ("PRECONDITION_FAILED - inequivalent arg
+/// 'x-queue-type' for queue 'shoal.jobs' in vhost '/': received … but
+/// current is …"). A client that declared `shoal.jobs` the usual way
+/// (durable, no arguments) before any worker did causes this, and no worker
+/// can consume until the queue is deleted: the operator must learn which
+/// argument, not only that the worker is not ready.
+#[derive(Debug, PartialEq, Eq)]
+struct Mismatch {
+    /// `queue 'shoal.jobs'` or `exchange 'shoal.results'`.
+    object: String,
+    /// The argument or flag: `x-queue-type`, `durable`, `type`, ….
+    argument: String,
+    /// The broker's own words on the two values.
+    values: String,
+}
+
+impl Mismatch {
+    fn parse(said: &str) -> Option<Mismatch> {
+        let after = |marker: &str| said.split_once(marker).map(|(_, rest)| rest);
+        let quoted = |rest: &str| rest.split_once('\'').map(|(q, _)| q.to_owned());
+        let rest = after("inequivalent arg '")?;
+        let argument = quoted(rest)?;
+        let object = ["queue", "exchange"].into_iter().find_map(|kind| {
+            let name = quoted(after(&format!("for {kind} '"))?)?;
+            Some(format!("{kind} '{name}'"))
+        })?;
+        let values = after("': ")
+            .map(|v| v.trim_end_matches(['"', ')', ' ', '}']).to_owned())
+            .unwrap_or_default();
+        Some(Mismatch {
+            object,
+            argument,
+            values,
+        })
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "the {} exists on the broker with another {} than the workers declare ({}); no worker can consume until it is declared as docs/PROTOCOL.md says: delete it while it is empty, and have clients declare it passively",
+            self.object, self.argument, self.values
+        )
+    }
+}
+
 /// Exponential backoff, capped, optionally with full jitter.
 fn backoff(attempt: u32, base_ms: u64, max_ms: u64, jitter: bool) -> Duration {
     let exp = base_ms
@@ -113,7 +158,21 @@ async fn session(
     .await
     .map_err(broker)?;
     let consume = conn.create_channel().await.map_err(broker)?;
-    amqp.topology().declare(&consume).await.map_err(broker)?;
+    if let Err(e) = amqp.topology().declare(&consume).await {
+        let said = e.to_string();
+        if let Some(mismatch) = Mismatch::parse(&said) {
+            let why = mismatch.explain();
+            tracing::error!(
+                object = %mismatch.object,
+                argument = %mismatch.argument,
+                broker_said = %said,
+                "{why}"
+            );
+            METRICS.topology_mismatch(&mismatch.argument, why);
+        }
+        return Err(broker(e));
+    }
+    METRICS.topology_declared();
     consume
         .basic_qos(
             u16::try_from(concurrency).unwrap_or(u16::MAX),
@@ -270,6 +329,16 @@ impl Session {
                     self.pipeline.worker_name(),
                 );
                 result.attempt = attempt;
+                // The store may be what failed: then the published result
+                // is all there is, and the message is not held back for it.
+                if let Err(stored) = crate::publish::store::put_result_if_absent(
+                    self.pipeline.stager().store().as_ref(),
+                    &result,
+                )
+                .await
+                {
+                    tracing::warn!(job_id = %id, error = %stored, "storing the error result; it is published only");
+                }
                 self.publish_result(&result, props).await?;
                 self.dead_letter(delivery, "retries_exhausted", &e.to_string(), attempt)
                     .await?;
@@ -406,6 +475,11 @@ impl Session {
                 why,
                 self.pipeline.worker_name(),
             );
+            crate::publish::store::put_result_if_absent(
+                self.pipeline.stager().store().as_ref(),
+                &result,
+            )
+            .await?;
             self.publish_result(&result, &delivery.properties).await?;
         }
         self.dead_letter(
@@ -557,13 +631,42 @@ fn queue_secs(props: &BasicProperties) -> Option<f64> {
     let header = props
         .headers()
         .as_ref()
-        .and_then(|h| match h.inner().get(PUBLISHED_MS_HEADER) {
-            Some(AMQPValue::LongLongInt(ms)) => Some(*ms as f64),
-            Some(AMQPValue::Timestamp(ms)) => Some(*ms as f64),
-            _ => None,
+        .and_then(|h| h.inner().get(PUBLISHED_MS_HEADER))
+        .and_then(|value| {
+            let ms = published_ms(value);
+            if ms.is_none() {
+                tracing::warn!(header = PUBLISHED_MS_HEADER, value = ?value, "publish-time header is not milliseconds as an integer, float or decimal string (docs/PROTOCOL.md); queue_secs falls back to the timestamp property");
+            }
+            ms
         });
     let published_ms = header.or_else(|| props.timestamp().map(|s| s as f64 * 1000.0))?;
     Some(((now_ms - published_ms) / 1000.0).max(0.0))
+}
+
+/// The publish time in `x-shoal-published-ms`, in milliseconds since the
+/// epoch, whatever field type a client's library chose for it: any integer
+/// width, a float or double, or a string of digits. A field of type
+/// timestamp (`T`) is seconds, as AMQP defines it; a value in it above
+/// 10^11 (the year 5138 in seconds) is taken as milliseconds, which some
+/// clients put there.
+fn published_ms(value: &AMQPValue) -> Option<f64> {
+    let ms = match value {
+        AMQPValue::ShortShortInt(n) => f64::from(*n),
+        AMQPValue::ShortShortUInt(n) => f64::from(*n),
+        AMQPValue::ShortInt(n) => f64::from(*n),
+        AMQPValue::ShortUInt(n) => f64::from(*n),
+        AMQPValue::LongInt(n) => f64::from(*n),
+        AMQPValue::LongUInt(n) => f64::from(*n),
+        AMQPValue::LongLongInt(n) => *n as f64,
+        AMQPValue::Float(n) => f64::from(*n),
+        AMQPValue::Double(n) => *n,
+        AMQPValue::Timestamp(t) if *t > 100_000_000_000 => *t as f64,
+        AMQPValue::Timestamp(t) => *t as f64 * 1000.0,
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok()?,
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
+        _ => return None,
+    };
+    (ms.is_finite() && ms > 0.0).then_some(ms)
 }
 
 /// The `id` of a message that is JSON but not a valid job, if it has one.
@@ -575,6 +678,61 @@ fn json_id(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_publish_time_header_is_read_in_every_field_type_a_client_may_send() {
+        let ms: i64 = 1_764_600_000_123;
+        let cases = [
+            (AMQPValue::LongLongInt(ms), Some(ms as f64)),
+            (AMQPValue::Double(ms as f64), Some(ms as f64)),
+            // An f32 holds milliseconds to within a minute or so.
+            (AMQPValue::Float(1.5e12), Some(f64::from(1.5e12f32))),
+            (
+                AMQPValue::LongString(ms.to_string().into()),
+                Some(ms as f64),
+            ),
+            (
+                AMQPValue::ShortString(ms.to_string().into()),
+                Some(ms as f64),
+            ),
+            // An AMQP timestamp is seconds; milliseconds put there are seen as such.
+            (
+                AMQPValue::Timestamp(1_764_600_000),
+                Some(1_764_600_000_000.0),
+            ),
+            (AMQPValue::Timestamp(ms as u64), Some(ms as f64)),
+            (AMQPValue::LongInt(7), Some(7.0)),
+            (AMQPValue::LongString("soon".into()), None),
+            (AMQPValue::Boolean(true), None),
+            (AMQPValue::LongLongInt(-5), None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(published_ms(&value), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_precondition_failure_names_the_argument_and_the_object() {
+        let said = "ProtocolError(AMQPError { kind: Soft(PRECONDITIONFAILED), message: \"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'shoal.jobs' in vhost '/': received the value 'quorum' of type 'longstr' but current is none\" })";
+        let m = Mismatch::parse(said).unwrap();
+        assert_eq!(m.argument, "x-queue-type");
+        assert_eq!(m.object, "queue 'shoal.jobs'");
+        assert_eq!(
+            m.values,
+            "received the value 'quorum' of type 'longstr' but current is none"
+        );
+        let why = m.explain();
+        assert!(
+            why.contains("queue 'shoal.jobs'") && why.contains("x-queue-type"),
+            "{why}"
+        );
+        let exchange = "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'shoal.results' in vhost '/': received 'topic' but current is 'direct'";
+        assert_eq!(
+            Mismatch::parse(exchange).unwrap().object,
+            "exchange 'shoal.results'"
+        );
+        assert_eq!(Mismatch::parse("NOT_FOUND - no queue 'x'"), None);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

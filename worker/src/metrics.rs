@@ -9,8 +9,8 @@
 //! checks that every name they use exists here).
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use shoal_schemas::ResultMessage;
 use std::net::SocketAddr;
@@ -46,6 +46,12 @@ pub struct Metrics {
     pub reconnects: IntCounter,
     /// 1 while consuming from the broker.
     pub broker_connected: IntGauge,
+    /// 1, labelled with the `argument` (`x-queue-type`, `durable`, …), while
+    /// a queue or exchange exists on the broker with other arguments than
+    /// the workers declare, so no worker can consume.
+    pub topology_mismatch: IntGaugeVec,
+    /// What `/readyz` says of such a mismatch, while it lasts.
+    mismatch: std::sync::Mutex<Option<String>>,
 }
 
 /// The process's metrics.
@@ -151,7 +157,20 @@ impl Metrics {
             "shoal_broker_connected",
             "1 while the worker is connected to the broker and consuming.",
         );
+        let topology_mismatch = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "shoal_topology_mismatch",
+                    "1 while a queue or exchange exists with another value of this argument than the workers declare (no worker can consume; see docs/PROTOCOL.md).",
+                ),
+                &["argument"],
+            )
+            .expect("valid metric"),
+        );
         Metrics {
+            topology_mismatch,
+            mismatch: std::sync::Mutex::new(None),
             registry,
             jobs,
             stage_seconds,
@@ -211,10 +230,31 @@ impl Metrics {
             .inc();
     }
 
+    /// Records that declaring the topology failed on `argument`; `why`
+    /// is what `/readyz` answers until a declaration succeeds.
+    pub fn topology_mismatch(&self, argument: &str, why: String) {
+        self.topology_mismatch.reset();
+        self.topology_mismatch.with_label_values(&[argument]).set(1);
+        *self.mismatch.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// The topology was declared: no mismatch (any more).
+    pub fn topology_declared(&self) {
+        self.topology_mismatch.reset();
+        *self.mismatch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn mismatch(&self) -> Option<String> {
+        self.mismatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Every metric family's name, whether or not it has samples yet
     /// (histograms are exported as `<name>_bucket`, `_sum` and `_count`).
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn prometheus::core::Collector; 13] = [
+        let collectors: [&dyn prometheus::core::Collector; 14] = [
             &self.jobs,
             &self.stage_seconds,
             &self.fuel,
@@ -228,6 +268,7 @@ impl Metrics {
             &self.dead_letters,
             &self.reconnects,
             &self.broker_connected,
+            &self.topology_mismatch,
         ];
         collectors
             .iter()
@@ -326,7 +367,10 @@ async fn answer(
 /// Ready: consuming from the broker, and the store answers a read.
 async fn readiness(store: &dyn ObjectStore) -> Result<(), String> {
     if METRICS.broker_connected.get() != 1 {
-        return Err("not connected to the broker".into());
+        return Err(match METRICS.mismatch() {
+            Some(why) => why,
+            None => "not connected to the broker".into(),
+        });
     }
     let probe = StorePath::from("health/readyz");
     match tokio::time::timeout(std::time::Duration::from_secs(5), store.head(&probe)).await {

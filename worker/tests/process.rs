@@ -858,3 +858,88 @@ async fn chaos_a_thousand_jobs_survive_kills_and_broker_cuts() {
     drop(reaper);
     bench.remove().await;
 }
+
+/// A job queue declared the usual pika way (durable, no arguments) before
+/// any worker: the worker cannot consume, and says which argument differs
+/// in its log, its `/readyz` body and a metric; once the queue is deleted it
+/// declares it its own way and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queue_declared_with_other_arguments_is_named_not_just_unready() {
+    let bench = Bench::new().await;
+    let queue = format!("{}.plain", bench.topology.job_queue);
+    let channel = bench.conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            ShortString::from(queue.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut worker = bench.worker(
+        "mismatched",
+        &[
+            ("SHOAL_AMQP_JOB_QUEUE", queue.as_str()),
+            ("SHOAL_METRICS_LISTEN", listen.as_str()),
+        ],
+    );
+    let (readyz, metrics) = (
+        format!("http://{listen}/readyz"),
+        format!("http://{listen}/metrics"),
+    );
+    let ours = ["x-queue-type", "x-dead-letter-exchange", "x-delivery-limit"];
+    let deadline = Instant::now() + WAIT;
+    let (body, argument) = loop {
+        if let Some((503, body)) = http_get(&readyz).await
+            && let Some(argument) = ours.iter().find(|a| body.contains(*a))
+        {
+            break (body, *argument);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never named the argument: {:?}",
+            http_get(&readyz).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.contains(&format!("queue '{queue}'")), "{body}");
+    let (_, exported) = http_get(&metrics).await.unwrap();
+    assert!(
+        exported.contains(&format!(
+            "shoal_topology_mismatch{{argument=\"{argument}\"}} 1"
+        )),
+        "{exported}"
+    );
+    let log = bench.log("mismatched");
+    assert!(log.contains(argument) && log.contains("ERROR"), "{log}");
+
+    // Deleted while empty, the queue is declared the workers' way and served.
+    channel
+        .queue_delete(
+            ShortString::from(queue.as_str()),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while http_get(&readyz).await.map(|(status, _)| status) != Some(200) {
+        assert!(Instant::now() < deadline, "the worker never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, exported) = http_get(&metrics).await.unwrap();
+    assert!(!exported.contains("shoal_topology_mismatch{"), "{exported}");
+    worker.kill().unwrap();
+    let _ = worker.wait();
+    channel
+        .queue_delete(
+            ShortString::from(queue.as_str()),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    bench.remove().await;
+}
