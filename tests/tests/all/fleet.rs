@@ -362,6 +362,13 @@ async fn a_message_over_the_size_cap_is_rejected_unread_and_the_next_job_succeed
     assert_eq!(result.status, Status::Rejected, "{result:?}");
     let message = result.error.unwrap().message;
     assert!(message.contains("max_message_bytes"), "{message}");
+    // The store is the record of this job too, for a client that lost the reply.
+    let store = shoal_submitter::local::open_store(&fleet.config.cache).unwrap();
+    let stored = shoal_submitter::local::stored_result(store.as_ref(), &id)
+        .await
+        .unwrap()
+        .expect("the rejected result is in the store");
+    assert_eq!(stored.status, Status::Rejected);
 
     let handle = client
         .submit(fleet.probe(&["exit", "0"]).await)

@@ -110,6 +110,27 @@ async fn exists(store: &dyn ObjectStore, key: &StorePath) -> Result<bool, InfraE
     }
 }
 
+/// Writes `results/<id>/result.json` unless the id has a result there
+/// already: for the results a worker gives without running the job (a
+/// message refused as invalid, a job given up after its attempts), so the
+/// store stays the record of every job, while a malformed duplicate of a
+/// job that did run never overwrites that job's result. Looked up first
+/// rather than written create-only, since S3-compatible servers do not all
+/// honour a create-only write.
+pub async fn put_result_if_absent(
+    store: &dyn ObjectStore,
+    result: &ResultMessage,
+) -> Result<(), InfraError> {
+    let key = result_key(&result.job_id);
+    if exists(store, &key).await? {
+        tracing::debug!(job_id = %result.job_id, "a result is stored already; keeping it");
+        return Ok(());
+    }
+    let json = serde_json::to_vec_pretty(result)
+        .map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
+    put(store, &key, json).await
+}
+
 /// Writes `results/<id>/result.json`. When the id had a result before (a
 /// re-run, or a redelivery that ran again), objects of the earlier run that
 /// this result does not name are deleted afterwards, so the prefix ends up
