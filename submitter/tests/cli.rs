@@ -1174,3 +1174,81 @@ fn a_host_folder_at_root_nests_with_the_jobs_mounts_and_nothing_escapes() {
         text(&out.stderr)
     );
 }
+
+/// `submit upload`: files as they are, folders as tar archives, each
+/// printed as the `sha256:` source a job message takes; content already in
+/// the store is not written again.
+#[test]
+fn upload_prints_the_sources_of_files_and_folders() {
+    let cli = Cli::new();
+    let folder = cli.work.path().join("data");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    std::fs::write(folder.join("a.txt"), "a\n").unwrap();
+    std::fs::write(folder.join("sub/b.txt"), "b\n").unwrap();
+    let probe = path("tests/fixtures/probe.wasm");
+    let out = cli.submit(&["upload", &probe, folder.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hex = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&probe).unwrap()))
+    };
+    assert_eq!(listed[0]["sha256"], format!("sha256:{hex}"), "{listed}");
+    assert_eq!(listed[0]["source"]["sha256"], hex.as_str());
+    assert_eq!(listed[0]["folder"], false);
+    assert_eq!(listed[1]["folder"], true);
+    assert_eq!(listed[1]["source"]["unpack"], "tar", "{listed}");
+    let object = cli.cache.path().join("cache/sha256").join(&hex);
+    assert_eq!(
+        std::fs::read(&object).unwrap(),
+        std::fs::read(&probe).unwrap()
+    );
+    // The folder's archive holds its files.
+    let folder_hex = listed[1]["source"]["sha256"].as_str().unwrap();
+    let archive = cli.cache.path().join("cache/sha256").join(folder_hex);
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let names = text(&listing.stdout);
+    assert!(
+        names.contains("a.txt") && names.contains("sub/b.txt"),
+        "{names}"
+    );
+
+    // Uploading again sends nothing: the stored object is left as it was.
+    let before = std::fs::metadata(&object).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = cli.submit(&["upload", &probe]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("sha256:{hex}  {probe}\n"));
+    assert_eq!(
+        std::fs::metadata(&object).unwrap().modified().unwrap(),
+        before
+    );
+
+    // The printed source runs, from the same store.
+    let out = cli.submit(&[
+        "run",
+        "--local",
+        &format!("sha256:{hex}"),
+        "args",
+        "uploaded",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with("args\nuploaded\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A missing path fails before anything is sent.
+    let out = cli.submit(&["upload", &probe, "/no/such/file"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/no/such/file"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -32,6 +32,24 @@ enum Command {
     Get(GetArgs),
     /// What the content cache holds (`submit cache stats`).
     Cache(CacheArgs),
+    /// Upload files or folders to the store and print the `sha256:` source
+    /// of each, for job messages written anywhere (a folder travels as a
+    /// tar archive: its source needs "unpack": "tar"). Content already
+    /// there is not sent again.
+    Upload(UploadArgs),
+}
+
+#[derive(Args)]
+struct UploadArgs {
+    /// Files or folders.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Print a JSON array: each path with its `source` object, as a job message takes it.
+    #[arg(long)]
+    json: bool,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -153,6 +171,7 @@ fn main() -> ExitCode {
         Command::Run(run) => runtime.block_on(run_command(*run)),
         Command::Get(get) => runtime.block_on(get_command(get)),
         Command::Cache(cache) => runtime.block_on(cache_command(cache)),
+        Command::Upload(upload) => runtime.block_on(upload_command(upload)),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -439,6 +458,60 @@ async fn cache_command(cache: CacheArgs) -> Result<u8> {
                 "{:<10} {:>10} {:>14}",
                 kind.kind, kind.objects, kind.bytes
             )?;
+        }
+    }
+    Ok(0)
+}
+
+async fn upload_command(upload: UploadArgs) -> Result<u8> {
+    let mut config = Config::load(upload.config.as_deref()).context("loading configuration")?;
+    config.log.filter = "warn".into();
+    let store = shoal_submitter::local::open_store(&config.cache).map_err(anyhow::Error::msg)?;
+    let stager = Stager::new(store, &config).map_err(anyhow::Error::msg)?;
+    // Every path is checked before anything is sent, so a typo in the
+    // last one does not leave the first ones half done.
+    for path in &upload.paths {
+        if !path.exists() {
+            bail!("{}: no such file or folder", path.display());
+        }
+    }
+    let mut uploaded = Vec::with_capacity(upload.paths.len());
+    for path in &upload.paths {
+        let source = shoal_submitter::local::upload_path(&stager, path)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("uploading {}", path.display()))?;
+        uploaded.push((path, source));
+    }
+    let mut out = std::io::stdout().lock();
+    if upload.json {
+        let listed: Vec<serde_json::Value> = uploaded
+            .iter()
+            .map(|(path, source)| {
+                let Location::Sha256(hex) = &source.location else {
+                    unreachable!("uploads are named by their hash")
+                };
+                serde_json::json!({
+                    "path": path.display().to_string(),
+                    "sha256": format!("sha256:{hex}"),
+                    "folder": source.unpack == Some(shoal_submitter::Unpack::Tar),
+                    "source": source,
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &listed)?;
+        writeln!(out)?;
+    } else {
+        for (path, source) in &uploaded {
+            let Location::Sha256(hex) = &source.location else {
+                unreachable!("uploads are named by their hash")
+            };
+            let folder = if source.unpack == Some(shoal_submitter::Unpack::Tar) {
+                "  (a folder: use with \"unpack\": \"tar\")"
+            } else {
+                ""
+            };
+            writeln!(out, "sha256:{hex}  {}{folder}", path.display())?;
         }
     }
     Ok(0)
