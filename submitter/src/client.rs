@@ -353,7 +353,12 @@ impl Client {
                 .basic_publish(
                     ShortString::from(""),
                     ShortString::from(self.topology.job_queue.as_str()),
-                    BasicPublishOptions::default(),
+                    // A job the broker cannot route (its queue deleted after
+                    // we declared it) comes back instead of being dropped.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     &body,
                     self.properties(&id),
                 )
@@ -368,6 +373,12 @@ impl Client {
                 .map_err(|e| err(format!("confirming job {id}: {e}")))?;
             if confirm.is_nack() {
                 return Err(err(format!("the broker refused job {id}")));
+            }
+            if confirm.take_message().is_some() {
+                return Err(err(format!(
+                    "job {id} was returned unrouted: the broker has no queue {:?} (was it deleted? check amqp.job_queue)",
+                    self.topology.job_queue
+                )));
             }
             handles.push(JobHandle { id });
         }

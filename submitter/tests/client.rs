@@ -389,3 +389,24 @@ async fn a_closed_or_dropped_client_deletes_its_reply_queue() {
         .await;
     assert!(gone, "reply queue {queue} outlived its dropped client");
 }
+
+/// A job whose queue was deleted after the client declared it comes back
+/// (published `mandatory`) and `submit` says so, instead of the broker
+/// confirming it and dropping it.
+#[tokio::test]
+async fn a_job_the_broker_cannot_route_is_an_error_not_a_silent_loss() {
+    let (client, _, topology) = connect().await;
+    let worker = FakeWorker::new(&topology).await;
+    worker
+        .channel
+        .queue_delete(
+            ShortString::from(topology.job_queue.as_str()),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let job = JobMessage::new(Source::new(Location::Sha256("ab".repeat(32))));
+    let err = client.submit(job).await.unwrap_err();
+    assert!(err.to_string().contains("returned unrouted"), "{err}");
+    client.close().await;
+}
