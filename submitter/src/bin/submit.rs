@@ -481,20 +481,22 @@ async fn upload_command(upload: UploadArgs) -> Result<u8> {
             .await
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("uploading {}", path.display()))?;
-        uploaded.push((path, source));
+        let Location::Sha256(hex) = &source.location else {
+            unreachable!("uploads are named by their hash")
+        };
+        let named = format!("sha256:{hex}");
+        let folder = source.unpack == Some(shoal_submitter::Unpack::Tar);
+        uploaded.push((path, named, folder, source));
     }
     let mut out = std::io::stdout().lock();
     if upload.json {
         let listed: Vec<serde_json::Value> = uploaded
             .iter()
-            .map(|(path, source)| {
-                let Location::Sha256(hex) = &source.location else {
-                    unreachable!("uploads are named by their hash")
-                };
+            .map(|(path, named, folder, source)| {
                 serde_json::json!({
                     "path": path.display().to_string(),
-                    "sha256": format!("sha256:{hex}"),
-                    "folder": source.unpack == Some(shoal_submitter::Unpack::Tar),
+                    "sha256": named,
+                    "folder": folder,
                     "source": source,
                 })
             })
@@ -502,16 +504,13 @@ async fn upload_command(upload: UploadArgs) -> Result<u8> {
         serde_json::to_writer_pretty(&mut out, &listed)?;
         writeln!(out)?;
     } else {
-        for (path, source) in &uploaded {
-            let Location::Sha256(hex) = &source.location else {
-                unreachable!("uploads are named by their hash")
-            };
-            let folder = if source.unpack == Some(shoal_submitter::Unpack::Tar) {
+        for (path, named, folder, _) in &uploaded {
+            let note = if *folder {
                 "  (a folder: use with \"unpack\": \"tar\")"
             } else {
                 ""
             };
-            writeln!(out, "sha256:{hex}  {}{folder}", path.display())?;
+            writeln!(out, "{named}  {}{note}", path.display())?;
         }
     }
     Ok(0)
