@@ -634,8 +634,16 @@ fn queue_secs(props: &BasicProperties) -> Option<f64> {
         .and_then(|h| h.inner().get(PUBLISHED_MS_HEADER))
         .and_then(|value| {
             let ms = published_ms(value);
+            // Once per process at warn: a client that encodes it wrongly
+            // does so on every job, and a warning per job would bury the log.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
             if ms.is_none() {
-                tracing::warn!(header = PUBLISHED_MS_HEADER, value = ?value, "publish-time header is not milliseconds as an integer, float or decimal string (docs/PROTOCOL.md); queue_secs falls back to the timestamp property");
+                if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(header = PUBLISHED_MS_HEADER, value = ?value, "publish-time header unreadable");
+                } else {
+                    tracing::warn!(header = PUBLISHED_MS_HEADER, value = ?value, "publish-time header is not milliseconds as an integer, float or decimal string (docs/PROTOCOL.md); queue_secs falls back to the timestamp property (said once; later ones at debug)");
+                }
             }
             ms
         });
