@@ -917,14 +917,17 @@ async fn a_job_queue_declared_with_other_arguments_is_named_not_just_unready() {
     let log = bench.log("mismatched");
     assert!(log.contains(argument) && log.contains("ERROR"), "{log}");
 
+    let delete_queue = || async {
+        channel
+            .queue_delete(
+                ShortString::from(queue.as_str()),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+    };
     // Deleted while empty, the queue is declared the workers' way and served.
-    channel
-        .queue_delete(
-            ShortString::from(queue.as_str()),
-            lapin::options::QueueDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
+    delete_queue().await;
     let deadline = Instant::now() + WAIT;
     while http_get(&readyz).await.map(|(status, _)| status) != Some(200) {
         assert!(Instant::now() < deadline, "the worker never became ready");
@@ -934,12 +937,6 @@ async fn a_job_queue_declared_with_other_arguments_is_named_not_just_unready() {
     assert!(!exported.contains("shoal_topology_mismatch{"), "{exported}");
     worker.kill().unwrap();
     let _ = worker.wait();
-    channel
-        .queue_delete(
-            ShortString::from(queue.as_str()),
-            lapin::options::QueueDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
+    delete_queue().await;
     bench.remove().await;
 }
