@@ -375,7 +375,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
     )
     .unwrap();
     let pipeline =
-        shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+        shoal_worker::pipeline::Pipeline::new(config.clone(), config.limits.ceiling).unwrap();
     let hello =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello/hello.wasm");
     let module = shoal_submitter::local::upload_path(pipeline.stager(), &hello)

@@ -2,14 +2,16 @@
 //! the embedded cache by hash, then the worker's own pipeline runs the job.
 use crate::{Location, Source, Unpack};
 use indicatif::{ProgressBar, ProgressStyle};
-pub use shoal_worker::stage::{Stager, open_store};
-use shoal_worker::stage::{pack_dir, put_content};
+pub use shoal_worker::stage::Stager;
+use shoal_worker::stage::pack_dir;
+pub use shoal_worker::store::open as open_store;
+use shoal_worker::store::put_content;
 use std::path::Path;
 
 pub use shoal_worker::Config;
 pub use shoal_worker::config::{AmqpSection, LimitValues};
 pub use shoal_worker::execute::Mount;
-pub use shoal_worker::pipeline::{Embedded, LocalOptions};
+pub use shoal_worker::pipeline::{LocalOptions, Pipeline};
 
 /// Files at least this large get a progress bar while they are read.
 const PROGRESS_BYTES: u64 = 8 << 20;
@@ -82,7 +84,7 @@ async fn upload_file(
     }
     hashing.finish_and_clear();
     let hex = hex::encode(hasher.finalize());
-    let key = shoal_worker::stage::sha256_key(&hex);
+    let key = shoal_worker::store::keys::sha256(&hex);
     match store.head(&key).await {
         Ok(meta) if meta.size == len => return Ok(hex),
         Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -93,7 +95,7 @@ async fn upload_file(
         let uploading = uploading.clone();
         move |n: u64| uploading.inc(n)
     };
-    let (_, sent) = shoal_worker::stage::put_file_with(store, &key, path, &progress)
+    let (_, sent) = shoal_worker::store::put_file_with(store, &key, path, &progress)
         .await
         .map_err(|e| failed(&e))?;
     uploading.finish_and_clear();
@@ -155,7 +157,7 @@ pub async fn download(
             .unwrap_or_else(|| format!("results/{}/{}/", result.job_id, output.name));
         for file in &output.files {
             let bytes = get(format!("{prefix}{}", file.path)).await?;
-            if shoal_worker::stage::sha256_hex(&bytes) != file.sha256 {
+            if shoal_worker::store::sha256_hex(&bytes) != file.sha256 {
                 return Err(format!(
                     "output {}/{} does not match its manifest hash",
                     output.name, file.path

@@ -28,7 +28,7 @@ async fn the_batch_example_gets_each_of_1000_jobs_its_own_result() {
     let config = shoal_worker::Config::load_from(None, env).unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let pipeline =
-        shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+        shoal_worker::pipeline::Pipeline::new(config.clone(), config.limits.ceiling).unwrap();
     let worker = tokio::spawn(shoal_worker::consume::run(
         pipeline,
         config.amqp.clone(),

@@ -314,7 +314,7 @@ impl InProcessWorker {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (stop, rx) = tokio::sync::watch::channel(false);
         let pipeline =
-            shoal_worker::pipeline::Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+            shoal_worker::pipeline::Pipeline::new(config.clone(), config.limits.ceiling).unwrap();
         let worker = runtime.spawn(shoal_worker::consume::run(
             pipeline,
             config.amqp.clone(),

@@ -7,8 +7,8 @@
 //! through object_store, tag checked). Results go to docs/BENCHMARKS.md.
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use shoal_worker::execute::artifacts::Artifacts;
 use shoal_worker::execute::{Executor, ExecutorConfig, ModuleBytes, Outcome, RunLimits, RunSpec};
-use shoal_worker::stage::compiled::Artifacts;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -14,7 +14,8 @@
 //! Results go to docs/BENCHMARKS.md by hand.
 use shoal_schemas::{Location, Source};
 use shoal_worker::Config;
-use shoal_worker::stage::{Stager, open_store};
+use shoal_worker::stage::Stager;
+use shoal_worker::store::open as open_store;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,7 +151,7 @@ fn row(kind: &str, mb: u64) {
             ..config.cache.clone()
         })
         .unwrap();
-        let uploads = shoal_worker::stage::Uploads::new(&std::env::temp_dir());
+        let uploads = shoal_worker::store::Uploads::new(&std::env::temp_dir());
         let (_, before) = peak_and_current_rss_kib();
         let started = Instant::now();
         let size = match kind {
@@ -232,7 +233,7 @@ fn main() {
             })
             .unwrap();
             let key = object_store::path::Path::from(format!("bench/source-{mb}.bin"));
-            shoal_worker::stage::put_file(bucket.as_ref(), &key, &source)
+            shoal_worker::store::put_file(bucket.as_ref(), &key, &source)
                 .await
                 .expect("uploading the S3 object (is SeaweedFS running? scripts/services)");
         });

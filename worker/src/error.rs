@@ -44,21 +44,82 @@ impl JobError {
 }
 
 /// Our side failed; the same job may well succeed on a later attempt.
+/// Each variant names the part of ours that failed; its [`Cause`] says what
+/// we were doing and keeps the error that caused it as the `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum InfraError {
     /// The object store (cache or results) failed.
     #[error("object store: {0}")]
-    Store(String),
+    Store(#[source] Cause),
     /// The broker failed (connection, channel, publish, confirm).
     #[error("broker: {0}")]
-    Broker(String),
+    Broker(#[source] Cause),
     /// A source's origin could not be reached or answered 5xx/429; it may
     /// well answer on a later attempt.
     #[error("fetching: {0}")]
-    Fetch(String),
+    Fetch(#[source] Cause),
     /// Local disk work for the job failed (scratch space, copying outputs).
     #[error("local disk: {0}")]
-    Disk(String),
+    Disk(#[source] Cause),
+    /// The executor failed, not the guest: its instance pool was full, the
+    /// guest's thread panicked, its runtime or a mount could not be set up.
+    #[error("executor: {0}")]
+    Executor(#[source] Cause),
+}
+
+/// What we were doing when our side failed, and the error that caused it.
+/// Shown as `doing: cause`, so a log line or a result's message carries
+/// the whole story; [`std::error::Error::source`] gives the cause itself.
+#[derive(Debug)]
+pub struct Cause {
+    doing: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// `doing` failed because of `source`.
+    pub fn new(
+        doing: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Cause {
+        Cause {
+            doing: doing.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.doing),
+            None => f.write_str(&self.doing),
+        }
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A failure whose own words are the whole story (no underlying error).
+impl From<String> for Cause {
+    fn from(doing: String) -> Cause {
+        Cause {
+            doing,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(doing: &str) -> Cause {
+        Cause::from(doing.to_owned())
+    }
 }
 
 impl InfraError {
@@ -66,13 +127,14 @@ impl InfraError {
     /// nothing retries it (after `amqp.max_attempts` in a fleet, at once in
     /// a local run): `input_unavailable` for a source that could not be
     /// reached, so the result says which side of the job failed, and
-    /// `internal` for our own store, broker and disk.
+    /// `internal` for our own store, broker, disk and executor.
     pub fn kind(&self) -> ErrorKind {
         match self {
             InfraError::Fetch(_) => ErrorKind::InputUnavailable,
-            InfraError::Store(_) | InfraError::Broker(_) | InfraError::Disk(_) => {
-                ErrorKind::Internal
-            }
+            InfraError::Store(_)
+            | InfraError::Broker(_)
+            | InfraError::Disk(_)
+            | InfraError::Executor(_) => ErrorKind::Internal,
         }
     }
 }
@@ -102,9 +164,24 @@ mod tests {
             (InfraError::Store("bucket".into()), ErrorKind::Internal),
             (InfraError::Broker("channel".into()), ErrorKind::Internal),
             (InfraError::Disk("scratch".into()), ErrorKind::Internal),
+            (InfraError::Executor("pool".into()), ErrorKind::Internal),
         ];
         for (error, kind) in table {
             assert_eq!(error.kind(), kind, "{error}");
         }
+    }
+
+    #[test]
+    fn a_cause_is_shown_and_kept_as_the_source() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = InfraError::Disk(Cause::new("reading x", io));
+        assert_eq!(error.to_string(), "local disk: reading x: no such file");
+        let cause = error.source().expect("the cause");
+        assert_eq!(cause.to_string(), "reading x: no such file");
+        assert_eq!(
+            cause.source().expect("the io error").to_string(),
+            "no such file"
+        );
     }
 }

@@ -49,7 +49,62 @@ pub struct JobOutput {
     pub path: GuestPath,
 }
 
+/// A message that is not a job: refused before anything is staged, never
+/// retried (the same bytes would be refused again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The id the message names (its `id`, or the AMQP `message_id`), if
+    /// any: the `rejected` result goes there.
+    pub id: Option<String>,
+    /// `too_large` or `invalid_job`: the dead letter's `x-shoal-reason`.
+    pub reason: &'static str,
+    /// What was wrong.
+    pub error: JobError,
+}
+
 impl Job {
+    /// A message's bytes as a job: within `limits.max_message_bytes`, valid
+    /// against the schema, then [`resolve`](Job::resolve)d. `message_id`
+    /// (the AMQP property) names the job when its body does not.
+    pub fn admit(
+        body: &[u8],
+        message_id: Option<&str>,
+        limits: &LimitsSection,
+        ceiling: &LimitValues,
+    ) -> Result<Job, Refusal> {
+        let id_in = |body: &[u8]| message_id.map(str::to_owned).or_else(|| json_id(body));
+        if body.len() as u64 > limits.max_message_bytes {
+            return Err(Refusal {
+                id: message_id.map(str::to_owned),
+                reason: "too_large",
+                error: JobError::invalid(format!(
+                    "message is {} bytes, over limits.max_message_bytes ({})",
+                    body.len(),
+                    limits.max_message_bytes
+                )),
+            });
+        }
+        let mut msg = shoal_schemas::decode_job(body).map_err(|errors| Refusal {
+            id: id_in(body),
+            reason: "invalid_job",
+            error: JobError::invalid(
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        })?;
+        if msg.id.is_none() {
+            msg.id = message_id.map(str::to_owned);
+        }
+        Job::resolve(msg, limits, ceiling).map_err(|error| Refusal {
+            id: id_in(body),
+            reason: "invalid_job",
+            error,
+        })
+    }
+
     /// Checks what the JSON Schema cannot (paths, overlaps, ceilings) and
     /// fills in defaults. The message must already have passed the schema.
     pub fn resolve(
@@ -228,6 +283,12 @@ fn resolve_limits(
             ceiling.max_output_files,
         )?,
     })
+}
+
+/// The `id` of a message that is JSON but not a valid job, if it has one.
+fn json_id(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("id")?.as_str().map(str::to_owned)
 }
 
 #[cfg(test)]

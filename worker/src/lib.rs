@@ -19,5 +19,6 @@ pub mod paths;
 pub mod pipeline;
 pub mod publish;
 pub mod stage;
+pub mod store;
 
 pub use config::Config;

@@ -2,7 +2,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use shoal_worker::Config;
-use shoal_worker::pipeline::{Embedded, LocalOptions};
+use shoal_worker::pipeline::{LocalOptions, Pipeline};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -90,7 +90,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let ceiling = config.limits.ceiling;
-            let embedded = Embedded::new(config, ceiling).map_err(anyhow::Error::msg)?;
+            let embedded = Pipeline::new(config, ceiling).map_err(anyhow::Error::msg)?;
             let (result, _) = runtime.block_on(embedded.run(
                 message,
                 LocalOptions {
@@ -126,7 +126,7 @@ async fn serve(config: Config) -> Result<()> {
     let amqp = config.amqp.clone();
     let ceiling = config.limits.ceiling;
     let listen = config.metrics.listen.clone();
-    let pipeline = Embedded::new(config, ceiling).map_err(anyhow::Error::msg)?;
+    let pipeline = Pipeline::new(config, ceiling).map_err(anyhow::Error::msg)?;
     if !listen.is_empty() {
         let addr: std::net::SocketAddr = listen
             .parse()

@@ -1,126 +1,33 @@
-//! The job pipeline: validate → stage → execute → publish, in order. Read
-//! this first.
+//! The job pipeline, top to bottom: validate → stage → execute → publish.
+//! Read this first.
 //!
-//! [`Embedded`] runs the whole pipeline in one process with a local folder
-//! as the cache and the download folder as the destination; it is what
-//! `submit run --local` uses. [`result_of`] turns an execution report into
-//! the wire result, so every path reports outcomes the same way.
-use crate::config::{Config, LimitValues};
+//! [`Pipeline`] is one path for every job, wherever it came from and
+//! wherever its results go: `submit run --local` runs it with a download
+//! folder as the [`Destination`], a fleet worker (`consume`) with the
+//! store. What happens to the message afterwards (ack, retry,
+//! dead-letter) is `consume`'s business; the pipeline says only whose
+//! failure it was, by its types:
+//!
+//! - `Ok(result)`: the job ended, by its own doing (succeeded, failed,
+//!   rejected), and its result is stored;
+//! - `Err(InfraError)`: our side failed (a store, an origin, the disk, the
+//!   executor): the same job may well succeed on another attempt.
+use crate::config::{Config, LimitValues, LimitsSection};
 use crate::error::{Error, InfraError, JobError};
+use crate::execute::artifacts::Artifacts;
 use crate::execute::{Executor, Mount, Outcome, Report, RunLimits, RunSpec};
-use crate::job::Job;
+use crate::job::{Job, Refusal};
 use crate::metrics::METRICS;
 use crate::paths::GuestPath;
-use crate::publish::store::EarlierResult;
-use crate::publish::{self, Collected};
+use crate::publish::{self, Collected, Destination, result_of};
 use crate::stage::Stager;
-use crate::stage::compiled::Artifacts;
 use crate::stage::scratch::{Scratch, ScratchPool};
-use base64::Engine as _;
 use futures::future::BoxFuture;
-use shoal_schemas::{
-    Durations, ErrorInfo, ErrorKind, JobMessage, JobState, Location, OutputResult, ResultMessage,
-    Status, Stream, Usage,
-};
+use shoal_schemas::{ErrorKind, JobMessage, JobState, Location, ResultMessage, Status};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
-
-/// How the guest's end maps onto the wire: status, exit code and error.
-pub fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) {
-    let fail = |kind, message: String| (Status::Failed, None, Some(ErrorInfo { kind, message }));
-    match outcome {
-        Outcome::Exited(0) => (Status::Succeeded, Some(0), None),
-        Outcome::Exited(code) => (
-            Status::Failed,
-            Some(*code),
-            Some(ErrorInfo {
-                kind: ErrorKind::NonzeroExit,
-                message: format!("exited with status {code}"),
-            }),
-        ),
-        Outcome::Trapped(msg) => fail(ErrorKind::Trap, format!("trapped: {msg}")),
-        Outcome::OutOfFuel => fail(
-            ErrorKind::OutOfFuel,
-            "ran out of fuel (raise limits.fuel, or check for an endless loop)".into(),
-        ),
-        Outcome::MemoryLimit(msg) => fail(ErrorKind::MemoryLimit, msg.clone()),
-        Outcome::TimedOut => fail(
-            ErrorKind::Timeout,
-            "ran past its wall-clock limit (limits.timeout_ms)".into(),
-        ),
-        Outcome::InvalidModule(msg) => fail(ErrorKind::InvalidModule, msg.clone()),
-        Outcome::MissingExport(msg) => fail(ErrorKind::MissingExport, msg.clone()),
-        Outcome::DiskLimit(msg) => fail(ErrorKind::OutputLimit, msg.clone()),
-        Outcome::Internal(msg) => (
-            Status::Error,
-            None,
-            Some(ErrorInfo {
-                kind: ErrorKind::Internal,
-                message: msg.clone(),
-            }),
-        ),
-    }
-}
-
-/// Builds a stream entry: inline when small (text if UTF-8, else base64).
-pub fn stream_of(
-    bytes: &[u8],
-    truncated: bool,
-    inline_cap: u64,
-    location: Option<String>,
-) -> Stream {
-    let mut stream = Stream {
-        size: bytes.len() as u64,
-        truncated,
-        sha256: Some(crate::stage::sha256_hex(bytes)),
-        text: None,
-        base64: None,
-        location,
-    };
-    if bytes.len() as u64 <= inline_cap {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => stream.text = Some(text.to_owned()),
-            Err(_) => stream.base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        }
-    }
-    stream
-}
-
-/// The wire result of a run: status from the outcome, then `output_limit`
-/// if a job that otherwise succeeded lost output files to its limits.
-pub fn result_of(
-    job_id: &str,
-    worker: &str,
-    report: &Report,
-    outputs: Vec<OutputResult>,
-    over_limit: bool,
-) -> ResultMessage {
-    let (mut status, exit_code, mut error) = status_of(&report.outcome);
-    if over_limit && status == Status::Succeeded {
-        status = Status::Failed;
-        error = Some(ErrorInfo {
-            kind: ErrorKind::OutputLimit,
-            message: "outputs exceeded limits.max_output_bytes or limits.max_output_files; what was kept is marked partial".into(),
-        });
-    }
-    let mut result = ResultMessage::new(job_id, status, worker);
-    result.exit_code = exit_code;
-    result.error = error;
-    result.outputs = outputs;
-    result.usage = Usage {
-        fuel_consumed: report.fuel_consumed,
-        peak_memory_bytes: Some(report.peak_memory_bytes),
-        durations: Durations {
-            compile_secs: Some(report.compile.as_secs_f64()),
-            run_secs: Some(report.run.as_secs_f64()),
-            ..Durations::default()
-        },
-        module_cache_hit: Some(report.cache_hit),
-    };
-    result
-}
 
 /// Where a job's progress goes: the fleet publishes it as state messages,
 /// the CLI shows it on its spinner. Awaited in order, so a sink that
@@ -154,9 +61,26 @@ pub struct Delivered {
     pub queue_secs: Option<f64>,
 }
 
-/// The whole pipeline in one process, with a local folder as the cache.
+/// Why a pipeline could not be built: the worker does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store named by `[cache]` could not be opened.
+    #[error("opening the store: {0}")]
+    Store(String),
+    /// The wasmtime engine could not be built from `[executor]`.
+    #[error("building the executor: {0}")]
+    Executor(String),
+    /// `[staging]` is not usable (a gateway or allow-list that does not parse).
+    #[error("setting up staging: {0}")]
+    Staging(String),
+    /// The scratch folder could not be made.
+    #[error("setting up scratch space: {0}")]
+    Scratch(#[source] InfraError),
+}
+
+/// The pipeline: validate → stage → execute → publish, for every job.
 #[derive(Clone)]
-pub struct Embedded {
+pub struct Pipeline {
     config: Config,
     ceiling: LimitValues,
     executor: Executor,
@@ -166,12 +90,12 @@ pub struct Embedded {
     worker: String,
 }
 
-impl Embedded {
-    /// Opens the cache folder and builds the executor. `ceiling` is the
-    /// most a job may ask for (`LimitValues::UNLIMITED` for local runs).
-    pub fn new(config: Config, ceiling: LimitValues) -> Result<Embedded, String> {
-        let store = crate::stage::open_store(&config.cache)?;
-        let executor = Executor::new(config.executor_config())?;
+impl Pipeline {
+    /// Opens the store and builds the executor. `ceiling` is the most a
+    /// job may ask for (`LimitValues::UNLIMITED` for local runs).
+    pub fn new(config: Config, ceiling: LimitValues) -> Result<Pipeline, StartError> {
+        let store = crate::store::open(&config.cache).map_err(StartError::Store)?;
+        let executor = Executor::new(config.executor_config()).map_err(StartError::Executor)?;
         // On a shared S3 store, native code is loaded only when an HMAC key
         // authenticates it: anyone who can write to the bucket (a submitter
         // uploading inputs, say) could otherwise plant code. A local folder
@@ -185,12 +109,12 @@ impl Embedded {
         }
         let artifacts = (config.cache.compiled_modules && (keyed || !shared))
             .then(|| Artifacts::new(store.clone(), &config.cache.compiled_key));
-        let stager = Stager::new(store, &config)?;
+        let stager = Stager::new(store, &config).map_err(StartError::Staging)?;
         let worker = config.worker_name();
         // One folder ready per job slot, and one to spare.
-        let scratch = ScratchPool::new(&config.worker.scratch_dir, config.concurrency() + 1)
-            .map_err(|e| e.to_string())?;
-        Ok(Embedded {
+        let scratch = ScratchPool::new(&config.scratch_parent(), config.concurrency() + 1)
+            .map_err(StartError::Scratch)?;
+        Ok(Pipeline {
             config,
             ceiling,
             executor,
@@ -201,7 +125,7 @@ impl Embedded {
         })
     }
 
-    /// The stager (and through it the cache), for uploading local files.
+    /// The stager (and through it the store), for uploading local files.
     pub fn stager(&self) -> &Stager {
         &self.stager
     }
@@ -216,7 +140,23 @@ impl Embedded {
         &self.executor
     }
 
-    /// Runs one job and writes its results to the download folder.
+    /// Message and size caps.
+    pub fn limits(&self) -> &LimitsSection {
+        &self.config.limits
+    }
+
+    /// The worker's name in results.
+    pub fn worker_name(&self) -> &str {
+        &self.worker
+    }
+
+    /// Validate: a message's bytes as a job, or why they are not one.
+    /// The one place a message is judged, for the fleet and local runs alike.
+    pub fn admit(&self, body: &[u8], message_id: Option<&str>) -> Result<Job, Refusal> {
+        Job::admit(body, message_id, &self.config.limits, &self.ceiling)
+    }
+
+    /// Runs one job to its end in a download folder: `submit run --local`.
     ///
     /// Every end of an accepted job is a result, ours included: a local run
     /// has no queue to retry from, so an input that could not be fetched or
@@ -233,7 +173,7 @@ impl Embedded {
             .id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
-        let dir = self.download_dir(&id, &options);
+        let dir = download_dir(&id, &options);
         match self.attempt(msg, options).await {
             Ok(done) => Ok(done),
             Err(e) => {
@@ -244,7 +184,8 @@ impl Embedded {
                     e.to_string(),
                     &self.worker,
                 );
-                self.write_failure(&dir, result)
+                Destination::Folder(dir.clone()).failure(&result).await?;
+                Ok((result, dir))
             }
         }
     }
@@ -267,76 +208,42 @@ impl Embedded {
                 let id = given_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                 let result =
                     ResultMessage::failure(&id, e.status(), e.kind, e.message, &self.worker);
-                let dir = self.download_dir(&id, &options);
-                return self.write_failure(&dir, result);
+                let dir = download_dir(&id, &options);
+                Destination::Folder(dir.clone()).failure(&result).await?;
+                return Ok((result, dir));
             }
         };
-        let span = tracing::info_span!("job", job_id = %job.id);
-        self.run_job(job, options).instrument(span).await
-    }
-
-    async fn run_job(
-        &self,
-        job: Job,
-        options: LocalOptions,
-    ) -> Result<(ResultMessage, PathBuf), InfraError> {
-        let dir = self.download_dir(&job.id, &options);
+        let dir = download_dir(&job.id, &options);
         let on_state = options.on_state.clone().unwrap_or_else(ignore_states);
-        let executed = match self.execute(&job, &options.extra_mounts, &on_state).await {
-            Ok(executed) => executed,
-            Err(Error::Job(e)) => {
-                return self.write_failure(&dir, job_failure(&job, e, &self.worker));
-            }
-            Err(Error::Infra(e)) => return Err(e),
+        let delivered = Delivered {
+            attempt: 1,
+            queue_secs: None,
         };
-        let publish_started = Instant::now();
-        let dir_for_blocking = dir.clone();
-        let collected = executed.collected;
-        let (collected, folders) = tokio::task::spawn_blocking(move || -> Result<_, InfraError> {
-            publish::local::prepare(&dir_for_blocking)?;
-            let folders = publish::local::copy_outputs(&dir_for_blocking, &collected)?;
-            Ok((collected, folders))
-        })
-        .await
-        .map_err(|e| InfraError::Disk(format!("publishing thread failed: {e}")))??;
-        let report = executed.report;
-        let over_limit = collected.iter().any(|c| c.over_limit);
-        let locations: Vec<String> = folders.iter().map(|f| path_string(f)).collect();
-        let outputs = output_results(collected, &locations);
-        let mut result = result_of(&job.id, &self.worker, &report, outputs, over_limit);
-        let inline = self.config.limits.inline_stream_bytes;
-        result.stdout = Some(stream_of(
-            &report.stdout,
-            report.stdout_truncated,
-            inline,
-            Some(path_string(&dir.join("stdout"))),
-        ));
-        result.stderr = Some(stream_of(
-            &report.stderr,
-            report.stderr_truncated,
-            inline,
-            Some(path_string(&dir.join("stderr"))),
-        ));
-        result.usage.durations.stage_secs = Some(executed.stage_secs);
-        publish::local::write_streams(&dir, &report.stdout, &report.stderr, result.exit_code)?;
-        result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
-        publish::local::write_result(&dir, &result)?;
+        let destination = Destination::Folder(dir.clone());
+        let result = self
+            .process(
+                job,
+                delivered,
+                destination,
+                &options.extra_mounts,
+                &on_state,
+            )
+            .await?;
         Ok((result, dir))
     }
 
-    /// Runs one job with the object store as its destination: outputs go to
-    /// `results/<id>/<mount>/…`, large streams to `results/<id>/stdout|stderr`
-    /// and the result itself to `results/<id>/result.json`, last. This is
-    /// the fleet's path; an `Err` means our side failed and the job should
-    /// be retried.
+    /// Stage → execute → publish: one job to its result at `destination`.
+    /// `extra_mounts` are `--mount` preopens of a local run (none in a fleet).
     pub async fn process(
         &self,
         job: Job,
         delivered: Delivered,
+        destination: Destination,
+        extra_mounts: &[Mount],
         on_state: &OnState,
     ) -> Result<ResultMessage, InfraError> {
         let span = tracing::info_span!("job", job_id = %job.id, attempt = delivered.attempt);
-        self.process_job(job, delivered, on_state)
+        self.process_job(job, delivered, destination, extra_mounts, on_state)
             .instrument(span)
             .await
     }
@@ -345,74 +252,48 @@ impl Embedded {
         &self,
         job: Job,
         delivered: Delivered,
+        destination: Destination,
+        extra_mounts: &[Mount],
         on_state: &OnState,
     ) -> Result<ResultMessage, InfraError> {
-        let store = self.stager.store().clone();
-        let local_store = self.config.cache.s3_bucket.is_empty();
-        let earlier = EarlierResult::start(store.clone(), &job.id, local_store);
-        let attempt = delivered.attempt;
-        let executed = match self.execute(&job, &[], on_state).await {
+        let executed = match self.execute(&job, extra_mounts, on_state).await {
             Ok(executed) => executed,
             Err(Error::Job(e)) => {
-                let mut result = job_failure(&job, e, &self.worker);
-                result.attempt = attempt;
+                let mut result =
+                    ResultMessage::failure(&job.id, e.status(), e.kind, e.message, &self.worker);
+                result.attempt = delivered.attempt;
                 result.usage.durations.queue_secs = delivered.queue_secs;
-                publish::store::put_result(store.as_ref(), &result, earlier).await?;
+                destination.failure(&result).await?;
                 return Ok(result);
             }
             Err(Error::Infra(e)) => return Err(e),
         };
         let publish_started = Instant::now();
         let report = executed.report;
-        let collected = executed.collected;
-        let locations = publish::store::put_outputs(store.as_ref(), &job.id, &collected).await?;
+        let (collected, locations) = destination.outputs(&job.id, executed.collected).await?;
         let over_limit = collected.iter().any(|c| c.over_limit);
-        let outputs = output_results(collected, &locations);
+        let outputs = publish::output_results(collected, &locations);
         let mut result = result_of(&job.id, &self.worker, &report, outputs, over_limit);
         let inline = self.config.limits.inline_stream_bytes;
-        result.stdout = Some(
-            publish::store::put_stream(
-                store.as_ref(),
-                &job.id,
-                "stdout",
-                &report.stdout,
-                report.stdout_truncated,
-                inline,
-            )
-            .await?,
-        );
-        result.stderr = Some(
-            publish::store::put_stream(
-                store.as_ref(),
-                &job.id,
-                "stderr",
-                &report.stderr,
-                report.stderr_truncated,
-                inline,
-            )
-            .await?,
-        );
-        result.usage.durations.stage_secs = Some(executed.stage_secs);
-        result.usage.durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
-        result.usage.durations.queue_secs = delivered.queue_secs;
-        result.attempt = attempt;
-        publish::store::put_result(store.as_ref(), &result, earlier).await?;
+        let stdout = (&report.stdout, report.stdout_truncated);
+        let stderr = (&report.stderr, report.stderr_truncated);
+        for (name, (bytes, truncated), slot) in [
+            ("stdout", stdout, &mut result.stdout),
+            ("stderr", stderr, &mut result.stderr),
+        ] {
+            *slot = Some(
+                destination
+                    .stream(&job.id, name, bytes, truncated, inline)
+                    .await?,
+            );
+        }
+        let durations = &mut result.usage.durations;
+        durations.stage_secs = Some(executed.stage_secs);
+        durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
+        durations.queue_secs = delivered.queue_secs;
+        result.attempt = delivered.attempt;
+        destination.result(&result).await?;
         Ok(result)
-    }
-
-    /// Validates a message against this worker's limits.
-    pub fn resolve(&self, msg: JobMessage) -> Result<Job, JobError> {
-        Job::resolve(msg, &self.config.limits, &self.ceiling)
-    }
-
-    /// Message and size caps.
-    pub fn limits(&self) -> &crate::config::LimitsSection {
-        &self.config.limits
-    }
-
-    /// The worker's name in results.
-    pub fn worker_name(&self) -> &str {
-        &self.worker
     }
 
     /// Stage, execute and collect: the part every destination shares.
@@ -524,6 +405,9 @@ impl Embedded {
             artifacts.put(&fingerprint, &sha256, &native).await;
         }
         tracing::info!(outcome = ?report.outcome, run_secs = report.run.as_secs_f64(), "guest finished");
+        if let Some(ours) = executor_fault(&report.outcome) {
+            return Err(ours.into());
+        }
         // No outputs when the executor's thread died (the report says so).
         let collected = collected.transpose()?.unwrap_or_default();
         Ok(Executed {
@@ -533,28 +417,23 @@ impl Embedded {
             _scratch: scratch,
         })
     }
-
-    fn download_dir(&self, id: &str, options: &LocalOptions) -> PathBuf {
-        options
-            .download
-            .clone()
-            .unwrap_or_else(|| Path::new("shoal-results").join(id))
-    }
-
-    fn write_failure(
-        &self,
-        dir: &Path,
-        result: ResultMessage,
-    ) -> Result<(ResultMessage, PathBuf), InfraError> {
-        publish::local::prepare(dir)?;
-        publish::local::write_streams(dir, b"", b"", None)?;
-        publish::local::write_result(dir, &result)?;
-        Ok((result, dir.to_path_buf()))
-    }
 }
 
-fn job_failure(job: &Job, e: JobError, worker: &str) -> ResultMessage {
-    ResultMessage::failure(&job.id, e.status(), e.kind, e.message, worker)
+fn download_dir(id: &str, options: &LocalOptions) -> PathBuf {
+    options
+        .download
+        .clone()
+        .unwrap_or_else(|| Path::new("shoal-results").join(id))
+}
+
+/// The executor's own failure, when the run ended in one: ours, not the
+/// job's, so it is retried like any failure of our side rather than
+/// published as the job's result.
+pub fn executor_fault(outcome: &Outcome) -> Option<InfraError> {
+    match outcome {
+        Outcome::Internal(why) => Some(InfraError::Executor(why.clone().into())),
+        _ => None,
+    }
 }
 
 /// Whether a run that ended this way left nothing writing into its
@@ -593,34 +472,11 @@ struct Executed {
     _scratch: Option<Scratch>,
 }
 
-fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<OutputResult> {
-    collected
-        .into_iter()
-        .zip(locations)
-        .map(|(c, location)| OutputResult {
-            name: c.mount.name.clone(),
-            path: c.mount.path.to_string(),
-            location: Some(location.clone()),
-            partial: !c.skipped.is_empty(),
-            files: c.files.into_iter().map(|(entry, _)| entry).collect(),
-            bytes: c.bytes,
-            skipped: c.skipped,
-        })
-        .collect()
-}
-
 /// A sha256 in hex (as the schema checks it) as bytes.
 fn sha256_bytes(hex: &str) -> Option<[u8; 32]> {
     let mut sha = [0u8; 32];
     hex::decode_to_slice(hex, &mut sha).ok()?;
     Some(sha)
-}
-
-fn path_string(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
 }
 
 /// `--mount` preopens may nest with the job's own mounts and with each

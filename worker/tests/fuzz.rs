@@ -5,8 +5,8 @@
 //! `PROPTEST_CASES=100000 cargo test --release -p shoal-worker --test fuzz`.
 //! A failing case is printed minimized; add it to `regressions` below.
 use proptest::prelude::*;
+use shoal_ipfs::{Cid, Limits, index_car, unixfs, unpack};
 use shoal_worker::paths::{GuestPath, input_path, output_path};
-use shoal_worker::stage::ipfs::{Cid, Limits, index_car, unixfs, unpack};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

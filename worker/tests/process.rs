@@ -52,7 +52,7 @@ impl Bench {
         };
         let cache = tempfile::tempdir().unwrap();
         let probe = std::fs::read(repo().join("tests/fixtures/probe.wasm")).unwrap();
-        let module = shoal_worker::stage::sha256_hex(&probe);
+        let module = shoal_worker::store::sha256_hex(&probe);
         let entry = cache.path().join("cache/sha256").join(&module);
         std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
         std::fs::write(entry, probe).unwrap();
@@ -763,7 +763,7 @@ async fn chaos_a_thousand_jobs_survive_kills_and_broker_cuts() {
         let probe = std::fs::read(repo().join("tests/fixtures/probe.wasm")).unwrap();
         bucket
             .put(
-                &shoal_worker::stage::sha256_key(&bench.module),
+                &shoal_worker::store::keys::sha256(&bench.module),
                 probe.into(),
             )
             .await

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use shoal_submitter::args::{self, InputSpec, MountSpec};
-use shoal_submitter::local::{Config, Embedded, LimitValues, LocalOptions, Mount, Stager};
+use shoal_submitter::local::{Config, LimitValues, LocalOptions, Mount, Pipeline, Stager};
 use shoal_submitter::{
     Input, JobMessage, JobState, Location, OutputMount, ResultMessage, Source, StateMessage,
 };
@@ -316,7 +316,7 @@ async fn run_command(run: RunArgs) -> Result<u8> {
     if !run.local {
         return run_on_fleet(&stager, &config.amqp, job, &run).await;
     }
-    let embedded = Embedded::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
+    let embedded = Pipeline::new(config, LimitValues::UNLIMITED).map_err(anyhow::Error::msg)?;
     let spinner = spinner("staging");
     let shown = spinner.clone();
     let options = LocalOptions {
@@ -562,7 +562,7 @@ fn cid_source(s: &str) -> Option<Result<String>> {
         return None;
     }
     Some(
-        shoal_worker::stage::ipfs::cid::Cid::parse(first)
+        shoal_ipfs::Cid::parse(first)
             .map(|_| spec.to_owned())
             .map_err(|e| anyhow::anyhow!("{first:?} is not a valid IPFS CID: {e}")),
     )

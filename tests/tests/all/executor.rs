@@ -3,7 +3,7 @@
 use crate::support::{Harness, fixture, kind, repo, stdout};
 use shoal_schemas::{Input, JobMessage, Location, OutputMount, Status, Unpack};
 use shoal_worker::config::{Config, LimitValues};
-use shoal_worker::pipeline::{Embedded, LocalOptions};
+use shoal_worker::pipeline::{LocalOptions, Pipeline};
 
 #[tokio::test]
 async fn args_and_env_reach_the_guest_but_host_env_does_not() {
@@ -100,7 +100,7 @@ async fn outputs_land_in_the_download_folder_with_a_manifest() {
     assert_eq!(out.files[0].path, "report.txt");
     assert_eq!(
         out.files[0].sha256,
-        shoal_worker::stage::sha256_hex(b"forty-two")
+        shoal_worker::store::sha256_hex(b"forty-two")
     );
     assert_eq!(std::fs::read_to_string(dir.join("exitCode")).unwrap(), "0");
     let stored: shoal_schemas::ResultMessage =
@@ -413,7 +413,7 @@ async fn a_module_compiled_in_memory_is_not_fetched_again_but_a_fresh_worker_che
         )],
     )
     .unwrap();
-    let fresh = Embedded::new(config, LimitValues::UNLIMITED).unwrap();
+    let fresh = Pipeline::new(config, LimitValues::UNLIMITED).unwrap();
     let (refused, _) = fresh
         .run(
             job,
@@ -581,7 +581,7 @@ async fn limits_above_the_ceiling_are_rejected() {
     )
     .unwrap();
     let ceiling = config.limits.ceiling;
-    let embedded = shoal_worker::pipeline::Embedded::new(config, ceiling).unwrap();
+    let embedded = shoal_worker::pipeline::Pipeline::new(config, ceiling).unwrap();
     let source = shoal_submitter::local::upload_path(embedded.stager(), &fixture("probe.wasm"))
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use shoal_schemas::{JobMessage, JobState, Status};
 use shoal_submitter::Client;
 use shoal_worker::Config;
-use shoal_worker::pipeline::Embedded;
+use shoal_worker::pipeline::Pipeline;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -53,7 +53,7 @@ impl Fleet {
             .map(|i| {
                 let mut config = config.clone();
                 config.worker.name = format!("test-worker-{i}");
-                let pipeline = Embedded::new(config.clone(), config.limits.ceiling).unwrap();
+                let pipeline = Pipeline::new(config.clone(), config.limits.ceiling).unwrap();
                 let rx = rx.clone();
                 tokio::spawn(async move {
                     shoal_worker::consume::run(pipeline, config.amqp.clone(), 2, rx)
@@ -78,7 +78,7 @@ impl Fleet {
 
     /// A job running probe, with the module uploaded to the shared cache.
     pub async fn probe(&self, args: &[&str]) -> JobMessage {
-        let embedded = Embedded::new(self.config.clone(), self.config.limits.ceiling).unwrap();
+        let embedded = Pipeline::new(self.config.clone(), self.config.limits.ceiling).unwrap();
         let source = shoal_submitter::local::upload_path(embedded.stager(), &fixture("probe.wasm"))
             .await
             .unwrap();
@@ -325,7 +325,7 @@ pub async fn same_id_twice(env: &[(&str, &str)]) {
     let result = client.wait_result(&handle.id, WAIT).await.unwrap();
     assert_eq!(result.outputs[0].files.len(), 1, "{result:?}");
 
-    let store = shoal_worker::stage::open_store(&fleet.config.cache).unwrap();
+    let store = shoal_worker::store::open(&fleet.config.cache).unwrap();
     let stored = shoal_worker::publish::store::get_result(store.as_ref(), &id)
         .await
         .unwrap()
@@ -386,7 +386,7 @@ async fn hostile_jobs_each_get_their_precise_kind_and_the_worker_serves_on() {
     use shoal_schemas::{Input, Location, Source};
     let fleet = Fleet::start(1, &[]);
     let client = fleet.client().await;
-    let embedded = Embedded::new(fleet.config.clone(), fleet.config.limits.ceiling).unwrap();
+    let embedded = Pipeline::new(fleet.config.clone(), fleet.config.limits.ceiling).unwrap();
     let upload = |name: &'static str| {
         let embedded = embedded.clone();
         async move {

@@ -281,7 +281,9 @@ async fn an_incomplete_car_or_a_failing_gateway_is_ours_to_retry() {
         let mut job = h.probe(&["ls", "/inputs"]).await;
         job.inputs = vec![cid_input(spec, "/inputs/x")];
         match h.embedded.attempt(job, LocalOptions::default()).await {
-            Err(InfraError::Fetch(message)) => assert!(message.contains(spec), "{message}"),
+            Err(InfraError::Fetch(message)) => {
+                assert!(message.to_string().contains(spec), "{message}")
+            }
             other => panic!(
                 "{spec}: expected an infrastructure error, got {:?}",
                 other.map(|(r, _)| (r.status, kind(&r).map(str::to_owned)))
@@ -331,7 +333,9 @@ async fn a_hanging_gateway_times_out_and_the_next_one_answers() {
     let mut job = h.probe(&["ls", "/inputs"]).await;
     job.inputs = vec![cid_input(hello, "/inputs/x")];
     match h.embedded.attempt(job, LocalOptions::default()).await {
-        Err(InfraError::Fetch(message)) => assert!(message.contains(hello.as_str()), "{message}"),
+        Err(InfraError::Fetch(message)) => {
+            assert!(message.to_string().contains(hello.as_str()), "{message}")
+        }
         other => panic!(
             "expected an infrastructure error, got {:?}",
             other.map(|(r, _)| (r.status, kind(&r).map(str::to_owned)))

@@ -6,8 +6,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use shoal_worker::stage::ipfs::unixfs::decode_pbnode;
-use shoal_worker::stage::ipfs::{
+use shoal_ipfs::unixfs::decode_pbnode;
+use shoal_ipfs::{
     BlockFile, BlockSource, CarError, Cid, Kind, Limits, UnixfsError, Unpacked, index_car, unpack,
 };
 

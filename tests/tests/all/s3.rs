@@ -26,7 +26,7 @@ async fn a_fleet_on_s3_stages_from_and_publishes_to_the_bucket() {
     assert_eq!(result.status, Status::Succeeded, "{result:?}");
 
     // Everything went to the bucket; the local cache folder stayed empty.
-    let store = shoal_worker::stage::open_store(&fleet.config.cache).unwrap();
+    let store = shoal_worker::store::open(&fleet.config.cache).unwrap();
     let stored = shoal_worker::publish::store::get_result(store.as_ref(), &handle.id)
         .await
         .unwrap()
@@ -72,7 +72,9 @@ async fn an_unreachable_s3_store_is_ours_to_retry_not_the_jobs_failure() {
     }];
     let outcome = h.embedded.attempt(job, LocalOptions::default()).await;
     match outcome {
-        Err(InfraError::Store(message)) => assert!(message.contains("cache/sha256"), "{message}"),
+        Err(InfraError::Store(message)) => {
+            assert!(message.to_string().contains("cache/sha256"), "{message}")
+        }
         other => panic!(
             "expected an infrastructure error, got {:?}",
             other.map(|(r, _)| (r.status, kind(&r).map(str::to_owned)))
@@ -157,7 +159,7 @@ fn inputs_bucket() -> std::sync::Arc<dyn object_store::ObjectStore> {
         ],
     )
     .unwrap();
-    shoal_worker::stage::open_store(&config.cache).unwrap()
+    shoal_worker::store::open(&config.cache).unwrap()
 }
 
 /// A module nobody has compiled before, so the bucket holds no artifact for it.
@@ -196,8 +198,10 @@ async fn a_module_compiled_by_one_worker_is_loaded_by_the_next_without_compiling
     };
     let wat = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text).unwrap();
     let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&wat).into();
-    let key =
-        shoal_worker::stage::compiled::artifact_key(second.embedded.executor().fingerprint(), &sha);
+    let key = shoal_worker::execute::artifacts::artifact_key(
+        second.embedded.executor().fingerprint(),
+        &sha,
+    );
     let mut sealed = store
         .get(&key)
         .await
@@ -300,12 +304,12 @@ async fn two_workers_caching_the_same_url_at_once_leave_one_good_entry() {
     job(&c, url).await;
     assert_eq!(origin.requests(&path), 3);
     assert_eq!(origin.bodies(&path), 2, "the cache entry was not usable");
-    let hex = shoal_worker::stage::sha256_hex(&body);
+    let hex = shoal_worker::store::sha256_hex(&body);
     let stored = c
         .embedded
         .stager()
         .store()
-        .get(&shoal_worker::stage::sha256_key(&hex))
+        .get(&shoal_worker::store::keys::sha256(&hex))
         .await
         .unwrap()
         .bytes()

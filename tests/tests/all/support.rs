@@ -3,7 +3,7 @@
 use shoal_schemas::{JobMessage, Location, ResultMessage, Source};
 use shoal_worker::Config;
 use shoal_worker::config::LimitValues;
-use shoal_worker::pipeline::{Embedded, LocalOptions};
+use shoal_worker::pipeline::{LocalOptions, Pipeline};
 use std::path::{Path, PathBuf};
 
 pub fn repo() -> PathBuf {
@@ -18,7 +18,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub struct Harness {
-    pub embedded: Embedded,
+    pub embedded: Pipeline,
     /// Kept so the cache folder lives as long as the harness.
     pub _cache: tempfile::TempDir,
     pub results: tempfile::TempDir,
@@ -39,7 +39,7 @@ impl Harness {
             .collect();
         vars.push(("SHOAL_CACHE_DIR".into(), cache.path().display().to_string()));
         let config = Config::load_from(None, vars).unwrap();
-        let embedded = Embedded::new(config, LimitValues::UNLIMITED).unwrap();
+        let embedded = Pipeline::new(config, LimitValues::UNLIMITED).unwrap();
         Harness {
             embedded,
             _cache: cache,
@@ -56,7 +56,7 @@ impl Harness {
 
     /// Uploads raw bytes into the cache.
     pub async fn upload_bytes(&self, bytes: &[u8], name: &str) -> Source {
-        let hex = shoal_worker::stage::put_content(
+        let hex = shoal_worker::store::put_content(
             self.embedded.stager().store().as_ref(),
             bytes.to_vec().into(),
         )

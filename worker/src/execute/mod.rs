@@ -7,7 +7,8 @@
 //! never an `Err`: it is the job's result, not our failure.
 //!
 //! It deliberately does not fetch anything, look at the job message or decide
-//! what a result means for the queue.
+//! what a result means for the queue. [`artifacts`] (no wasmtime in it)
+//! shares the engine's compiled native code through the store.
 //!
 //! Threads: compilation and guest execution run on tokio's blocking pool, so
 //! they never stall the async runtime. Each blocking thread keeps a small
@@ -15,6 +16,7 @@
 //! wasmtime's async API; that lets the wall-clock limit cut a guest that is
 //! blocked in a host call (a long `poll_oneoff` sleep), which epoch
 //! interruption alone cannot reach.
+pub mod artifacts;
 mod capture;
 
 use bytes::Bytes;
@@ -167,7 +169,10 @@ pub enum Outcome {
     InvalidModule(String),
     /// The entrypoint is not an exported `() -> ()` function.
     MissingExport(String),
-    /// Our side failed (a mount could not be opened, a thread panicked).
+    /// Our side failed, not the job: the instance pool was full, a mount
+    /// could not be opened, the guest's thread panicked or its runtime did
+    /// not start, fuel could not be set. The pipeline retries the job
+    /// (another attempt, maybe another worker) instead of publishing this.
     Internal(String),
 }
 
@@ -201,7 +206,8 @@ pub struct Report {
 }
 
 impl Report {
-    fn early(outcome: Outcome, compile: Duration, cache_hit: bool) -> Report {
+    /// The report of a run that ended before the guest ran.
+    pub fn early(outcome: Outcome, compile: Duration, cache_hit: bool) -> Report {
         Report {
             outcome,
             stdout: Bytes::new(),

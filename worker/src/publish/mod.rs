@@ -2,20 +2,26 @@
 //!
 //! [`collect`] walks each output mount without following links, hashes the
 //! regular files and applies the job's byte and file limits in a fixed
-//! (sorted) order, so the same outputs always give the same manifest. The
-//! destinations live beside it: [`local`] writes the download folder of
-//! `submit run --local`.
-//!
-//! It does not decide the job's status beyond `output_limit`; the pipeline does.
+//! (sorted) order, so the same outputs always give the same manifest.
+//! [`result`] turns what the guest did into the wire result. A
+//! [`Destination`] takes the outputs, streams and result: [`local`] writes
+//! the download folder of `submit run --local`, [`store`] the fleet's
+//! `results/<id>/`.
 pub mod local;
+pub mod result;
 pub mod store;
 
+pub use result::{result_of, status_of, stream_of};
+
 use crate::config::LimitValues;
-use crate::error::InfraError;
+use crate::error::{Cause, InfraError};
 use crate::job::JobOutput;
+use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
 use shoal_schemas::{FileEntry, SkipReason, Skipped};
+use shoal_schemas::{OutputResult, ResultMessage, Stream};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// One output mount's files, ready to store.
 #[derive(Debug, Clone)]
@@ -30,6 +36,129 @@ pub struct Collected {
     pub bytes: u64,
     /// Some regular file was left out for a limit.
     pub over_limit: bool,
+}
+
+/// Where a job's outputs, streams and result go. Every job takes the same
+/// steps whatever its destination: [`outputs`](Destination::outputs), then
+/// each [`stream`](Destination::stream), then the
+/// [`result`](Destination::result), last, so a reader that finds a result
+/// finds everything it names.
+pub enum Destination {
+    /// The download folder of a local run.
+    Folder(PathBuf),
+    /// The fleet's store, under `results/<id>/`.
+    Store {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// Whether the job id had a result before, found out meanwhile.
+        earlier: store::EarlierResult,
+    },
+}
+
+impl Destination {
+    /// The store as the destination of job `job_id`; starts finding out
+    /// whether the id has a result already, so that overlaps the job.
+    /// `create_only`: the store honours create-only writes (the local
+    /// folder), which answer that question on the result's write.
+    pub fn store(store: Arc<dyn ObjectStore>, job_id: &str, create_only: bool) -> Destination {
+        let earlier = store::EarlierResult::start(store.clone(), job_id, create_only);
+        Destination::Store { store, earlier }
+    }
+
+    /// Stores each mount's kept files; returns each mount's location (a
+    /// folder, or a key prefix).
+    pub async fn outputs(
+        &self,
+        job_id: &str,
+        collected: Vec<Collected>,
+    ) -> Result<(Vec<Collected>, Vec<String>), InfraError> {
+        match self {
+            Destination::Folder(dir) => {
+                let dir = dir.clone();
+                let (collected, folders) =
+                    tokio::task::spawn_blocking(move || -> Result<_, InfraError> {
+                        local::prepare(&dir)?;
+                        let folders = local::copy_outputs(&dir, &collected)?;
+                        Ok((collected, folders))
+                    })
+                    .await
+                    .map_err(|e| InfraError::Disk(Cause::new("publishing thread failed", e)))??;
+                Ok((
+                    collected,
+                    folders.iter().map(|f| local::path_string(f)).collect(),
+                ))
+            }
+            Destination::Store { store, .. } => {
+                let prefixes = store::put_outputs(store.as_ref(), job_id, &collected).await?;
+                Ok((collected, prefixes))
+            }
+        }
+    }
+
+    /// Stores the stream `name` (`stdout` or `stderr`) where it does not
+    /// fit inline (in a folder: always, as a file of its own).
+    pub async fn stream(
+        &self,
+        job_id: &str,
+        name: &str,
+        bytes: &[u8],
+        truncated: bool,
+        inline_cap: u64,
+    ) -> Result<Stream, InfraError> {
+        match self {
+            Destination::Folder(dir) => {
+                let path = dir.join(name);
+                local::write_file(&path, bytes)?;
+                Ok(stream_of(
+                    bytes,
+                    truncated,
+                    inline_cap,
+                    Some(local::path_string(&path)),
+                ))
+            }
+            Destination::Store { store, .. } => {
+                store::put_stream(store.as_ref(), job_id, name, bytes, truncated, inline_cap).await
+            }
+        }
+    }
+
+    /// Writes the result, last.
+    pub async fn result(self, result: &ResultMessage) -> Result<(), InfraError> {
+        match self {
+            Destination::Folder(dir) => local::write_result(&dir, result),
+            Destination::Store { store, earlier } => {
+                store::put_result(store.as_ref(), result, earlier).await
+            }
+        }
+    }
+
+    /// The result of a job that ended before its guest ran (it could not
+    /// be staged): no outputs, empty streams.
+    pub async fn failure(self, result: &ResultMessage) -> Result<(), InfraError> {
+        if let Destination::Folder(dir) = &self {
+            local::prepare(dir)?;
+            local::write_file(&dir.join("stdout"), b"")?;
+            local::write_file(&dir.join("stderr"), b"")?;
+        }
+        self.result(result).await
+    }
+}
+
+/// Each mount's result entry, with the location its files went to.
+pub fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<OutputResult> {
+    collected
+        .into_iter()
+        .zip(locations)
+        .map(|(c, location)| OutputResult {
+            name: c.mount.name.clone(),
+            path: c.mount.path.to_string(),
+            location: Some(location.clone()),
+            partial: !c.skipped.is_empty(),
+            files: c.files.into_iter().map(|(entry, _)| entry).collect(),
+            bytes: c.bytes,
+            skipped: c.skipped,
+        })
+        .collect()
 }
 
 /// Walks the output mounts (blocking; call from a blocking thread).
@@ -53,8 +182,9 @@ pub fn collect(
             .sort_by_file_name()
             .min_depth(1)
         {
-            let entry = entry
-                .map_err(|e| InfraError::Disk(format!("walking output {}: {e}", mount.name)))?;
+            let entry = entry.map_err(|e| {
+                InfraError::Disk(Cause::new(format!("walking output {}", mount.name), e))
+            })?;
             let rel = entry.path().strip_prefix(host).unwrap_or(entry.path());
             let ft = entry.file_type();
             if ft.is_dir() {
@@ -93,7 +223,7 @@ pub fn collect(
             }
             let size = entry
                 .metadata()
-                .map_err(|e| InfraError::Disk(format!("{rel_str}: {e}")))?
+                .map_err(|e| InfraError::Disk(Cause::new(rel_str.to_string(), e)))?
                 .len();
             if files_left == 0 || size > bytes_left {
                 out.skipped.push(Skipped {
@@ -104,7 +234,7 @@ pub fn collect(
                 continue;
             }
             let sha256 = hash_file(entry.path())
-                .map_err(|e| InfraError::Disk(format!("hashing {rel_str}: {e}")))?;
+                .map_err(|e| InfraError::Disk(Cause::new(format!("hashing {rel_str}"), e)))?;
             files_left -= 1;
             bytes_left -= size;
             out.bytes += size;

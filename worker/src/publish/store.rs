@@ -2,29 +2,12 @@
 //! the object store the fleet shares. Re-running a job id overwrites the
 //! same keys, and `result.json` is written last, so a reader that finds it
 //! finds everything it names.
-use super::Collected;
-use crate::error::InfraError;
+use super::{Collected, stream_of};
+use crate::error::{Cause, InfraError};
+use crate::store::{self, exists, get_if_present, keys, put};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, path::Path as StorePath};
 use shoal_schemas::{ResultMessage, Stream};
 use std::sync::Arc;
-
-/// The key of a job's result message.
-pub fn result_key(job_id: &str) -> StorePath {
-    StorePath::from(format!("results/{job_id}/result.json"))
-}
-
-/// Writes one object; a failure is the store's (ours to retry).
-pub async fn put(
-    store: &dyn ObjectStore,
-    key: &StorePath,
-    bytes: Vec<u8>,
-) -> Result<(), InfraError> {
-    store
-        .put(key, PutPayload::from(bytes))
-        .await
-        .map(|_| ())
-        .map_err(|e| InfraError::Store(format!("writing {key}: {e}")))
-}
 
 /// Uploads each mount's kept files; returns each mount's prefix.
 pub async fn put_outputs(
@@ -34,15 +17,18 @@ pub async fn put_outputs(
 ) -> Result<Vec<String>, InfraError> {
     let mut prefixes = Vec::with_capacity(collected.len());
     for mount in collected {
-        let prefix = format!("results/{job_id}/{}/", mount.mount.name);
+        let prefix = keys::output_prefix(job_id, &mount.mount.name);
         for (entry, host) in &mount.files {
             // Object keys are `/`-separated parts; StorePath::parse refuses
             // `..` and empty parts, so no name leaves the job's prefix.
             let key = StorePath::parse(format!("{prefix}{}", entry.path)).map_err(|e| {
-                InfraError::Store(format!("output {} has no valid key: {e}", entry.path))
+                InfraError::Store(Cause::new(
+                    format!("output {} has no valid key", entry.path),
+                    e,
+                ))
             })?;
             // Streamed: an output may be as large as limits.max_output_bytes.
-            crate::stage::put_file(store, &key, host).await?;
+            store::put_file(store, &key, host).await?;
         }
         prefixes.push(prefix);
     }
@@ -59,13 +45,11 @@ pub async fn put_stream(
     inline_cap: u64,
 ) -> Result<Stream, InfraError> {
     if bytes.len() as u64 <= inline_cap {
-        return Ok(crate::pipeline::stream_of(
-            bytes, truncated, inline_cap, None,
-        ));
+        return Ok(stream_of(bytes, truncated, inline_cap, None));
     }
-    let key = StorePath::from(format!("results/{job_id}/{name}"));
+    let key = keys::stream(job_id, name);
     put(store, &key, bytes.to_vec()).await?;
-    Ok(crate::pipeline::stream_of(
+    Ok(stream_of(
         bytes,
         truncated,
         inline_cap,
@@ -94,19 +78,10 @@ impl EarlierResult {
         if create_only {
             return EarlierResult::OnWrite;
         }
-        let key = result_key(job_id);
+        let key = keys::result(job_id);
         EarlierResult::Lookup(tokio::spawn(
             async move { exists(store.as_ref(), &key).await },
         ))
-    }
-}
-
-/// Whether the store holds `key`.
-async fn exists(store: &dyn ObjectStore, key: &StorePath) -> Result<bool, InfraError> {
-    match store.head(key).await {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(InfraError::Store(format!("checking {key}: {e}"))),
     }
 }
 
@@ -121,13 +96,13 @@ pub async fn put_result_if_absent(
     store: &dyn ObjectStore,
     result: &ResultMessage,
 ) -> Result<(), InfraError> {
-    let key = result_key(&result.job_id);
+    let key = keys::result(&result.job_id);
     if exists(store, &key).await? {
         tracing::debug!(job_id = %result.job_id, "a result is stored already; keeping it");
         return Ok(());
     }
     let json = serde_json::to_vec_pretty(result)
-        .map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
+        .map_err(|e| InfraError::Store(Cause::new("encoding result", e)))?;
     put(store, &key, json).await
 }
 
@@ -141,12 +116,12 @@ pub async fn put_result(
     earlier: EarlierResult,
 ) -> Result<(), InfraError> {
     let json = serde_json::to_vec_pretty(result)
-        .map_err(|e| InfraError::Store(format!("encoding result: {e}")))?;
-    let key = result_key(&result.job_id);
+        .map_err(|e| InfraError::Store(Cause::new("encoding result", e)))?;
+    let key = keys::result(&result.job_id);
     let rerun = match earlier {
         EarlierResult::Lookup(lookup) => lookup
             .await
-            .map_err(|e| InfraError::Store(format!("looking for an earlier result: {e}")))??,
+            .map_err(|e| InfraError::Store(Cause::new("looking for an earlier result", e)))??,
         EarlierResult::OnWrite => {
             let payload = PutPayload::from(json.clone());
             match store.put_opts(&key, payload, PutMode::Create.into()).await {
@@ -173,7 +148,7 @@ pub async fn put_result(
 async fn prune(store: &dyn ObjectStore, result: &ResultMessage) -> Result<(), InfraError> {
     use futures::TryStreamExt as _;
     let mut keep: std::collections::HashSet<String> = std::collections::HashSet::new();
-    keep.insert(result_key(&result.job_id).to_string());
+    keep.insert(keys::result(&result.job_id).to_string());
     for stream in [&result.stdout, &result.stderr].into_iter().flatten() {
         if let Some(location) = &stream.location {
             keep.insert(location.clone());
@@ -183,27 +158,27 @@ async fn prune(store: &dyn ObjectStore, result: &ResultMessage) -> Result<(), In
         let prefix = output
             .location
             .clone()
-            .unwrap_or_else(|| format!("results/{}/{}/", result.job_id, output.name));
+            .unwrap_or_else(|| keys::output_prefix(&result.job_id, &output.name));
         for file in &output.files {
             if let Ok(key) = StorePath::parse(format!("{prefix}{}", file.path)) {
                 keep.insert(key.to_string());
             }
         }
     }
-    let prefix = StorePath::from(format!("results/{}", result.job_id));
+    let prefix = keys::results(&result.job_id);
     let listed: Vec<_> = store
         .list(Some(&prefix))
         .try_collect()
         .await
-        .map_err(|e| InfraError::Store(format!("listing {prefix}: {e}")))?;
+        .map_err(|e| InfraError::Store(Cause::new(format!("listing {prefix}"), e)))?;
     for meta in listed {
         if !keep.contains(meta.location.as_ref()) {
             match store.delete(&meta.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
-                    return Err(InfraError::Store(format!(
-                        "deleting stale {}: {e}",
-                        meta.location
+                    return Err(InfraError::Store(Cause::new(
+                        format!("deleting stale {}", meta.location),
+                        e,
                     )));
                 }
             }
@@ -217,28 +192,11 @@ pub async fn get_result(
     store: &dyn ObjectStore,
     job_id: &str,
 ) -> Result<Option<ResultMessage>, InfraError> {
-    let key = result_key(job_id);
+    let key = keys::result(job_id);
     let Some(bytes) = get_if_present(store, &key).await? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| InfraError::Store(format!("{key} is not a result: {e}")))
-}
-
-/// Reads one whole object; `None` when there is none, an error when the
-/// store itself failed.
-pub async fn get_if_present(
-    store: &dyn ObjectStore,
-    key: &StorePath,
-) -> Result<Option<bytes::Bytes>, InfraError> {
-    match store.get(key).await {
-        Ok(got) => got
-            .bytes()
-            .await
-            .map(Some)
-            .map_err(|e| InfraError::Store(format!("reading {key}: {e}"))),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(InfraError::Store(format!("reading {key}: {e}"))),
-    }
+        .map_err(|e| InfraError::Store(Cause::new(format!("{key} is not a result"), e)))
 }

@@ -1,9 +1,8 @@
 //! Stage (step 2 of a job): bring the module and every input into the
 //! job's scratch directory, through the content-addressed cache.
 //!
-//! The cache is an `object_store` (a local directory in the embedded default,
-//! an S3 bucket for a fleet; `store.rs`), keyed by content:
-//! `cache/sha256/<hex>`, `cache/url/…`, `cache/cid/…`, `cache/compiled/…`.
+//! The cache is the fleet's store (`crate::store`; its keys are listed in
+//! `store/keys.rs`), keyed by content.
 //! Content read back from the cache is hashed again, so a corrupted entry is
 //! an `integrity` failure rather than a silently wrong input. One module per
 //! kind of source: [`url`], [`ipfs`], `s3`; `sha256` and inline content are
@@ -12,16 +11,14 @@
 //! It owns the host side of the guest's file system: `inputs/` (read-only in
 //! the guest) and one empty folder per output mount. It does not run
 //! anything and does not look at outputs.
-pub mod compiled;
 pub mod ipfs;
 mod s3;
 pub mod scratch;
-mod store;
 mod tarball;
 pub mod url;
 
 use crate::config::{CacheSection, Config, LimitsSection};
-use crate::error::{Error, InfraError, JobError};
+use crate::error::{Cause, Error, InfraError, JobError};
 use crate::execute::{ModuleBytes, Mount};
 use crate::job::{Job, JobOutput};
 use crate::metrics::METRICS;
@@ -35,10 +32,7 @@ use shoal_schemas::{ErrorKind, Location, Source, Unpack};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use store::{
-    HashingFile, PlainFile, Uploads, cache_file, copy_object, get_to_file, open_store, put_content,
-    put_file, put_file_with, sha256_hex, sha256_key, write_object,
-};
+use crate::store::{Uploads, keys, sha256_hex, write_object};
 pub use tarball::pack_dir;
 
 /// The job's host-side file system, ready to mount.
@@ -109,11 +103,7 @@ impl Stager {
         have_module: Option<[u8; 32]>,
     ) -> Result<Staged, Error> {
         // Links for uploads go beside the scratch folder, never in it.
-        let spool = scratch
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(std::env::temp_dir);
-        let uploads = Uploads::new(&spool);
+        let uploads = Uploads::new(scratch.parent().unwrap_or(scratch));
         let staged = self.stage_with(job, scratch, have_module, &uploads).await;
         if staged.is_err() {
             uploads.finish().await;
@@ -196,7 +186,7 @@ impl Stager {
         for (i, out) in job.outputs.iter().enumerate() {
             // Named by index, not by the mount's name, so no name can clash
             // with another folder of the scratch directory.
-            let host = scratch.join(format!("out-{i}"));
+            let host = scratch.join(scratch::output_folder(i));
             // A pooled scratch folder has the first one made already.
             if !(i == 0 && host.is_dir()) {
                 mkdir(&host).await?;
@@ -234,7 +224,7 @@ impl Stager {
                 let bytes = got
                     .bytes()
                     .await
-                    .map_err(|e| InfraError::Store(format!("reading {key}: {e}")))?;
+                    .map_err(|e| InfraError::Store(Cause::new(format!("reading {key}"), e)))?;
                 let actual = sha256_hex(&bytes);
                 if &actual != hex {
                     return Err(integrity(what, &key, &actual, hex));
@@ -246,7 +236,7 @@ impl Stager {
                 self.fetch_to(source, what, &file, uploads).await?;
                 let bytes = tokio::fs::read(&file)
                     .await
-                    .map_err(|e| InfraError::Disk(format!("reading {what}: {e}")))?;
+                    .map_err(|e| InfraError::Disk(Cause::new(format!("reading {what}"), e)))?;
                 let _ = tokio::fs::remove_file(&file).await;
                 Bytes::from(bytes)
             }
@@ -319,12 +309,12 @@ impl Stager {
         let (max_bytes, max_files) = (self.limits.max_input_bytes, self.limits.max_input_files);
         let dest = host.clone();
         let file = std::fs::File::open(&archive)
-            .map_err(|e| InfraError::Disk(format!("opening {what}: {e}")))?;
+            .map_err(|e| InfraError::Disk(Cause::new(format!("opening {what}"), e)))?;
         let unpacked = tokio::task::spawn_blocking(move || {
             tarball::unpack(std::io::BufReader::new(file), &dest, max_bytes, max_files)
         })
         .await
-        .map_err(|e| InfraError::Disk(format!("unpacking {what}: {e}")))?;
+        .map_err(|e| InfraError::Disk(Cause::new(format!("unpacking {what}"), e)))?;
         let _ = tokio::fs::remove_file(&archive).await;
         let (bytes, files) = unpacked.map_err(|e| match e {
             tarball::UnpackError::Job(msg) => Error::Job(JobError::new(
@@ -336,7 +326,7 @@ impl Stager {
                 format!("{what}: {msg}"),
             )),
             tarball::UnpackError::Disk(msg) => {
-                Error::Infra(InfraError::Disk(format!("{what}: {msg}")))
+                Error::Infra(InfraError::Disk(Cause::new(what.to_string(), msg)))
             }
         })?;
         Ok(Amount { bytes, files })
@@ -364,7 +354,7 @@ impl Stager {
                 let bytes = self.inline(text, what)?;
                 tokio::fs::write(dest, &bytes)
                     .await
-                    .map_err(|e| InfraError::Disk(format!("writing {what}: {e}")))?;
+                    .map_err(|e| InfraError::Disk(Cause::new(format!("writing {what}"), e)))?;
                 Ok(bytes.len() as u64)
             }
             Location::Url(url) => {
@@ -393,7 +383,7 @@ impl Stager {
         hex: &str,
         what: &str,
     ) -> Result<(object_store::GetResult, object_store::path::Path), Error> {
-        let key = sha256_key(hex);
+        let key = keys::sha256(hex);
         let got = match self.store.get(&key).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => {
@@ -403,7 +393,7 @@ impl Stager {
                 )
                 .into());
             }
-            Err(e) => return Err(InfraError::Store(format!("reading {key}: {e}")).into()),
+            Err(e) => return Err(InfraError::Store(Cause::new(format!("reading {key}"), e)).into()),
         };
         self.check_size(got.meta.size, key.as_ref(), what)?;
         Ok((got, key))
@@ -484,9 +474,9 @@ impl Stager {
         let unpacked = self.stage_cid(spec, &tree, car, what).await?;
         let target = match unpacked.kind {
             ipfs::Kind::Directory => {
-                tokio::fs::remove_dir(root)
-                    .await
-                    .map_err(|e| InfraError::Disk(format!("replacing {}: {e}", root.display())))?;
+                tokio::fs::remove_dir(root).await.map_err(|e| {
+                    InfraError::Disk(Cause::new(format!("replacing {}", root.display()), e))
+                })?;
                 root.to_path_buf()
             }
             ipfs::Kind::File => match source.display_name() {
@@ -496,7 +486,7 @@ impl Stager {
         };
         tokio::fs::rename(&tree, &target)
             .await
-            .map_err(|e| InfraError::Disk(format!("moving {what} into place: {e}")))?;
+            .map_err(|e| InfraError::Disk(Cause::new(format!("moving {what} into place"), e)))?;
         Ok(Amount {
             bytes: unpacked.bytes,
             files: unpacked.files + unpacked.dirs,
@@ -517,7 +507,7 @@ impl Stager {
         }
         let bytes = tokio::fs::read(&dest)
             .await
-            .map_err(|e| InfraError::Disk(format!("reading {what}: {e}")))?;
+            .map_err(|e| InfraError::Disk(Cause::new(format!("reading {what}"), e)))?;
         let _ = tokio::fs::remove_file(&dest).await;
         Ok(Bytes::from(bytes))
     }
@@ -567,5 +557,5 @@ fn host_path(root: &Path, guest: &GuestPath) -> PathBuf {
 async fn mkdir(path: &Path) -> Result<(), InfraError> {
     tokio::fs::create_dir_all(path)
         .await
-        .map_err(|e| InfraError::Disk(format!("creating {}: {e}", path.display())))
+        .map_err(|e| InfraError::Disk(Cause::new(format!("creating {}", path.display()), e)))
 }

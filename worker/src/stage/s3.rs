@@ -1,8 +1,9 @@
 //! `s3` sources: one object, or every object under a prefix, read with the
 //! worker's own S3 endpoint and credentials.
-use super::{Amount, Stager, copy_object, mkdir, open_store};
+use super::{Amount, Stager, mkdir};
 use crate::config::CacheSection;
-use crate::error::{Error, InfraError, JobError};
+use crate::error::{Cause, Error, InfraError, JobError};
+use crate::store::{copy_object, open as open_store};
 use futures::TryStreamExt as _;
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
 use shoal_schemas::ErrorKind;
@@ -48,7 +49,7 @@ impl Stager {
                     "cannot be read with this worker's credentials: {e}"
                 )));
             }
-            Err(e) => return Err(InfraError::Store(format!("reading {uri}: {e}")).into()),
+            Err(e) => return Err(InfraError::Store(Cause::new(format!("reading {uri}"), e)).into()),
         };
         self.check_size(got.meta.size, uri, what)?;
         Ok(copy_object(got, uri, dest).await?)
@@ -86,7 +87,7 @@ impl Stager {
             s3_bucket: bucket.to_owned(),
             ..self.s3.clone()
         };
-        Ok(open_store(&config).map_err(InfraError::Store)?)
+        Ok(open_store(&config).map_err(|e| InfraError::Store(e.into()))?)
     }
 
     /// Every object under an `s3://bucket/prefix/`, as files and folders
@@ -115,7 +116,7 @@ impl Stager {
                     format!("{what}: {uri} cannot be listed with this worker's credentials: {e}"),
                 )
                 .into(),
-                e => InfraError::Store(format!("listing {uri}: {e}")).into(),
+                e => InfraError::Store(Cause::new(format!("listing {uri}"), e)).into(),
             }
         };
         mkdir(dest).await?;
@@ -154,10 +155,9 @@ impl Stager {
             if let Some(parent) = target.parent() {
                 mkdir(parent).await?;
             }
-            let got = store
-                .get(&meta.location)
-                .await
-                .map_err(|e| InfraError::Store(format!("reading {}: {e}", meta.location)))?;
+            let got = store.get(&meta.location).await.map_err(|e| {
+                InfraError::Store(Cause::new(format!("reading {}", meta.location), e))
+            })?;
             copy_object(got, meta.location.as_ref(), &target).await?;
         }
         if amount.files == 0 {

@@ -14,12 +14,20 @@
 //! (everything the job left, whatever it is) and gives it back. A folder
 //! that cannot be emptied, or that a job did not vouch for, is removed and
 //! a new one made instead.
-use crate::error::InfraError;
+use crate::error::{Cause, InfraError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tempfile::TempDir;
 
-/// The first output mount's folder, in every pooled folder.
+/// The host folder of output mount `i` in a job's scratch folder: named
+/// by index, not by the mount's name, so no name can clash with another
+/// folder of the scratch directory.
+pub fn output_folder(i: usize) -> String {
+    format!("out-{i}")
+}
+
+/// The first output mount's folder, made ahead in every pooled folder
+/// (`output_folder(0)`).
 pub const FIRST_OUTPUT: &str = "out-0";
 
 /// Scratch folders under one parent folder.
@@ -64,19 +72,15 @@ const HOME_PREFIX: &str = "shoal-worker-";
 const LOCK: &str = ".lock";
 
 impl ScratchPool {
-    /// A pool of `keep` folders in a folder of its own under `parent` (the
-    /// system's temporary folder when empty). Folders that earlier workers
+    /// A pool of `keep` folders in a folder of its own under `parent`
+    /// (`Config::scratch_parent`). Folders that earlier workers
     /// left there when they died (their lock is free) are removed first, so
     /// a worker that crashes and restarts does not fill the disk with its
     /// old jobs' inputs. Nothing is made for jobs until the first asks.
     pub fn new(parent: &Path, keep: usize) -> Result<ScratchPool, InfraError> {
-        let parent = if parent.as_os_str().is_empty() {
-            std::env::temp_dir()
-        } else {
-            parent.to_path_buf()
-        };
+        let parent = parent.to_path_buf();
         let disk = |what: &str, e: std::io::Error| {
-            InfraError::Disk(format!("{what} in {}: {e}", parent.display()))
+            InfraError::Disk(Cause::new(format!("{what} in {}", parent.display()), e))
         };
         // A configured folder that does not exist yet is made, as any
         // program makes its own working folder; only one that cannot be
@@ -138,7 +142,7 @@ impl ScratchPool {
                 let inner = self.inner.clone();
                 let dir = tokio::task::spawn_blocking(move || inner.make())
                     .await
-                    .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))??;
+                    .map_err(|e| InfraError::Disk(Cause::new("creating scratch folder", e)))??;
                 self.inner.lock().lent += 1;
                 dir
             }
@@ -206,13 +210,13 @@ impl Inner {
             .prefix("shoal-job-")
             .tempdir_in(&self.home)
             .map_err(|e| {
-                InfraError::Disk(format!(
-                    "creating a scratch folder in {}: {e}",
-                    self.home.display()
+                InfraError::Disk(Cause::new(
+                    format!("creating a scratch folder in {}", self.home.display()),
+                    e,
                 ))
             })?;
         std::fs::create_dir(dir.path().join(FIRST_OUTPUT))
-            .map_err(|e| InfraError::Disk(format!("creating scratch folder: {e}")))?;
+            .map_err(|e| InfraError::Disk(Cause::new("creating scratch folder", e)))?;
         Ok(dir)
     }
 
@@ -385,6 +389,11 @@ impl Drop for Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_output_folder_is_the_pooled_one() {
+        assert_eq!(output_folder(0), FIRST_OUTPUT);
+    }
     use std::time::Duration;
 
     #[tokio::test]

@@ -19,9 +19,9 @@
 //! conditional request, so changed content is never served stale and a
 //! `304 Not Modified` downloads no body. `staging.url_revalidate_secs` opens
 //! a freshness window within which a hit makes no request at all.
-use crate::config::StagingSection;
-use crate::error::{Error, InfraError, JobError};
-use crate::publish::store::{get_if_present, put};
+use crate::config::{Cidr, StagingSection, parse_allow_list};
+use crate::error::{Cause, Error, InfraError, JobError};
+use crate::store::{self, get_if_present, keys, put};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
@@ -31,65 +31,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// An address block, `10.0.0.0/8` or `::1/128`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `ADDR/PREFIX` or a bare address (a block of one).
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or ADDRESS/PREFIX"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Parses `staging.url_allow`: address blocks separated by commas.
-pub fn parse_allow_list(s: &str) -> Result<Vec<Cidr>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(Cidr::parse)
-        .collect()
-}
 
 /// Why an address is not for jobs, or `None` when it is public.
 fn non_public(ip: IpAddr) -> Option<&'static str> {
@@ -232,10 +173,7 @@ struct UrlEntry {
 }
 
 fn url_key(url: &str) -> StorePath {
-    StorePath::from(format!(
-        "cache/url/{}.json",
-        super::sha256_hex(url.as_bytes())
-    ))
+    keys::url_record(url)
 }
 
 fn now_secs() -> u64 {
@@ -299,7 +237,7 @@ impl UrlFetcher {
         what: &str,
         max: u64,
         dest: &Path,
-        uploads: &super::Uploads,
+        uploads: &store::Uploads,
     ) -> Result<u64, Error> {
         let store_arc = store.clone();
         let store = store.as_ref();
@@ -347,7 +285,9 @@ impl UrlFetcher {
             return Ok(entry.size);
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(InfraError::Fetch(format!("{what}: {url} answered {status}")).into());
+            return Err(
+                InfraError::Fetch(format!("{what}: {url} answered {status}").into()).into(),
+            );
         }
         if !status.is_success() {
             return Err(JobError::new(
@@ -380,7 +320,7 @@ impl UrlFetcher {
         }
         let mut response = response;
         // No hash on the way: the cache copy computes it, off the job's path.
-        let mut sink = super::PlainFile::create(dest).await?;
+        let mut sink = store::PlainFile::create(dest).await?;
         while let Some(chunk) = response
             .chunk()
             .await
@@ -398,7 +338,7 @@ impl UrlFetcher {
         uploads
             .add(dest, move |copy| async move {
                 let store = store_arc.as_ref();
-                let (size, sha256) = super::cache_file(store, &copy).await?;
+                let (size, sha256) = store::cache_file(store, &copy).await?;
                 let entry = UrlEntry {
                     url,
                     sha256,
@@ -427,13 +367,18 @@ impl UrlFetcher {
         let Ok(entry) = serde_json::from_slice::<UrlEntry>(&entry) else {
             return Ok(None);
         };
-        let content_key = super::sha256_key(&entry.sha256);
+        let content_key = keys::sha256(&entry.sha256);
         let got = match store.get(&content_key).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(InfraError::Store(format!("reading {content_key}: {e}"))),
+            Err(e) => {
+                return Err(InfraError::Store(Cause::new(
+                    format!("reading {content_key}"),
+                    e,
+                )));
+            }
         };
-        let (size, sha256) = super::write_object(got, content_key.as_ref(), dest).await?;
+        let (size, sha256) = store::write_object(got, content_key.as_ref(), dest).await?;
         // A corrupted entry is not trusted: fetch again from the origin.
         if sha256 != entry.sha256 || size != entry.size {
             tracing::warn!(key = %content_key, "cached url content does not match its hash; refetching");
@@ -457,7 +402,8 @@ async fn record(
     key: &StorePath,
     entry: &UrlEntry,
 ) -> Result<(), InfraError> {
-    let body = serde_json::to_vec(entry).map_err(|e| InfraError::Store(e.to_string()))?;
+    let body = serde_json::to_vec(entry)
+        .map_err(|e| InfraError::Store(Cause::new("encoding a cache record", e)))?;
     put(store, key, body).await
 }
 
@@ -477,7 +423,7 @@ fn request_error(e: reqwest::Error, url: &str, what: &str) -> Error {
         message = format!("{message}: {err}");
         source = err.source();
     }
-    InfraError::Fetch(format!("{what}: {url}: {message}")).into()
+    InfraError::Fetch(Cause::new(format!("{what}: {url}"), message)).into()
 }
 
 #[cfg(test)]

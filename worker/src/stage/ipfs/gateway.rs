@@ -12,13 +12,12 @@
 //! (`cache/cid/<cid>.car`, or `cache/cid/<cid>/<sha256 of the path>.car`),
 //! where a later job finds it without asking any gateway; it is verified
 //! again when read, and a cached CAR that fails is dropped and fetched anew.
-use super::{BlockFile, CarError, Cid, Limits, UnixfsError, Unpacked, unpack};
 use crate::config::StagingSection;
 use crate::error::{Error, InfraError, JobError};
-use crate::stage::{PlainFile, get_to_file, put_file};
+use crate::store::{PlainFile, get_to_file, keys, put_file};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
 use reqwest::header::ACCEPT;
-use sha2::{Digest, Sha256};
+use shoal_ipfs::{BlockFile, CarError, Cid, Limits, UnixfsError, Unpacked, unpack};
 use shoal_schemas::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,12 +52,7 @@ impl Target {
     }
 
     fn cache_key(&self) -> StorePath {
-        if self.path.is_empty() {
-            StorePath::from(format!("cache/cid/{}.car", self.cid))
-        } else {
-            let hash = hex::encode(Sha256::digest(self.path.join("/").as_bytes()));
-            StorePath::from(format!("cache/cid/{}/{hash}.car", self.cid))
-        }
+        keys::cid_car(&self.cid.to_string(), &self.path.join("/"))
     }
 
     /// `/ipfs/<cid>/<percent-encoded path>?format=car` under a gateway's base URL.
@@ -293,9 +287,9 @@ fn content_error(e: UnixfsError, spec: &str, what: &str) -> Error {
         UnixfsError::TooLarge(_) => JobError::new(ErrorKind::InputTooLarge, message).into(),
         UnixfsError::BadName { .. } => JobError::new(ErrorKind::InputRefused, message).into(),
         UnixfsError::Unsupported(_) => JobError::new(ErrorKind::InputUnavailable, message).into(),
-        UnixfsError::Io(_) => InfraError::Disk(message).into(),
+        UnixfsError::Io(_) => InfraError::Disk(message.into()).into(),
         UnixfsError::Missing { .. } | UnixfsError::Malformed(_) => {
-            InfraError::Fetch(message).into()
+            InfraError::Fetch(message.into()).into()
         }
     }
 }
@@ -326,7 +320,7 @@ fn give_up(misses: Vec<(String, Miss)>, spec: &str, what: &str) -> Error {
         )
         .into();
     }
-    InfraError::Fetch(format!("{what}: {spec}: no gateway delivered ({all})")).into()
+    InfraError::Fetch(format!("{what}: {spec}: no gateway delivered ({all})").into()).into()
 }
 
 async fn remove(path: &Path) {

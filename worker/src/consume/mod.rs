@@ -1,30 +1,28 @@
 //! Consume (step 1 and 5 of a job): the RabbitMQ side of the worker, and
 //! the only code that acknowledges, dead-letters or requeues a message.
 //!
-//! Every delivery is settled in exactly one of three ways, decided here
-//! from the types the pipeline returns:
-//!
-//! - a result exists (the job succeeded, or failed by its own fault, or was
-//!   rejected): publish it with publisher confirms, then ack. Acking only
-//!   after the confirm is what makes delivery at-least-once; results are
-//!   keyed by job id, so a redelivery republishes the same result.
-//! - the message is not a job (not JSON, fails the schema, too large): a
-//!   `rejected` result when it names an id, then a copy to the dead-letter
-//!   exchange with the reason in headers, then ack. Never requeued.
-//! - our side failed (`InfraError`): back off, then nack with requeue; the
-//!   attempt number is the quorum queue's `x-delivery-count` + 1. At
-//!   `amqp.max_attempts` the job gets an `error` result and is dead-lettered.
-//!   The queue's own delivery limit is a backstop for messages that crash
-//!   the worker before it can settle them.
+//! Every delivery is settled in exactly one way, which [`settle`] decides
+//! from the types the pipeline returns (its table is the retry policy):
+//! publish the result then ack; dead-letter a message that is not a job;
+//! back off and requeue after our own failure; or, at `amqp.max_attempts`,
+//! publish an `error` result and dead-letter. Acking only after the
+//! result's confirm is what makes delivery at-least-once; results are keyed
+//! by job id, so a redelivery republishes the same result. The attempt
+//! number is the quorum queue's `x-delivery-count` + 1; the queue's own
+//! delivery limit is a backstop for messages that crash the worker before
+//! it can settle them.
 //!
 //! Prefetch equals concurrency: the broker hands this worker no more jobs
 //! than it runs at once, so a slow worker never hoards messages that an
 //! idle one could take.
+pub mod settle;
+
 use crate::config::AmqpSection;
-use crate::error::InfraError;
-use crate::job::valid_id;
+use crate::error::{Cause, InfraError};
+use crate::job::{Job, Refusal, valid_id};
 use crate::metrics::METRICS;
-use crate::pipeline::{Delivered, Embedded, OnState};
+use crate::pipeline::{Delivered, OnState, Pipeline};
+use crate::publish::Destination;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -32,7 +30,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, message::Delivery};
-use rand::Rng;
+use settle::{Disposition, Processed, RetryPolicy};
 use shoal_schemas::topology::{PUBLISHED_MS_HEADER, result_routing_key, state_routing_key};
 use shoal_schemas::{ErrorKind, JobState, ResultMessage, StateMessage, Status};
 use std::sync::Arc;
@@ -43,7 +41,7 @@ use tokio::task::JoinSet;
 /// Consumes jobs until `shutdown` turns true, reconnecting whenever the
 /// broker goes away. Returns after draining in-flight jobs.
 pub async fn run(
-    pipeline: Embedded,
+    pipeline: Pipeline,
     amqp: AmqpSection,
     concurrency: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -63,7 +61,7 @@ pub async fn run(
                 METRICS.broker_connected.set(0);
                 METRICS.reconnects.inc();
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures, 200, amqp.reconnect_max_ms, true);
+                let delay = settle::backoff(failures, 200, amqp.reconnect_max_ms, true);
                 tracing::warn!(error = %e, broker = %amqp.redacted_url(), retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -119,32 +117,19 @@ impl Mismatch {
     }
 }
 
-/// Exponential backoff, capped, optionally with full jitter.
-fn backoff(attempt: u32, base_ms: u64, max_ms: u64, jitter: bool) -> Duration {
-    let exp = base_ms
-        .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
-        .min(max_ms);
-    let ms = if jitter {
-        rand::rng().random_range(exp / 2..=exp.max(1))
-    } else {
-        exp
-    };
-    Duration::from_millis(ms)
-}
-
 struct Session {
-    pipeline: Embedded,
+    pipeline: Pipeline,
     amqp: Arc<AmqpSection>,
     publish: Channel,
 }
 
 async fn session(
-    pipeline: &Embedded,
+    pipeline: &Pipeline,
     amqp: &Arc<AmqpSection>,
     concurrency: usize,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), InfraError> {
-    let broker = |e: lapin::Error| InfraError::Broker(e.to_string());
+    let broker = |e: lapin::Error| InfraError::Broker(Cause::new("talking to the broker", e));
     let uri = format!(
         "{}{}heartbeat={}",
         amqp.url,
@@ -273,59 +258,41 @@ impl Session {
         let props = &delivery.properties;
         let message_id = props.message_id().as_ref().map(|s| s.as_str().to_owned());
         let attempt = delivery_count(props).saturating_add(1);
-        let limits = self.pipeline.limits();
-        if delivery.data.len() as u64 > limits.max_message_bytes {
-            let why = format!(
-                "message is {} bytes, over limits.max_message_bytes ({})",
-                delivery.data.len(),
-                limits.max_message_bytes
-            );
-            return self.poison(delivery, message_id, "too_large", &why).await;
-        }
-        let msg = match shoal_schemas::decode_job(&delivery.data) {
-            Ok(msg) => msg,
-            Err(errors) => {
-                let id = message_id.or_else(|| json_id(&delivery.data));
-                let why = errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return self.poison(delivery, id, "invalid_job", &why).await;
+        let (id, processed) = match self.pipeline.admit(&delivery.data, message_id.as_deref()) {
+            Err(refusal) => (None, Processed::Refused(refusal)),
+            Ok(job) => {
+                let id = job.id.clone();
+                (Some(id), self.process(job, attempt, props).await)
             }
         };
-        let mut msg = msg;
-        if msg.id.is_none() {
-            msg.id = message_id.clone();
-        }
-        let job = match self.pipeline.resolve(msg) {
-            Ok(job) => job,
-            Err(e) => {
-                let id = message_id.or_else(|| json_id(&delivery.data));
-                return self.poison(delivery, id, "invalid_job", &e.message).await;
-            }
-        };
-        let id = job.id.clone();
-        let delivered = Delivered {
-            attempt,
-            queue_secs: queue_secs(props),
-        };
-        let (on_state, states) = self.state_sink(&id, attempt, props);
-        let processed = self.pipeline.process(job, delivered, &on_state).await;
-        drop(on_state);
-        let _ = states.await;
-        match processed {
-            Ok(result) => {
+        let id = id.unwrap_or_default();
+        match settle::disposition(processed, attempt, self.retry_policy()) {
+            Disposition::Publish(result) => {
                 self.publish_result(&result, props).await?;
                 ack(delivery).await
             }
-            Err(e) if attempt >= self.amqp.max_attempts => {
-                tracing::error!(job_id = %id, attempt, error = %e, "giving up on a job after repeated infrastructure failures");
+            Disposition::DeadLetter(refusal) => self.poison(delivery, refusal).await,
+            Disposition::Retry { delay, error } => {
+                tracing::warn!(job_id = %id, attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "infrastructure failure; will retry");
+                METRICS.retries.inc();
+                tokio::time::sleep(delay).await;
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| InfraError::Broker(Cause::new("requeueing", e)))
+            }
+            Disposition::GiveUp(error) => {
+                tracing::error!(job_id = %id, attempt, error = %error, "giving up on a job after repeated infrastructure failures");
                 let mut result = ResultMessage::failure(
                     &id,
                     Status::Error,
-                    e.kind(),
-                    format!("gave up after {attempt} attempts: {e}"),
+                    error.kind(),
+                    format!("gave up after {attempt} attempts: {error}"),
                     self.pipeline.worker_name(),
                 );
                 result.attempt = attempt;
@@ -340,30 +307,44 @@ impl Session {
                     tracing::warn!(job_id = %id, error = %stored, "storing the error result; it is published only");
                 }
                 self.publish_result(&result, props).await?;
-                self.dead_letter(delivery, "retries_exhausted", &e.to_string(), attempt)
+                self.dead_letter(delivery, "retries_exhausted", &error.to_string(), attempt)
                     .await?;
                 ack(delivery).await
             }
-            Err(e) => {
-                let delay = backoff(
-                    attempt,
-                    self.amqp.retry_base_ms,
-                    self.amqp.retry_max_ms,
-                    false,
-                );
-                tracing::warn!(job_id = %id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "infrastructure failure; will retry");
-                METRICS.retries.inc();
-                tokio::time::sleep(delay).await;
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| InfraError::Broker(e.to_string()))
-            }
+        }
+    }
+
+    /// Stage, execute and publish a valid job, with its progress published
+    /// as state messages meanwhile.
+    async fn process(&self, job: Job, attempt: u32, props: &BasicProperties) -> Processed {
+        let id = job.id.clone();
+        let delivered = Delivered {
+            attempt,
+            queue_secs: queue_secs(props),
+        };
+        let (on_state, states) = self.state_sink(&id, attempt, props);
+        let destination = Destination::store(
+            self.pipeline.stager().store().clone(),
+            &id,
+            self.pipeline.config().cache.s3_bucket.is_empty(),
+        );
+        let processed = self
+            .pipeline
+            .process(job, delivered, destination, &[], &on_state)
+            .await;
+        drop(on_state);
+        let _ = states.await;
+        match processed {
+            Ok(result) => Processed::Done(Box::new(result)),
+            Err(e) => Processed::Failed(e),
+        }
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.amqp.max_attempts,
+            base_ms: self.amqp.retry_base_ms,
+            max_ms: self.amqp.retry_max_ms,
         }
     }
 
@@ -447,13 +428,9 @@ impl Session {
 
     /// Not a job: a `rejected` result if it names an id, a copy to the
     /// dead-letter exchange with the reason, then ack.
-    async fn poison(
-        &self,
-        delivery: &Delivery,
-        id: Option<String>,
-        reason: &str,
-        why: &str,
-    ) -> Result<(), InfraError> {
+    async fn poison(&self, delivery: &Delivery, refusal: Refusal) -> Result<(), InfraError> {
+        let Refusal { id, reason, error } = refusal;
+        let why = error.message.as_str();
         tracing::warn!(
             job_id = id.as_deref().unwrap_or("-"),
             reason,
@@ -532,7 +509,7 @@ impl Session {
         job_props: &BasicProperties,
     ) -> Result<(), InfraError> {
         let body = serde_json::to_vec(result)
-            .map_err(|e| InfraError::Broker(format!("encoding result: {e}")))?;
+            .map_err(|e| InfraError::Broker(Cause::new("encoding result", e)))?;
         let mut props = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
             .with_delivery_mode(2)
@@ -586,13 +563,13 @@ impl Session {
                 props,
             )
             .await
-            .map_err(|e| InfraError::Broker(format!("publishing to {exchange:?}: {e}")))?
+            .map_err(|e| InfraError::Broker(Cause::new(format!("publishing to {exchange:?}"), e)))?
             .await
-            .map_err(|e| InfraError::Broker(format!("confirm from {exchange:?}: {e}")))?;
+            .map_err(|e| InfraError::Broker(Cause::new(format!("confirm from {exchange:?}"), e)))?;
         if confirm.is_nack() {
-            return Err(InfraError::Broker(format!(
-                "the broker refused a message to {exchange:?}"
-            )));
+            return Err(InfraError::Broker(
+                format!("the broker refused a message to {exchange:?}").into(),
+            ));
         }
         Ok(())
     }
@@ -604,7 +581,7 @@ async fn ack(delivery: &Delivery) -> Result<(), InfraError> {
         .ack(BasicAckOptions::default())
         .await
         .map(|_| ())
-        .map_err(|e| InfraError::Broker(format!("acking: {e}")))
+        .map_err(|e| InfraError::Broker(Cause::new("acking", e)))
 }
 
 /// Previous deliveries of this message, from the quorum queue's header.
@@ -677,12 +654,6 @@ fn published_ms(value: &AMQPValue) -> Option<f64> {
     (ms.is_finite() && ms > 0.0).then_some(ms)
 }
 
-/// The `id` of a message that is JSON but not a valid job, if it has one.
-fn json_id(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("id")?.as_str().map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,18 +711,6 @@ mod tests {
             "exchange 'shoal.results'"
         );
         assert_eq!(Mismatch::parse("NOT_FOUND - no queue 'x'"), None);
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1, 500, 30_000, false), Duration::from_millis(500));
-        assert_eq!(backoff(2, 500, 30_000, false), Duration::from_millis(1000));
-        assert_eq!(
-            backoff(10, 500, 30_000, false),
-            Duration::from_millis(30_000)
-        );
-        let jittered = backoff(3, 500, 30_000, true);
-        assert!(jittered >= Duration::from_millis(1000) && jittered <= Duration::from_millis(2000));
     }
 
     #[test]

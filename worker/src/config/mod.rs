@@ -7,12 +7,15 @@
 //! an unknown `SHOAL_*` variable is an error that names it rather than a
 //! setting silently ignored. This is the only module that reads the
 //! process environment.
+mod cidr;
+
+pub use cidr::{Cidr, parse_allow_list};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The embedded defaults.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "SHOAL_";
 
@@ -382,7 +385,7 @@ impl Config {
             problems
                 .push("limits.default.timeout_ms and limits.default.fuel must be positive".into());
         }
-        if let Err(e) = crate::stage::url::parse_allow_list(&self.staging.url_allow) {
+        if let Err(e) = parse_allow_list(&self.staging.url_allow) {
             problems.push(format!("staging.url_allow: {e}"));
         }
         if self.amqp.max_attempts == 0 {
@@ -429,6 +432,23 @@ impl Config {
                 .unwrap_or(1),
             n => n,
         }
+    }
+
+    /// The folder that holds the worker's scratch folder:
+    /// `worker.scratch_dir`, or the system's temporary folder when that is
+    /// empty.
+    pub fn scratch_parent(&self) -> PathBuf {
+        if self.worker.scratch_dir.as_os_str().is_empty() {
+            std::env::temp_dir()
+        } else {
+            self.worker.scratch_dir.clone()
+        }
+    }
+
+    /// `~/.cache/shoal`: where `submit run --local` keeps its cache when
+    /// `cache.dir` is left at its default, so each user has one.
+    pub fn user_cache_dir() -> Option<PathBuf> {
+        std::env::home_dir().map(|home| home.join(".cache").join("shoal"))
     }
 
     /// Executor settings.

@@ -14,8 +14,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Component, Path};
 
-use super::BlockSource;
-use super::cid::{Cid, DAG_PB, IDENTITY, RAW};
+use crate::BlockSource;
+use crate::cid::{Cid, DAG_PB, IDENTITY, RAW};
 
 /// Deeper than any real UnixFS DAG (a balanced 174-wide tree of depth 6 is
 /// already > 1 TiB); bounds recursion on hostile input.
@@ -105,7 +105,7 @@ pub struct Unpacked {
     pub skipped: Vec<String>,
 }
 
-/// Why [`unpack`] failed. Like [`super::CarError`], the variants tell whose
+/// Why [`unpack`] failed. Like [`crate::CarError`], the variants tell whose
 /// fault it is: the gateway's, the submitter's, the content's, or ours.
 #[derive(Debug, thiserror::Error)]
 pub enum UnixfsError {

@@ -8,7 +8,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use super::{decode_varint, encode_varint};
+use crate::{decode_varint, encode_varint};
 
 /// Multicodec code of dag-pb, the protobuf codec of UnixFS files and folders.
 pub const DAG_PB: u64 = 0x70;

@@ -12,8 +12,8 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::cid::{Cid, VerifyError};
-use super::{BlockSource, decode_varint};
+use crate::cid::{Cid, VerifyError};
+use crate::{BlockSource, decode_varint};
 
 /// Largest block accepted. IPFS peers refuse blocks over 2 MiB (the bitswap
 /// limit), so no honest gateway sends one; a bigger section is garbage.
@@ -364,8 +364,8 @@ impl BlockSource for BlockFile {
 
 #[cfg(test)]
 mod tests {
-    use super::super::encode_varint;
     use super::*;
+    use crate::encode_varint;
 
     const HELLO: &[u8] = b"hello";
 

@@ -38,7 +38,7 @@ impl Artifacts {
     /// miss: compiling is always a correct fallback.
     pub async fn get(&self, fingerprint: &str, sha256: &[u8; 32]) -> Option<Bytes> {
         let key = artifact_key(fingerprint, sha256);
-        let bytes = match crate::publish::store::get_if_present(self.store.as_ref(), &key).await {
+        let bytes = match crate::store::get_if_present(self.store.as_ref(), &key).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return None,
             Err(e) => {
@@ -101,10 +101,7 @@ impl Artifacts {
 
 /// Where the artifact of module `sha256` for an engine with `fingerprint` lives.
 pub fn artifact_key(fingerprint: &str, sha256: &[u8; 32]) -> StorePath {
-    StorePath::from(format!(
-        "cache/compiled/{fingerprint}/{}",
-        hex::encode(sha256)
-    ))
+    crate::store::keys::compiled(fingerprint, sha256)
 }
 
 /// HMAC-SHA256 (RFC 2104) of the concatenated `parts`.

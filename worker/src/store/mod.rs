@@ -1,0 +1,70 @@
+//! The store the whole fleet shares (an S3 bucket, or a local folder in
+//! the embedded default): the content cache and the results in one
+//! `object_store`. This is the bottom layer of the worker: staging,
+//! compiled artifacts, publishing and the submitter use it; it uses none of
+//! them.
+//!
+//! - [`keys`]: every object key, defined once.
+//! - [`open`]: the store the configuration names.
+//! - whole objects ([`get_if_present`], [`put`], [`exists`]) and streamed
+//!   ones ([`put_file`], [`get_to_file`], [`write_object`]) without holding
+//!   them in memory;
+//! - content-addressed writes ([`put_content`], [`cache_file`]: upload to a
+//!   temporary key, then commit under the hash) so readers never see a torn
+//!   object;
+//! - [`Uploads`]: cache copies a job's guest run overlaps.
+mod files;
+pub mod keys;
+mod objects;
+mod open;
+mod uploads;
+
+pub use files::{HashingFile, PlainFile};
+pub use keys::sha256_hex;
+pub use objects::{
+    cache_file, copy_object, get_to_file, put_content, put_file, put_file_with, write_object,
+};
+pub use open::open;
+pub use uploads::Uploads;
+
+use crate::error::{Cause, InfraError};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as StorePath};
+
+/// Writes one whole object; a failure is the store's (ours to retry).
+pub async fn put(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+    bytes: Vec<u8>,
+) -> Result<(), InfraError> {
+    store
+        .put(key, PutPayload::from(bytes))
+        .await
+        .map(|_| ())
+        .map_err(|e| InfraError::Store(Cause::new(format!("writing {key}"), e)))
+}
+
+/// Whether the store holds `key`.
+pub async fn exists(store: &dyn ObjectStore, key: &StorePath) -> Result<bool, InfraError> {
+    match store.head(key).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(InfraError::Store(Cause::new(format!("checking {key}"), e))),
+    }
+}
+
+/// Reads one whole object; `None` when there is none, an error when the
+/// store itself failed.
+pub async fn get_if_present(
+    store: &dyn ObjectStore,
+    key: &StorePath,
+) -> Result<Option<bytes::Bytes>, InfraError> {
+    match store.get(key).await {
+        Ok(got) => got
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(|e| InfraError::Store(Cause::new(format!("reading {key}"), e))),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(InfraError::Store(Cause::new(format!("reading {key}"), e))),
+    }
+}
