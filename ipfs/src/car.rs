@@ -178,16 +178,30 @@ enum Cbor<'a> {
     Other,
 }
 
-fn take<'a>(b: &'a [u8], pos: &mut usize, n: usize) -> Result<&'a [u8], String> {
+/// Why a CAR header is not the DAG-CBOR we read (reported as
+/// [`CarError::Malformed`]: the gateway's fault).
+#[derive(Debug, thiserror::Error)]
+enum CborError {
+    #[error("truncated CBOR")]
+    Truncated,
+    #[error("indefinite-length or reserved CBOR item (not DAG-CBOR)")]
+    Indefinite,
+    #[error("CBOR nesting or length out of range")]
+    OutOfRange,
+    #[error("CBOR text is not UTF-8")]
+    NotUtf8(#[source] std::str::Utf8Error),
+}
+
+fn take<'a>(b: &'a [u8], pos: &mut usize, n: usize) -> Result<&'a [u8], CborError> {
     let s = b
         .get(*pos..)
         .and_then(|rest| rest.get(..n))
-        .ok_or("truncated CBOR")?;
+        .ok_or(CborError::Truncated)?;
     *pos += n;
     Ok(s)
 }
 
-fn cbor<'a>(b: &'a [u8], pos: &mut usize, depth: u32) -> Result<Cbor<'a>, String> {
+fn cbor<'a>(b: &'a [u8], pos: &mut usize, depth: u32) -> Result<Cbor<'a>, CborError> {
     let first = take(b, pos, 1)?[0];
     let (major, info) = (first >> 5, first & 31);
     let arg = match info {
@@ -195,19 +209,17 @@ fn cbor<'a>(b: &'a [u8], pos: &mut usize, depth: u32) -> Result<Cbor<'a>, String
         24..=27 => take(b, pos, 1 << (info - 24))?
             .iter()
             .fold(0, |acc, &x| acc << 8 | u64::from(x)),
-        _ => return Err("indefinite-length or reserved CBOR item (not DAG-CBOR)".into()),
+        _ => return Err(CborError::Indefinite),
     };
     let remaining = (b.len() - *pos) as u64;
     if depth > 16 || ((2..=5).contains(&major) && arg > remaining) {
-        return Err("CBOR nesting or length out of range".into());
+        return Err(CborError::OutOfRange);
     }
     let n = arg as usize;
     Ok(match major {
         0 => Cbor::Uint(arg),
         2 => Cbor::Bytes(take(b, pos, n)?),
-        3 => {
-            Cbor::Text(std::str::from_utf8(take(b, pos, n)?).map_err(|_| "CBOR text is not UTF-8")?)
-        }
+        3 => Cbor::Text(std::str::from_utf8(take(b, pos, n)?).map_err(CborError::NotUtf8)?),
         4 => Cbor::Array(
             (0..n)
                 .map(|_| cbor(b, pos, depth + 1))
@@ -216,7 +228,7 @@ fn cbor<'a>(b: &'a [u8], pos: &mut usize, depth: u32) -> Result<Cbor<'a>, String
         5 => Cbor::Map(
             (0..n)
                 .map(|_| Ok((cbor(b, pos, depth + 1)?, cbor(b, pos, depth + 1)?)))
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, CborError>>()?,
         ),
         6 => Cbor::Tag(arg, Box::new(cbor(b, pos, depth + 1)?)),
         _ => Cbor::Other, // negative ints, simple values, floats: payload already skipped
@@ -226,7 +238,7 @@ fn cbor<'a>(b: &'a [u8], pos: &mut usize, depth: u32) -> Result<Cbor<'a>, String
 fn parse_header(buf: &[u8]) -> Result<CarHeader, CarError> {
     let bad = |e: String| malformed(format!("bad CAR header: {e}"));
     let mut pos = 0;
-    let Cbor::Map(entries) = cbor(buf, &mut pos, 0).map_err(bad)? else {
+    let Cbor::Map(entries) = cbor(buf, &mut pos, 0).map_err(|e| bad(e.to_string()))? else {
         return Err(bad("not a CBOR map".into()));
     };
     if pos != buf.len() {

@@ -15,7 +15,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Component, Path};
 
 use crate::BlockSource;
-use crate::cid::{Cid, DAG_PB, IDENTITY, RAW};
+use crate::cid::{Cid, CidError, DAG_PB, IDENTITY, RAW};
 
 /// Deeper than any real UnixFS DAG (a balanced 174-wide tree of depth 6 is
 /// already > 1 TiB); bounds recursion on hostile input.
@@ -142,6 +142,53 @@ pub enum UnixfsError {
     Io(#[from] io::Error),
 }
 
+/// Why a dag-pb block or its UnixFS Data did not decode: the content's
+/// fault (callers report it as [`UnixfsError::Malformed`]).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes end inside a varint.
+    #[error("truncated protobuf varint")]
+    TruncatedVarint,
+    /// A varint's tenth byte carries more than the 64th bit.
+    #[error("protobuf varint overflows 64 bits")]
+    VarintOverflow,
+    /// A varint that does not end within 10 bytes.
+    #[error("protobuf varint longer than 10 bytes")]
+    VarintTooLong,
+    /// A wire type protobuf does not define (or the deprecated groups).
+    #[error("unsupported protobuf wire type {0}")]
+    WireType(u64),
+    /// A field longer than the bytes left.
+    #[error("truncated protobuf field")]
+    TruncatedField,
+    /// A known field with the wrong wire type.
+    #[error("{message} field {field} has the wrong wire type")]
+    WrongType {
+        /// `PBNode`, `PBLink` or `UnixFS Data`.
+        message: &'static str,
+        /// The field number.
+        field: u64,
+    },
+    /// A link's Hash holds more than one CID.
+    #[error("trailing bytes after a link's CID")]
+    TrailingLinkBytes,
+    /// A link's Hash is not a CID.
+    #[error("link hash: {0}")]
+    LinkHash(#[source] CidError),
+    /// A link's Name is not UTF-8.
+    #[error("link name is not UTF-8")]
+    LinkName(#[source] std::string::FromUtf8Error),
+    /// A link without a Hash.
+    #[error("link without a Hash")]
+    LinkWithoutHash,
+    /// A UnixFS Type this runner does not know.
+    #[error("unknown UnixFS type {0}")]
+    UnknownType(u64),
+    /// UnixFS Data without a Type.
+    #[error("UnixFS Data without a Type")]
+    NoType,
+}
+
 enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
@@ -159,23 +206,23 @@ impl<'a> Pb<'a> {
         Pb { buf, pos: 0 }
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
+    fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..10 {
-            let b = *self.buf.get(self.pos).ok_or("truncated protobuf varint")?;
+            let b = *self.buf.get(self.pos).ok_or(DecodeError::TruncatedVarint)?;
             self.pos += 1;
             if i == 9 && b > 1 {
-                return Err("protobuf varint overflows 64 bits".into());
+                return Err(DecodeError::VarintOverflow);
             }
             value |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(value);
             }
         }
-        Err("protobuf varint longer than 10 bytes".into())
+        Err(DecodeError::VarintTooLong)
     }
 
-    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, String> {
+    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, DecodeError> {
         if self.pos == self.buf.len() {
             return Ok(None);
         }
@@ -185,10 +232,10 @@ impl<'a> Pb<'a> {
             2 => usize::try_from(self.varint()?).unwrap_or(usize::MAX),
             1 => 8,
             5 => 4,
-            wire => return Err(format!("unsupported protobuf wire type {wire}")),
+            wire => return Err(DecodeError::WireType(wire)),
         };
         if self.buf.len() - self.pos < len {
-            return Err("truncated protobuf field".into());
+            return Err(DecodeError::TruncatedField);
         }
         let bytes = &self.buf[self.pos..self.pos + len];
         self.pos += len;
@@ -201,13 +248,13 @@ impl<'a> Pb<'a> {
     }
 }
 
-fn wrong_type(msg: &str, num: u64) -> String {
-    format!("{msg} field {num} has the wrong wire type")
+fn wrong_type(message: &'static str, field: u64) -> DecodeError {
+    DecodeError::WrongType { message, field }
 }
 
 /// Decodes a dag-pb block. Canonical encoding puts Links before Data, but
 /// any order is accepted; unknown fields are ignored.
-pub fn decode_pbnode(block: &[u8]) -> Result<PbNode, String> {
+pub fn decode_pbnode(block: &[u8]) -> Result<PbNode, DecodeError> {
     let (mut pb, mut node) = (Pb::new(block), PbNode::default());
     while let Some((num, field)) = pb.next()? {
         match (num, field) {
@@ -220,17 +267,17 @@ pub fn decode_pbnode(block: &[u8]) -> Result<PbNode, String> {
     Ok(node)
 }
 
-fn decode_link(bytes: &[u8]) -> Result<PbLink, String> {
+fn decode_link(bytes: &[u8]) -> Result<PbLink, DecodeError> {
     let (mut pb, mut hash, mut name, mut tsize) = (Pb::new(bytes), None, None, None);
     while let Some((num, field)) = pb.next()? {
         match (num, field) {
             (1, Field::Bytes(b)) => match Cid::from_bytes(b) {
                 Ok((cid, n)) if n == b.len() => hash = Some(cid),
-                Ok(_) => return Err("trailing bytes after a link's CID".into()),
-                Err(e) => return Err(format!("link hash: {e}")),
+                Ok(_) => return Err(DecodeError::TrailingLinkBytes),
+                Err(e) => return Err(DecodeError::LinkHash(e)),
             },
             (2, Field::Bytes(b)) => {
-                name = Some(String::from_utf8(b.to_vec()).map_err(|_| "link name is not UTF-8")?)
+                name = Some(String::from_utf8(b.to_vec()).map_err(DecodeError::LinkName)?)
             }
             (3, Field::Varint(v)) => tsize = Some(v),
             (1..=3, _) => return Err(wrong_type("PBLink", num)),
@@ -238,14 +285,14 @@ fn decode_link(bytes: &[u8]) -> Result<PbLink, String> {
         }
     }
     Ok(PbLink {
-        hash: hash.ok_or("link without a Hash")?,
+        hash: hash.ok_or(DecodeError::LinkWithoutHash)?,
         name,
         tsize,
     })
 }
 
 /// Decodes the UnixFS protobuf in a dag-pb node's Data.
-pub fn decode_unixfs(bytes: &[u8]) -> Result<UnixfsData, String> {
+pub fn decode_unixfs(bytes: &[u8]) -> Result<UnixfsData, DecodeError> {
     let mut pb = Pb::new(bytes);
     let mut out = UnixfsData {
         kind: DataType::Raw,
@@ -259,11 +306,7 @@ pub fn decode_unixfs(bytes: &[u8]) -> Result<UnixfsData, String> {
             (1, Field::Varint(t)) => {
                 use DataType::*;
                 let kinds = [Raw, Directory, File, Metadata, Symlink, HamtShard];
-                kind = Some(
-                    *kinds
-                        .get(t as usize)
-                        .ok_or(format!("unknown UnixFS type {t}"))?,
-                );
+                kind = Some(*kinds.get(t as usize).ok_or(DecodeError::UnknownType(t))?);
             }
             (2, Field::Bytes(b)) => out.data = b.to_vec(),
             (3, Field::Varint(v)) => out.filesize = Some(v),
@@ -278,7 +321,7 @@ pub fn decode_unixfs(bytes: &[u8]) -> Result<UnixfsData, String> {
             _ => {} // hashType, fanout, mode, mtime: not needed to unpack
         }
     }
-    out.kind = kind.ok_or("UnixFS Data without a Type")?;
+    out.kind = kind.ok_or(DecodeError::NoType)?;
     Ok(out)
 }
 
@@ -423,7 +466,7 @@ impl<S: BlockSource + ?Sized> Walker<'_, S> {
                     "the DAG links the same blocks over and over (read amplification)".into(),
                 )
             })?;
-        let bad = |e: String| {
+        let bad = |e: &dyn std::fmt::Display| {
             UnixfsError::Malformed(format!(
                 "block {cid} is not a valid UnixFS dag-pb node: {e}"
             ))
@@ -431,9 +474,12 @@ impl<S: BlockSource + ?Sized> Walker<'_, S> {
         match cid.codec() {
             RAW => Ok(Node::Raw(block)),
             DAG_PB => {
-                let node = decode_pbnode(&block).map_err(bad)?;
-                let data = node.data.ok_or_else(|| bad("it has no Data".into()))?;
-                Ok(Node::Pb(node.links, decode_unixfs(&data).map_err(bad)?))
+                let node = decode_pbnode(&block).map_err(|e| bad(&e))?;
+                let data = node.data.ok_or_else(|| bad(&"it has no Data"))?;
+                Ok(Node::Pb(
+                    node.links,
+                    decode_unixfs(&data).map_err(|e| bad(&e))?,
+                ))
             }
             codec => Err(UnixfsError::Unsupported(format!(
                 "block {cid} has codec 0x{codec:x}; only dag-pb (0x70) and raw (0x55) UnixFS DAGs can be unpacked"
@@ -659,6 +705,7 @@ mod tests {
         assert!(
             decode_unixfs(&[0x08, 0x09])
                 .unwrap_err()
+                .to_string()
                 .contains("unknown UnixFS type 9")
         );
         assert!(decode_unixfs(&[0x10, 0x01]).is_err()); // Data as a varint: wrong wire type
@@ -666,6 +713,7 @@ mod tests {
         assert!(
             decode_pbnode(&[0x12, 0x02, 0x0a, 0x00])
                 .unwrap_err()
+                .to_string()
                 .contains("link hash")
         );
     }

@@ -162,21 +162,37 @@ struct ConfirmChannels {
     connections: deadpool_lapin::Pool,
 }
 
+/// Why a confirm-mode channel could not be made: the broker's side (or the
+/// way to it) failed. Shown as the underlying error's own words.
+#[derive(Debug, thiserror::Error)]
+enum ChannelError {
+    /// No pooled connection to open it on.
+    #[error(transparent)]
+    Connection(deadpool_lapin::PoolError),
+    /// Opening the channel, or switching it to confirm mode, failed.
+    #[error(transparent)]
+    Channel(lapin::Error),
+}
+
 impl managed::Manager for ConfirmChannels {
     type Type = Channel;
-    type Error = String;
+    type Error = ChannelError;
 
-    async fn create(&self) -> Result<Channel, String> {
-        let conn = self.connections.get().await.map_err(|e| e.to_string())?;
-        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    async fn create(&self) -> Result<Channel, ChannelError> {
+        let conn = self
+            .connections
+            .get()
+            .await
+            .map_err(ChannelError::Connection)?;
+        let channel = conn.create_channel().await.map_err(ChannelError::Channel)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ChannelError::Channel)?;
         Ok(channel)
     }
 
-    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<String> {
+    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<ChannelError> {
         if channel.status().connected() {
             Ok(())
         } else {

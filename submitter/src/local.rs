@@ -2,11 +2,13 @@
 //! the embedded cache by hash, then the worker's own pipeline runs the job.
 use crate::{Location, Source, Unpack};
 use indicatif::{ProgressBar, ProgressStyle};
-pub use shoal_worker::stage::Stager;
+use object_store::path::Path as StorePath;
+use shoal_worker::error::InfraError;
 use shoal_worker::stage::pack_dir;
-pub use shoal_worker::store::open as open_store;
+pub use shoal_worker::stage::{SetupError, Stager};
 use shoal_worker::store::put_content;
-use std::path::Path;
+pub use shoal_worker::store::{OpenError, open as open_store};
+use std::path::{Path, PathBuf};
 
 pub use shoal_worker::Config;
 pub use shoal_worker::config::{AmqpSection, LimitValues};
@@ -16,10 +18,122 @@ pub use shoal_worker::pipeline::{LocalOptions, Pipeline};
 /// Files at least this large get a progress bar while they are read.
 const PROGRESS_BYTES: u64 = 8 << 20;
 
+/// Moving files between this machine and the store failed. Each message
+/// names the local file, store key or step; the error underneath is the
+/// source. A local file that cannot be read or written is the user's to
+/// fix; a store failure ([`InfraError`]) is ours.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// A local file or folder could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A folder could not be packed as a tar archive.
+    #[error("packing {}: {source}", path.display())]
+    Pack {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The packing thread failed (panicked or was cancelled).
+    #[error(transparent)]
+    Join(tokio::task::JoinError),
+    /// A packed folder could not be put into the store.
+    #[error("uploading {}: {source}", path.display())]
+    UploadFolder {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: InfraError,
+    },
+    /// A file could not be streamed into the store.
+    #[error("{}: {source}", path.display())]
+    UploadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: InfraError,
+    },
+    /// The store did not say whether it holds a file's content already.
+    #[error("checking {key}: {source}")]
+    Check {
+        /// The content's key.
+        key: StorePath,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The file's hash after uploading is not the hash read before.
+    #[error("{}: the file changed while it was being uploaded; try again", path.display())]
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A result names a location that is not a store key.
+    #[error("{key}: {source}")]
+    Key {
+        /// The location as the result gives it.
+        key: String,
+        /// Why it is not a key.
+        #[source]
+        source: object_store::path::Error,
+    },
+    /// An object a result names could not be read from the store.
+    #[error("fetching {key}: {source}")]
+    Fetch {
+        /// The object's key.
+        key: StorePath,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A result's base64 stream does not decode.
+    #[error(transparent)]
+    Base64(base64::DecodeError),
+    /// A file of the result could not be written.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The file, as the message names it (`stdout`, or its path).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or folder of the result could not be made.
+    #[error(transparent)]
+    Io(std::io::Error),
+    /// An output file does not match the hash its manifest gives.
+    #[error("output {output}/{file} does not match its manifest hash")]
+    Mismatch {
+        /// The output mount's name.
+        output: String,
+        /// The file's path in it.
+        file: String,
+    },
+    /// The cache could not be listed.
+    #[error("listing the cache: {0}")]
+    List(#[source] object_store::Error),
+    /// The download folder or the results store failed.
+    #[error(transparent)]
+    Infra(InfraError),
+}
+
 /// Puts a local file (as is) or folder (as a tar archive) into the cache and
 /// returns the source that names it.
-pub async fn upload_path(stager: &Stager, path: &Path) -> Result<Source, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub async fn upload_path(stager: &Stager, path: &Path) -> Result<Source, LocalError> {
+    let meta = std::fs::metadata(path).map_err(|source| LocalError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -30,11 +144,17 @@ pub async fn upload_path(stager: &Stager, path: &Path) -> Result<Source, String>
         let dir = path.to_path_buf();
         let archive = tokio::task::spawn_blocking(move || pack_dir(&dir))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("packing {}: {e}", path.display()))?;
-        let hex = put_content(store, archive.into())
-            .await
-            .map_err(|e| format!("uploading {}: {e}", path.display()))?;
+            .map_err(LocalError::Join)?
+            .map_err(|source| LocalError::Pack {
+                path: path.to_owned(),
+                source,
+            })?;
+        let hex = put_content(store, archive.into()).await.map_err(|source| {
+            LocalError::UploadFolder {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
         (hex, Some(Unpack::Tar))
     } else {
         (upload_file(store, path, meta.len()).await?, None)
@@ -65,17 +185,20 @@ async fn upload_file(
     store: &dyn object_store::ObjectStore,
     path: &Path,
     len: u64,
-) -> Result<String, String> {
+) -> Result<String, LocalError> {
     use object_store::ObjectStoreExt as _;
     use sha2::Digest as _;
     use tokio::io::AsyncReadExt as _;
-    let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let unreadable = |source: std::io::Error| LocalError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let hashing = bar(len, format!("hashing {}", path.display()));
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| failed(&e))?;
+    let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).await.map_err(|e| failed(&e))?;
+        let n = file.read(&mut buf).await.map_err(unreadable)?;
         if n == 0 {
             break;
         }
@@ -88,7 +211,7 @@ async fn upload_file(
     match store.head(&key).await {
         Ok(meta) if meta.size == len => return Ok(hex),
         Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(format!("checking {key}: {e}")),
+        Err(source) => return Err(LocalError::Check { key, source }),
     }
     let uploading = bar(len, format!("uploading {}", path.display()));
     let progress = {
@@ -97,13 +220,16 @@ async fn upload_file(
     };
     let (_, sent) = shoal_worker::store::put_file_with(store, &key, path, &progress)
         .await
-        .map_err(|e| failed(&e))?;
+        .map_err(|source| LocalError::UploadFile {
+            path: path.to_owned(),
+            source,
+        })?;
     uploading.finish_and_clear();
     if sent != hex {
         let _ = store.delete(&key).await;
-        return Err(failed(
-            &"the file changed while it was being uploaded; try again",
-        ));
+        return Err(LocalError::Changed {
+            path: path.to_owned(),
+        });
     }
     Ok(hex)
 }
@@ -115,20 +241,23 @@ pub async fn download(
     store: &dyn object_store::ObjectStore,
     result: &crate::ResultMessage,
     dir: &Path,
-) -> Result<(), String> {
+) -> Result<(), LocalError> {
     use base64::Engine as _;
-    use object_store::{ObjectStoreExt, path::Path as StorePath};
+    use object_store::ObjectStoreExt;
     let get = |key: String| async move {
-        let key = StorePath::parse(&key).map_err(|e| format!("{key}: {e}"))?;
-        let got = store
-            .get(&key)
-            .await
-            .map_err(|e| format!("fetching {key}: {e}"))?;
+        let key = match StorePath::parse(&key) {
+            Ok(parsed) => parsed,
+            Err(source) => return Err(LocalError::Key { key, source }),
+        };
+        let got = match store.get(&key).await {
+            Ok(got) => got,
+            Err(source) => return Err(LocalError::Fetch { key, source }),
+        };
         got.bytes()
             .await
-            .map_err(|e| format!("fetching {key}: {e}"))
+            .map_err(|source| LocalError::Fetch { key, source })
     };
-    shoal_worker::publish::local::prepare(dir).map_err(|e| e.to_string())?;
+    shoal_worker::publish::local::prepare(dir).map_err(LocalError::Infra)?;
     for (name, stream) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
         let bytes: Vec<u8> = match stream {
             None => Vec::new(),
@@ -136,21 +265,22 @@ pub async fn download(
                 (Some(text), _, _) => text.as_bytes().to_vec(),
                 (None, Some(b64), _) => base64::engine::general_purpose::STANDARD
                     .decode(b64)
-                    .map_err(|e| e.to_string())?,
+                    .map_err(LocalError::Base64)?,
                 (None, None, Some(location)) => get(location.clone()).await?.to_vec(),
                 (None, None, None) => Vec::new(),
             },
         };
-        std::fs::write(dir.join(name), bytes).map_err(|e| format!("writing {name}: {e}"))?;
+        std::fs::write(dir.join(name), bytes).map_err(|source| LocalError::Write {
+            path: PathBuf::from(name),
+            source,
+        })?;
     }
-    if let Some(code) = result.exit_code {
-        std::fs::write(dir.join("exitCode"), code.to_string()).map_err(|e| e.to_string())?;
-    }
+    // exitCode is written with result.json, by write_result.
     let total: u64 = result.outputs.iter().map(|o| o.bytes).sum();
     let bar = bar(total, "downloading".into());
     for output in &result.outputs {
         let folder = dir.join(&output.name);
-        std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&folder).map_err(LocalError::Io)?;
         let prefix = output
             .location
             .clone()
@@ -158,22 +288,26 @@ pub async fn download(
         for file in &output.files {
             let bytes = get(format!("{prefix}{}", file.path)).await?;
             if shoal_worker::store::sha256_hex(&bytes) != file.sha256 {
-                return Err(format!(
-                    "output {}/{} does not match its manifest hash",
-                    output.name, file.path
-                ));
+                return Err(LocalError::Mismatch {
+                    output: output.name.clone(),
+                    file: file.path.clone(),
+                });
             }
             let target = folder.join(&file.path);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(parent).map_err(LocalError::Io)?;
             }
-            std::fs::write(&target, &bytes)
-                .map_err(|e| format!("writing {}: {e}", target.display()))?;
+            if let Err(source) = std::fs::write(&target, &bytes) {
+                return Err(LocalError::Write {
+                    path: target,
+                    source,
+                });
+            }
             bar.inc(file.size);
         }
     }
     bar.finish_and_clear();
-    shoal_worker::publish::local::write_result(dir, result).map_err(|e| e.to_string())
+    shoal_worker::publish::local::write_result(dir, result).map_err(LocalError::Infra)
 }
 
 /// One kind of cache entry, for `submit cache stats`.
@@ -188,17 +322,15 @@ pub struct CacheKind {
 }
 
 /// Counts what the cache (`cache/` in the store) holds, by kind.
-pub async fn cache_stats(store: &dyn object_store::ObjectStore) -> Result<Vec<CacheKind>, String> {
+pub async fn cache_stats(
+    store: &dyn object_store::ObjectStore,
+) -> Result<Vec<CacheKind>, LocalError> {
     use futures::TryStreamExt as _;
     let kinds = ["sha256", "url", "cid", "compiled", "tmp", "other"];
     let mut counts = vec![(0u64, 0u64); kinds.len()];
     let prefix = object_store::path::Path::from("cache");
     let mut listing = store.list(Some(&prefix));
-    while let Some(meta) = listing
-        .try_next()
-        .await
-        .map_err(|e| format!("listing the cache: {e}"))?
-    {
+    while let Some(meta) = listing.try_next().await.map_err(LocalError::List)? {
         let kind = meta
             .location
             .prefix_match(&prefix)
@@ -227,8 +359,6 @@ pub async fn cache_stats(store: &dyn object_store::ObjectStore) -> Result<Vec<Ca
 pub async fn stored_result(
     store: &dyn object_store::ObjectStore,
     id: &str,
-) -> Result<Option<crate::ResultMessage>, String> {
-    shoal_worker::publish::store::get_result(store, id)
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<Option<crate::ResultMessage>, InfraError> {
+    shoal_worker::publish::get_result(store, id).await
 }

@@ -33,6 +33,8 @@ fn megabytes() -> u64 {
         .unwrap_or(1024)
 }
 
+// A benchmark's own folder, not a worker's configuration.
+#[allow(clippy::disallowed_methods)]
 fn work_dir() -> PathBuf {
     std::env::temp_dir().join("shoal-bench-staging")
 }
@@ -151,7 +153,7 @@ fn row(kind: &str, mb: u64) {
             ..config.cache.clone()
         })
         .unwrap();
-        let uploads = shoal_worker::store::Uploads::new(&std::env::temp_dir());
+        let uploads = shoal_worker::store::Uploads::new(&work_dir());
         let (_, before) = peak_and_current_rss_kib();
         let started = Instant::now();
         let size = match kind {

@@ -150,6 +150,24 @@ pub enum Error {
     Infra(#[from] InfraError),
 }
 
+/// An error and its causes on one line, `a: b: c`, each cause shown once:
+/// ours already carry their cause's words in their own (a result's message
+/// must tell the whole story), so a cause whose words end the line so far
+/// is not repeated, as printing the chain with anyhow's `{:#}` would.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let words = c.to_string();
+        if !line.ends_with(&words) {
+            line.push_str(": ");
+            line.push_str(&words);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +187,18 @@ mod tests {
         for (error, kind) in table {
             assert_eq!(error.kind(), kind, "{error}");
         }
+    }
+
+    #[test]
+    fn a_chain_shows_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = InfraError::Disk(Cause::new("reading x", io));
+        assert_eq!(chain(&error), "local disk: reading x: no such file");
+        let wrapped = anyhow::Error::from(error).context("running the job");
+        assert_eq!(
+            chain(&*wrapped),
+            "running the job: local disk: reading x: no such file"
+        );
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl Job {
 }
 
 /// Ids that are safe as routing keys and object keys (the schema's pattern).
-pub fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id

@@ -8,12 +8,15 @@
 //! module that touches wasmtime; [`config`] is the only one that reads the
 //! process environment.
 #![warn(missing_docs)]
+// What the binary, the submitter and the tests need is `pub`; the rest is
+// `pub(crate)`, and this keeps it so.
+#![warn(unreachable_pub)]
 
 pub mod config;
 pub mod consume;
 pub mod error;
 pub mod execute;
-pub mod job;
+pub(crate) mod job;
 pub mod metrics;
 pub mod paths;
 pub mod pipeline;

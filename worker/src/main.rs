@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("shoal-worker: {e:#}");
+            eprintln!("shoal-worker: {}", shoal_worker::error::chain(&*e));
             ExitCode::from(2)
         }
     }

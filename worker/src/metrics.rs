@@ -7,7 +7,7 @@
 //! follow Prometheus conventions (`shoal_` prefix, base units, `_total` for
 //! counters); dashboards/ and the alert rules query exactly these (a test
 //! checks that every name they use exists here).
-use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
+use object_store::{ObjectStore, ObjectStoreExt};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -364,18 +364,33 @@ async fn answer(
     socket.shutdown().await
 }
 
+/// Why `/readyz` says not ready.
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    /// Declaring the topology failed; the words recorded by
+    /// [`Metrics::topology_mismatch`].
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("not connected to the broker")]
+    Broker,
+    #[error("the store does not answer: {0}")]
+    Store(#[source] object_store::Error),
+    #[error("the store did not answer within 5 s")]
+    StoreTimeout,
+}
+
 /// Ready: consuming from the broker, and the store answers a read.
-async fn readiness(store: &dyn ObjectStore) -> Result<(), String> {
+async fn readiness(store: &dyn ObjectStore) -> Result<(), NotReady> {
     if METRICS.broker_connected.get() != 1 {
         return Err(match METRICS.mismatch() {
-            Some(why) => why,
-            None => "not connected to the broker".into(),
+            Some(why) => NotReady::Mismatch(why),
+            None => NotReady::Broker,
         });
     }
-    let probe = StorePath::from("health/readyz");
+    let probe = crate::store::keys::health();
     match tokio::time::timeout(std::time::Duration::from_secs(5), store.head(&probe)).await {
         Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
-        Ok(Err(e)) => Err(format!("the store does not answer: {e}")),
-        Err(_) => Err("the store did not answer within 5 s".into()),
+        Ok(Err(e)) => Err(NotReady::Store(e)),
+        Err(_) => Err(NotReady::StoreTimeout),
     }
 }

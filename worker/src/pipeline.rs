@@ -15,7 +15,7 @@
 use crate::config::{Config, LimitValues, LimitsSection};
 use crate::error::{Error, InfraError, JobError};
 use crate::execute::artifacts::Artifacts;
-use crate::execute::{Executor, Mount, Outcome, Report, RunLimits, RunSpec};
+use crate::execute::{Executor, ExecutorConfig, Mount, Outcome, Report, RunLimits, RunSpec};
 use crate::job::{Job, Refusal};
 use crate::metrics::METRICS;
 use crate::paths::GuestPath;
@@ -66,13 +66,13 @@ pub struct Delivered {
 pub enum StartError {
     /// The store named by `[cache]` could not be opened.
     #[error("opening the store: {0}")]
-    Store(String),
+    Store(#[source] crate::store::OpenError),
     /// The wasmtime engine could not be built from `[executor]`.
     #[error("building the executor: {0}")]
-    Executor(String),
+    Executor(#[source] crate::execute::EngineError),
     /// `[staging]` is not usable (a gateway or allow-list that does not parse).
     #[error("setting up staging: {0}")]
-    Staging(String),
+    Staging(#[source] crate::stage::SetupError),
     /// The scratch folder could not be made.
     #[error("setting up scratch space: {0}")]
     Scratch(#[source] InfraError),
@@ -95,7 +95,8 @@ impl Pipeline {
     /// job may ask for (`LimitValues::UNLIMITED` for local runs).
     pub fn new(config: Config, ceiling: LimitValues) -> Result<Pipeline, StartError> {
         let store = crate::store::open(&config.cache).map_err(StartError::Store)?;
-        let executor = Executor::new(config.executor_config()).map_err(StartError::Executor)?;
+        let executor =
+            Executor::new(ExecutorConfig::from_config(&config)).map_err(StartError::Executor)?;
         // On a shared S3 store, native code is loaded only when an HMAC key
         // authenticates it: anyone who can write to the bucket (a submitter
         // uploading inputs, say) could otherwise plant code. A local folder
@@ -152,7 +153,7 @@ impl Pipeline {
 
     /// Validate: a message's bytes as a job, or why they are not one.
     /// The one place a message is judged, for the fleet and local runs alike.
-    pub fn admit(&self, body: &[u8], message_id: Option<&str>) -> Result<Job, Refusal> {
+    pub(crate) fn admit(&self, body: &[u8], message_id: Option<&str>) -> Result<Job, Refusal> {
         Job::admit(body, message_id, &self.config.limits, &self.ceiling)
     }
 
@@ -234,7 +235,7 @@ impl Pipeline {
 
     /// Stage → execute → publish: one job to its result at `destination`.
     /// `extra_mounts` are `--mount` preopens of a local run (none in a fleet).
-    pub async fn process(
+    pub(crate) async fn process(
         &self,
         job: Job,
         delivered: Delivered,
@@ -512,4 +513,30 @@ fn check_extra_mounts(job: &Job, extra: &[Mount]) -> Result<(), JobError> {
         taken.push((path, format!("--mount {}", mount.host.display())));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_that_cannot_be_built_stops_the_start_and_keeps_the_cause() {
+        use std::error::Error as _;
+        let cache = tempfile::tempdir().unwrap();
+        let mut config = Config::load_from(None, std::iter::empty()).unwrap();
+        config.cache.dir = cache.path().to_owned();
+        config.executor.max_wasm_stack_bytes = 0;
+        let Err(e) = Pipeline::new(config, LimitValues::UNLIMITED) else {
+            panic!("an engine without a stack was built")
+        };
+        assert!(matches!(e, StartError::Executor(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("building the executor: creating the wasmtime engine: "),
+            "{text}"
+        );
+        let engine = e.source().expect("the engine error is the source");
+        let wasmtime = engine.source().expect("wasmtime's error is kept");
+        assert!(text.ends_with(&wasmtime.to_string()), "{text}");
+    }
 }

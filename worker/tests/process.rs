@@ -367,6 +367,55 @@ async fn a_worker_whose_connection_the_broker_closes_reconnects_and_serves_on() 
     bench.remove().await;
 }
 
+/// A job that finds the worker's instance pool full meets our failure, not
+/// its own: it goes back to the queue and completes once there is room,
+/// instead of ending as `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_meets_a_full_instance_pool_is_retried_and_completes_once_there_is_room() {
+    let mut bench = Bench::new().await;
+    // Two jobs at once, room in the pool for one, little patience for it.
+    let worker = bench.worker(
+        "crowded",
+        &[
+            ("SHOAL_WORKER_CONCURRENCY", "2"),
+            ("SHOAL_EXECUTOR_POOL_STORES", "1"),
+            ("SHOAL_EXECUTOR_SLOT_WAIT_MS", "100"),
+            ("SHOAL_AMQP_RETRY_BASE_MS", "200"),
+            ("SHOAL_AMQP_RETRY_MAX_MS", "400"),
+            ("SHOAL_AMQP_MAX_ATTEMPTS", "30"),
+        ],
+    );
+    let reaper = Reaper(vec![worker]);
+    let (long, short) = (unique("pool-long"), unique("pool-short"));
+    bench.submit(&long, &["sleep", "2"]).await;
+    bench.running(&long).await;
+    bench.submit(&short, &["args", "made", "it"]).await;
+
+    let result = bench.result(&short).await;
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert!(
+        result.attempt >= 2,
+        "the job met the full pool first: {result:?}"
+    );
+    assert_eq!(
+        result.stdout.unwrap().text.as_deref(),
+        Some("probe.wasm\nargs\nmade\nit\n")
+    );
+    let first = bench.result(&long).await;
+    assert_eq!(
+        (first.status, first.attempt),
+        (Status::Succeeded, 1),
+        "{first:?}"
+    );
+    let log = bench.log("crowded");
+    assert!(
+        log.contains("instance pool is full") && log.contains("will retry"),
+        "the worker says why it handed the job back:\n{log}"
+    );
+    drop(reaper);
+    bench.remove().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_jobs_finish_then_exits_zero() {
     let mut bench = Bench::new().await;

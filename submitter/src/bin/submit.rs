@@ -176,7 +176,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("submit: {e:#}");
+            eprintln!("submit: {}", shoal_worker::error::chain(&*e));
             ExitCode::from(2)
         }
     }
@@ -193,11 +193,11 @@ async fn run_command(run: RunArgs) -> Result<u8> {
     // only local runs move the default to a per-user folder.
     if run.local
         && config.cache.dir == Path::new("shoal-cache")
-        && let Some(home) = std::env::home_dir()
+        && let Some(dir) = Config::user_cache_dir()
     {
         // The embedded default is a folder in the current directory; people
         // running `submit` get one cache per user instead.
-        config.cache.dir = home.join(".cache").join("shoal");
+        config.cache.dir = dir;
     }
     config.log.filter = "warn".into();
     let store = shoal_submitter::local::open_store(&config.cache).map_err(anyhow::Error::msg)?;

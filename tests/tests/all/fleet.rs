@@ -326,7 +326,7 @@ pub async fn same_id_twice(env: &[(&str, &str)]) {
     assert_eq!(result.outputs[0].files.len(), 1, "{result:?}");
 
     let store = shoal_worker::store::open(&fleet.config.cache).unwrap();
-    let stored = shoal_worker::publish::store::get_result(store.as_ref(), &id)
+    let stored = shoal_worker::publish::get_result(store.as_ref(), &id)
         .await
         .unwrap()
         .unwrap();

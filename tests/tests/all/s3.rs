@@ -27,7 +27,7 @@ async fn a_fleet_on_s3_stages_from_and_publishes_to_the_bucket() {
 
     // Everything went to the bucket; the local cache folder stayed empty.
     let store = shoal_worker::store::open(&fleet.config.cache).unwrap();
-    let stored = shoal_worker::publish::store::get_result(store.as_ref(), &handle.id)
+    let stored = shoal_worker::publish::get_result(store.as_ref(), &handle.id)
         .await
         .unwrap()
         .expect("result.json in the bucket");

@@ -1,6 +1,28 @@
 //! Address blocks, as `staging.url_allow` lists them.
 use std::net::IpAddr;
 
+/// An address block that does not parse: the operator's configuration is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// The address part is not an IPv4 or IPv6 address.
+    #[error("{block:?} is not an address or ADDRESS/PREFIX")]
+    Address {
+        /// The block as written.
+        block: String,
+        /// Why the address did not parse.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// The prefix is not a number from 0 to the address's bit length.
+    #[error("{block:?}: the prefix must be 0 to {max}")]
+    Prefix {
+        /// The block as written.
+        block: String,
+        /// 32 for IPv4, 128 for IPv6.
+        max: u8,
+    },
+}
+
 /// An address block, `10.0.0.0/8` or `::1/128`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -10,15 +32,15 @@ pub struct Cidr {
 
 impl Cidr {
     /// Parses `ADDR/PREFIX` or a bare address (a block of one).
-    pub fn parse(s: &str) -> Result<Cidr, String> {
+    pub fn parse(s: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or ADDRESS/PREFIX"))?;
+        let addr: IpAddr = addr.trim().parse().map_err(|source| CidrError::Address {
+            block: s.to_owned(),
+            source,
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p
@@ -26,7 +48,10 @@ impl Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+                .ok_or_else(|| CidrError::Prefix {
+                    block: s.to_owned(),
+                    max,
+                })?,
             None => max,
         };
         Ok(Cidr { addr, prefix })
@@ -53,7 +78,7 @@ impl Cidr {
 }
 
 /// Parses `staging.url_allow`: address blocks separated by commas.
-pub fn parse_allow_list(s: &str) -> Result<Vec<Cidr>, String> {
+pub fn parse_allow_list(s: &str) -> Result<Vec<Cidr>, CidrError> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())

@@ -9,10 +9,9 @@
 //! process environment.
 mod cidr;
 
-pub use cidr::{Cidr, parse_allow_list};
+pub use cidr::{Cidr, CidrError, parse_allow_list};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The embedded defaults.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -290,8 +289,12 @@ pub struct ExecutorSection {
     pub max_wasm_stack_bytes: usize,
     /// Largest table, elements.
     pub max_table_elements: usize,
-    /// Pooling allocator (room for twice `worker.concurrency` jobs).
+    /// Pooling allocator (room for `pool_stores` jobs).
     pub pooling: bool,
+    /// Jobs the pool has room for; 0: twice `worker.concurrency`.
+    pub pool_stores: usize,
+    /// How long a job waits for room in the pool before it is handed back.
+    pub slot_wait_ms: u64,
 }
 
 /// `[log]`
@@ -437,6 +440,7 @@ impl Config {
     /// The folder that holds the worker's scratch folder:
     /// `worker.scratch_dir`, or the system's temporary folder when that is
     /// empty.
+    #[allow(clippy::disallowed_methods)]
     pub fn scratch_parent(&self) -> PathBuf {
         if self.worker.scratch_dir.as_os_str().is_empty() {
             std::env::temp_dir()
@@ -447,28 +451,9 @@ impl Config {
 
     /// `~/.cache/shoal`: where `submit run --local` keeps its cache when
     /// `cache.dir` is left at its default, so each user has one.
+    #[allow(clippy::disallowed_methods)]
     pub fn user_cache_dir() -> Option<PathBuf> {
         std::env::home_dir().map(|home| home.join(".cache").join("shoal"))
-    }
-
-    /// Executor settings.
-    pub fn executor_config(&self) -> crate::execute::ExecutorConfig {
-        crate::execute::ExecutorConfig {
-            fuel_metering: self.executor.fuel_metering,
-            module_cache_entries: self.executor.module_cache_entries,
-            epoch_tick: Duration::from_millis(self.executor.epoch_tick_ms),
-            max_wasm_stack_bytes: self.executor.max_wasm_stack_bytes,
-            max_table_elements: self.executor.max_table_elements,
-            // Twice: when a worker loses the broker, the guests of the
-            // jobs it gives up run on to their deadlines, keeping their
-            // stores, while the next session's jobs start (they wait for
-            // a slot beyond this; see Executor::run_then).
-            pool_stores: if self.executor.pooling {
-                2 * self.concurrency()
-            } else {
-                0
-            },
-        }
     }
 }
 
@@ -499,7 +484,7 @@ pub fn env_name(key: &str) -> String {
 }
 
 mod toml_table {
-    pub use toml::{Table, Value};
+    pub(super) use toml::{Table, Value};
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! Prefetch equals concurrency: the broker hands this worker no more jobs
 //! than it runs at once, so a slow worker never hoards messages that an
 //! idle one could take.
-pub mod settle;
+mod settle;
 
 use crate::config::AmqpSection;
 use crate::error::{Cause, InfraError};

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// What the pipeline made of one delivery.
 #[derive(Debug)]
-pub enum Processed {
+pub(super) enum Processed {
     /// The job ended by its own doing; its result is stored.
     Done(Box<ResultMessage>),
     /// The message is not a job.
@@ -31,7 +31,7 @@ pub enum Processed {
 
 /// What to do with the delivery, with what it needs for that.
 #[derive(Debug)]
-pub enum Disposition {
+pub(super) enum Disposition {
     /// Publish the result with confirms, then ack.
     Publish(Box<ResultMessage>),
     /// Not a job: a `rejected` result when it names an id, a copy to the
@@ -51,7 +51,7 @@ pub enum Disposition {
 
 /// Retry settings, from `[amqp]`.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub(super) struct RetryPolicy {
     /// Attempts before giving up (`amqp.max_attempts`).
     pub max_attempts: u32,
     /// First backoff (`amqp.retry_base_ms`), doubled per attempt.
@@ -61,7 +61,7 @@ pub struct RetryPolicy {
 }
 
 /// The disposition of attempt `attempt` (from 1) that ended as `processed`.
-pub fn disposition(processed: Processed, attempt: u32, policy: RetryPolicy) -> Disposition {
+pub(super) fn disposition(processed: Processed, attempt: u32, policy: RetryPolicy) -> Disposition {
     match processed {
         Processed::Done(result) => Disposition::Publish(result),
         Processed::Refused(refusal) => Disposition::DeadLetter(refusal),
@@ -74,7 +74,7 @@ pub fn disposition(processed: Processed, attempt: u32, policy: RetryPolicy) -> D
 }
 
 /// Exponential backoff, capped, optionally with full jitter.
-pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64, jitter: bool) -> Duration {
+pub(super) fn backoff(attempt: u32, base_ms: u64, max_ms: u64, jitter: bool) -> Duration {
     let exp = base_ms
         .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
         .min(max_ms);

@@ -51,6 +51,36 @@ pub struct ExecutorConfig {
     /// Guests' stores (jobs) the pooling allocator has room for at once;
     /// 0 allocates each guest's memories, tables and stack on demand.
     pub pool_stores: usize,
+    /// How long a job waits for a store of the pool before it ends as
+    /// [`Outcome::Internal`] (the pool is full), so a worker whose pool is
+    /// held by guests stuck past their deadlines hands its jobs back to
+    /// the queue instead of holding them.
+    pub slot_wait: Duration,
+}
+
+impl ExecutorConfig {
+    /// The executor's settings from `[executor]` (and `worker.concurrency`,
+    /// which sizes the pool).
+    pub fn from_config(config: &crate::config::Config) -> ExecutorConfig {
+        let executor = &config.executor;
+        ExecutorConfig {
+            fuel_metering: executor.fuel_metering,
+            module_cache_entries: executor.module_cache_entries,
+            epoch_tick: Duration::from_millis(executor.epoch_tick_ms),
+            max_wasm_stack_bytes: executor.max_wasm_stack_bytes,
+            max_table_elements: executor.max_table_elements,
+            // Twice: when a worker loses the broker, the guests of the
+            // jobs it gives up run on to their deadlines, keeping their
+            // stores, while the next session's jobs start (they wait for
+            // a slot beyond this; see Executor::run_then).
+            pool_stores: match (executor.pooling, executor.pool_stores) {
+                (false, _) => 0,
+                (true, 0) => 2 * config.concurrency(),
+                (true, n) => n,
+            },
+            slot_wait: Duration::from_millis(executor.slot_wait_ms),
+        }
+    }
 }
 
 impl Default for ExecutorConfig {
@@ -62,6 +92,7 @@ impl Default for ExecutorConfig {
             max_wasm_stack_bytes: 1 << 20,
             max_table_elements: 100_000,
             pool_stores: 0,
+            slot_wait: Duration::from_secs(60),
         }
     }
 }
@@ -396,9 +427,26 @@ pub struct Executor {
     inner: Arc<Inner>,
 }
 
+/// The engine could not be built: the worker's configuration or host is at
+/// fault, never a job. wasmtime's own errors are kept as boxed sources
+/// (`wasmtime::Error` does not implement `std::error::Error`, and no
+/// wasmtime type leaves this module).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime refused the `[executor]` settings.
+    #[error("creating the wasmtime engine: {0}")]
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// WASI preview1 could not be added to the linker.
+    #[error("adding WASI to the linker: {0}")]
+    Wasi(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The epoch ticker's thread could not be started.
+    #[error("starting the epoch ticker: {0}")]
+    Ticker(#[source] std::io::Error),
+}
+
 impl Executor {
     /// Builds the engine, the WASI linker and the epoch ticker.
-    pub fn new(config: ExecutorConfig) -> Result<Executor, String> {
+    pub fn new(config: ExecutorConfig) -> Result<Executor, EngineError> {
         let mut wasm = Config::new();
         wasm.consume_fuel(config.fuel_metering)
             .epoch_interruption(true)
@@ -409,11 +457,10 @@ impl Executor {
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&config)))
                 .async_stack_zeroing(true);
         }
-        let engine =
-            Engine::new(&wasm).map_err(|e| format!("creating the wasmtime engine: {e}"))?;
+        let engine = Engine::new(&wasm).map_err(|e| EngineError::Engine(e.into()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
-            .map_err(|e| format!("adding WASI to the linker: {e}"))?;
+            .map_err(|e| EngineError::Wasi(e.into()))?;
 
         // One ticker for the whole engine, not a thread per job: each job's
         // store counts ticks to its own deadline.
@@ -430,7 +477,7 @@ impl Executor {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| format!("starting the epoch ticker: {e}"))?;
+                .map_err(EngineError::Ticker)?;
         }
         let fingerprint = fingerprint(&engine);
         let entries =
@@ -511,7 +558,23 @@ impl Executor {
         // deadline and keeps its store, and the jobs after it wait for it
         // here rather than find the pool full.
         let slot = match &self.inner.stores {
-            Some(stores) => stores.clone().acquire_owned().await.ok(),
+            Some(stores) => {
+                let wait = self.inner.config.slot_wait;
+                match tokio::time::timeout(wait, stores.clone().acquire_owned()).await {
+                    Ok(permit) => permit.ok(),
+                    Err(_) => {
+                        let full = format!(
+                            "the worker's instance pool is full: no store of {} free within {} ms (executor.slot_wait_ms)",
+                            self.inner.config.pool_stores,
+                            wait.as_millis()
+                        );
+                        return (
+                            Report::early(Outcome::Internal(full), Duration::ZERO, false),
+                            None,
+                        );
+                    }
+                }
+            }
             None => None,
         };
         let ran = tokio::task::spawn_blocking(move || {

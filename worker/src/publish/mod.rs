@@ -8,10 +8,11 @@
 //! the download folder of `submit run --local`, [`store`] the fleet's
 //! `results/<id>/`.
 pub mod local;
-pub mod result;
-pub mod store;
+mod result;
+pub(crate) mod store;
 
 pub use result::{result_of, status_of, stream_of};
+pub use store::get_result;
 
 use crate::config::LimitValues;
 use crate::error::{Cause, InfraError};

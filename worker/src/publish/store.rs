@@ -10,7 +10,7 @@ use shoal_schemas::{ResultMessage, Stream};
 use std::sync::Arc;
 
 /// Uploads each mount's kept files; returns each mount's prefix.
-pub async fn put_outputs(
+pub(crate) async fn put_outputs(
     store: &dyn ObjectStore,
     job_id: &str,
     collected: &[Collected],
@@ -36,7 +36,7 @@ pub async fn put_outputs(
 }
 
 /// Stores a stream when it is too large to carry inline.
-pub async fn put_stream(
+pub(crate) async fn put_stream(
     store: &dyn ObjectStore,
     job_id: &str,
     name: &str,
@@ -92,7 +92,7 @@ impl EarlierResult {
 /// job that did run never overwrites that job's result. Looked up first
 /// rather than written create-only, since S3-compatible servers do not all
 /// honour a create-only write.
-pub async fn put_result_if_absent(
+pub(crate) async fn put_result_if_absent(
     store: &dyn ObjectStore,
     result: &ResultMessage,
 ) -> Result<(), InfraError> {
@@ -110,7 +110,7 @@ pub async fn put_result_if_absent(
 /// re-run, or a redelivery that ran again), objects of the earlier run that
 /// this result does not name are deleted afterwards, so the prefix ends up
 /// holding exactly what the new result describes.
-pub async fn put_result(
+pub(crate) async fn put_result(
     store: &dyn ObjectStore,
     result: &ResultMessage,
     earlier: EarlierResult,

@@ -11,11 +11,11 @@
 //! It owns the host side of the guest's file system: `inputs/` (read-only in
 //! the guest) and one empty folder per output mount. It does not run
 //! anything and does not look at outputs.
-pub mod ipfs;
+mod ipfs;
 mod s3;
-pub mod scratch;
+pub(crate) mod scratch;
 mod tarball;
-pub mod url;
+mod url;
 
 use crate::config::{CacheSection, Config, LimitsSection};
 use crate::error::{Cause, Error, InfraError, JobError};
@@ -51,6 +51,30 @@ pub struct Staged {
     pub uploads: Uploads,
 }
 
+/// `[staging]` is not usable, so no stager could be built: the operator's
+/// configuration (or the host's TLS setup) is at fault, never a job.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `staging.url_allow` does not parse.
+    #[error("staging.url_allow: {0}")]
+    UrlAllow(#[source] crate::config::CidrError),
+    /// The HTTP client for `url` sources could not be built.
+    #[error("building the HTTP client: {0}")]
+    UrlClient(#[source] reqwest::Error),
+    /// An entry of `staging.ipfs_gateways` is not a URL.
+    #[error("staging.ipfs_gateways: {gateway:?} is not a URL: {source}")]
+    Gateway {
+        /// The entry as configured (trimmed, without a trailing slash).
+        gateway: String,
+        /// Why it did not parse.
+        #[source]
+        source: ::url::ParseError,
+    },
+    /// The HTTP client for the gateways could not be built.
+    #[error("building the gateway client: {0}")]
+    GatewayClient(#[source] reqwest::Error),
+}
+
 /// Brings content into jobs' scratch directories.
 #[derive(Clone)]
 pub struct Stager {
@@ -67,7 +91,7 @@ pub struct Stager {
 impl Stager {
     /// A stager reading from `store`, with the configuration's limits and
     /// staging settings.
-    pub fn new(store: Arc<dyn ObjectStore>, config: &Config) -> Result<Self, String> {
+    pub fn new(store: Arc<dyn ObjectStore>, config: &Config) -> Result<Self, SetupError> {
         Ok(Stager {
             store,
             limits: config.limits.clone(),

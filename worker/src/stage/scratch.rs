@@ -22,17 +22,17 @@ use tempfile::TempDir;
 /// The host folder of output mount `i` in a job's scratch folder: named
 /// by index, not by the mount's name, so no name can clash with another
 /// folder of the scratch directory.
-pub fn output_folder(i: usize) -> String {
+pub(crate) fn output_folder(i: usize) -> String {
     format!("out-{i}")
 }
 
 /// The first output mount's folder, made ahead in every pooled folder
 /// (`output_folder(0)`).
-pub const FIRST_OUTPUT: &str = "out-0";
+pub(crate) const FIRST_OUTPUT: &str = "out-0";
 
 /// Scratch folders under one parent folder.
 #[derive(Clone)]
-pub struct ScratchPool {
+pub(crate) struct ScratchPool {
     inner: Arc<Inner>,
 }
 
@@ -77,7 +77,7 @@ impl ScratchPool {
     /// left there when they died (their lock is free) are removed first, so
     /// a worker that crashes and restarts does not fill the disk with its
     /// old jobs' inputs. Nothing is made for jobs until the first asks.
-    pub fn new(parent: &Path, keep: usize) -> Result<ScratchPool, InfraError> {
+    pub(crate) fn new(parent: &Path, keep: usize) -> Result<ScratchPool, InfraError> {
         let parent = parent.to_path_buf();
         let disk = |what: &str, e: std::io::Error| {
             InfraError::Disk(Cause::new(format!("{what} in {}", parent.display()), e))
@@ -119,7 +119,8 @@ impl ScratchPool {
     }
 
     /// The pool's own folder (holding every scratch folder it made).
-    pub fn home(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn home(&self) -> &Path {
         &self.inner.home
     }
 
@@ -127,7 +128,7 @@ impl ScratchPool {
     /// is one, else one made now. It is counted as lent only once the
     /// caller holds it, so a caller cancelled while it waits costs the pool
     /// nothing.
-    pub async fn take(&self) -> Result<Scratch, InfraError> {
+    pub(crate) async fn take(&self) -> Result<Scratch, InfraError> {
         let ready = {
             let mut state = self.inner.lock();
             let ready = state.ready.pop();
@@ -157,7 +158,8 @@ impl ScratchPool {
     }
 
     /// Folders ready now (for tests).
-    pub fn ready(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn ready(&self) -> usize {
         self.inner.lock().ready.len()
     }
 }
@@ -341,7 +343,7 @@ fn fresh_times(out: &Path) -> std::io::Result<()> {
 /// already running on a blocking thread finishes after the guest is gone)
 /// drops its folder unmarked, and it is removed, never handed to the next
 /// job.
-pub struct Scratch {
+pub(crate) struct Scratch {
     path: PathBuf,
     /// Taken only when the folder is dealt with.
     dir: Option<TempDir>,
@@ -351,19 +353,19 @@ pub struct Scratch {
 
 impl Scratch {
     /// The folder.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Marks the folder safe to empty and reuse: staging finished, the
     /// guest's run ended on its own, and nothing else writes into it.
-    pub fn reusable(&mut self) {
+    pub(crate) fn reusable(&mut self) {
         self.reusable = true;
     }
 
     /// Gives the folder back on the calling thread, which must be one that
     /// may block (it empties or removes the folder).
-    pub fn give_back_here(mut self) {
+    pub(crate) fn give_back_here(mut self) {
         if let Some(dir) = self.dir.take() {
             self.pool.give_back(dir, self.reusable);
         }

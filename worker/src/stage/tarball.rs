@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 
 /// Why an archive could not be unpacked.
 #[derive(Debug)]
-pub enum UnpackError {
+pub(super) enum UnpackError {
     /// The archive is malformed or names a path outside the destination.
     Job(String),
     /// It unpacks to more than the allowed bytes.
@@ -19,7 +19,7 @@ pub enum UnpackError {
 /// Unpacks a tar archive (read as a stream) into `dest`: regular files and
 /// folders only, at most `max_bytes` of file content and `max_files`
 /// entries. Returns the bytes and entries written.
-pub fn unpack(
+pub(super) fn unpack(
     archive: impl Read,
     dest: &Path,
     max_bytes: u64,

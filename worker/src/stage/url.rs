@@ -21,6 +21,7 @@
 //! a freshness window within which a hit makes no request at all.
 use crate::config::{Cidr, StagingSection, parse_allow_list};
 use crate::error::{Cause, Error, InfraError, JobError};
+use crate::stage::SetupError;
 use crate::store::{self, get_if_present, keys, put};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -97,18 +98,18 @@ fn non_public_v4(ip: Ipv4Addr) -> Option<&'static str> {
 
 /// The address policy: public addresses, plus what the operator allowed.
 #[derive(Debug, Clone, Default)]
-pub struct AddressGuard {
+pub(super) struct AddressGuard {
     allow: Vec<Cidr>,
 }
 
 /// A request the guard refused: the job's fault, never retried.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct Refused(String);
+pub(super) struct Refused(String);
 
 impl AddressGuard {
     /// A guard that also lets through these blocks.
-    pub fn new(allow: Vec<Cidr>) -> Self {
+    pub(super) fn new(allow: Vec<Cidr>) -> Self {
         AddressGuard { allow }
     }
 
@@ -185,7 +186,7 @@ fn now_secs() -> u64 {
 
 /// Fetches URL sources through the cache.
 #[derive(Clone)]
-pub struct UrlFetcher {
+pub(super) struct UrlFetcher {
     client: reqwest::Client,
     guard: Arc<AddressGuard>,
     revalidate_secs: u64,
@@ -193,9 +194,8 @@ pub struct UrlFetcher {
 
 impl UrlFetcher {
     /// A fetcher with the configured guard, redirect bound and timeouts.
-    pub fn new(staging: &StagingSection) -> Result<UrlFetcher, String> {
-        let allow =
-            parse_allow_list(&staging.url_allow).map_err(|e| format!("staging.url_allow: {e}"))?;
+    pub(super) fn new(staging: &StagingSection) -> Result<UrlFetcher, SetupError> {
+        let allow = parse_allow_list(&staging.url_allow).map_err(SetupError::UrlAllow)?;
         let guard = Arc::new(AddressGuard::new(allow));
         let max_redirects = staging.url_max_redirects;
         let redirect_guard = guard.clone();
@@ -219,7 +219,7 @@ impl UrlFetcher {
             .read_timeout(Duration::from_secs(staging.url_read_timeout_secs))
             .user_agent(concat!("shoal-worker/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            .map_err(SetupError::UrlClient)?;
         Ok(UrlFetcher {
             client,
             guard,
@@ -230,7 +230,7 @@ impl UrlFetcher {
     /// Streams the content at `url` into the file `dest`: from the cache
     /// when the origin allows, else downloaded (at most `max` bytes) and
     /// cached. Returns its size.
-    pub async fn fetch_to(
+    pub(super) async fn fetch_to(
         &self,
         store: &Arc<dyn ObjectStore>,
         url: &str,
@@ -478,5 +478,41 @@ mod tests {
         assert!(parse_allow_list("10.0.0.0/33").is_err());
         assert!(parse_allow_list("nonsense").is_err());
         assert_eq!(parse_allow_list("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn bad_staging_settings_name_the_key_and_keep_the_cause() {
+        use std::error::Error as _;
+        let e = parse_allow_list("10.0.0.0/8, 10.0.0.0/33").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#""10.0.0.0/33": the prefix must be 0 to 32"#
+        );
+        let config = crate::Config::load_from(None, std::iter::empty()).unwrap();
+        let staging = StagingSection {
+            url_allow: "nonsense".into(),
+            ..config.staging.clone()
+        };
+        let Err(e) = UrlFetcher::new(&staging) else {
+            panic!("a bad url_allow was accepted")
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"staging.url_allow: "nonsense" is not an address or ADDRESS/PREFIX"#
+        );
+        let cidr = e.source().expect("the allow-list error is the source");
+        assert!(cidr.source().is_some(), "the address parse error is kept");
+
+        let mut config = config;
+        config.staging.ipfs_gateways = "https://ok.example, not a url".into();
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let Err(e) = crate::stage::Stager::new(store, &config) else {
+            panic!("a bad gateway was accepted")
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"staging.ipfs_gateways: "not a url" is not a URL: relative URL without a base"#
+        );
+        assert!(matches!(e, SetupError::Gateway { .. }) && e.source().is_some());
     }
 }

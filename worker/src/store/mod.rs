@@ -24,7 +24,7 @@ pub use keys::sha256_hex;
 pub use objects::{
     cache_file, copy_object, get_to_file, put_content, put_file, put_file_with, write_object,
 };
-pub use open::open;
+pub use open::{OpenError, open};
 pub use uploads::Uploads;
 
 use crate::error::{Cause, InfraError};

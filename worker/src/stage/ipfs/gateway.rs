@@ -14,6 +14,7 @@
 //! again when read, and a cached CAR that fails is dropped and fetched anew.
 use crate::config::StagingSection;
 use crate::error::{Error, InfraError, JobError};
+use crate::stage::SetupError;
 use crate::store::{PlainFile, get_to_file, keys, put_file};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
 use reqwest::header::ACCEPT;
@@ -28,7 +29,7 @@ const CAR_OVERHEAD: u64 = 16 << 20;
 
 /// Fetches `cid` sources through the configured gateways.
 #[derive(Clone)]
-pub struct Gateways {
+pub(crate) struct Gateways {
     client: reqwest::Client,
     urls: Vec<String>,
 }
@@ -39,14 +40,42 @@ struct Target {
     path: Vec<String>,
 }
 
+/// A `cid` source that does not parse (the job's fault), or a gateway that
+/// cannot hold it (the operator's).
+#[derive(Debug, thiserror::Error)]
+enum TargetError {
+    #[error("{cid:?} is not a CID: {source}")]
+    NotCid {
+        cid: String,
+        #[source]
+        source: shoal_ipfs::CidError,
+    },
+    #[error("the path inside {cid} may not contain {part:?}")]
+    DotPath { cid: String, part: String },
+    #[error("gateway {gateway:?} is not a URL: {source}")]
+    GatewayUrl {
+        gateway: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("gateway {gateway:?} cannot be a base URL")]
+    NotBase { gateway: String },
+}
+
 impl Target {
-    fn parse(spec: &str) -> Result<Target, String> {
+    fn parse(spec: &str) -> Result<Target, TargetError> {
         let mut parts = spec.split('/');
         let cid = parts.next().unwrap_or_default();
-        let cid = Cid::parse(cid).map_err(|e| format!("{cid:?} is not a CID: {e}"))?;
+        let cid = Cid::parse(cid).map_err(|source| TargetError::NotCid {
+            cid: cid.to_owned(),
+            source,
+        })?;
         let path: Vec<String> = parts.filter(|p| !p.is_empty()).map(str::to_owned).collect();
         if let Some(bad) = path.iter().find(|p| *p == "." || *p == "..") {
-            return Err(format!("the path inside {cid} may not contain {bad:?}"));
+            return Err(TargetError::DotPath {
+                cid: cid.to_string(),
+                part: bad.clone(),
+            });
         }
         Ok(Target { cid, path })
     }
@@ -56,11 +85,15 @@ impl Target {
     }
 
     /// `/ipfs/<cid>/<percent-encoded path>?format=car` under a gateway's base URL.
-    fn url(&self, gateway: &str) -> Result<reqwest::Url, String> {
-        let mut url = reqwest::Url::parse(gateway)
-            .map_err(|e| format!("gateway {gateway:?} is not a URL: {e}"))?;
+    fn url(&self, gateway: &str) -> Result<reqwest::Url, TargetError> {
+        let mut url = reqwest::Url::parse(gateway).map_err(|source| TargetError::GatewayUrl {
+            gateway: gateway.to_owned(),
+            source,
+        })?;
         url.path_segments_mut()
-            .map_err(|()| format!("gateway {gateway:?} cannot be a base URL"))?
+            .map_err(|()| TargetError::NotBase {
+                gateway: gateway.to_owned(),
+            })?
             .pop_if_empty()
             .push("ipfs")
             .push(&self.cid.to_string())
@@ -90,7 +123,7 @@ impl Miss {
 
 impl Gateways {
     /// Gateways from `staging.ipfs_gateways`, with the URL timeouts.
-    pub fn new(staging: &StagingSection) -> Result<Gateways, String> {
+    pub(crate) fn new(staging: &StagingSection) -> Result<Gateways, SetupError> {
         let urls: Vec<String> = staging
             .ipfs_gateways
             .split(',')
@@ -98,21 +131,23 @@ impl Gateways {
             .filter(|s| !s.is_empty())
             .collect();
         for url in &urls {
-            reqwest::Url::parse(url)
-                .map_err(|e| format!("staging.ipfs_gateways: {url:?} is not a URL: {e}"))?;
+            reqwest::Url::parse(url).map_err(|source| SetupError::Gateway {
+                gateway: url.clone(),
+                source,
+            })?;
         }
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(staging.url_connect_timeout_secs))
             .read_timeout(Duration::from_secs(staging.url_read_timeout_secs))
             .build()
-            .map_err(|e| format!("building the gateway client: {e}"))?;
+            .map_err(SetupError::GatewayClient)?;
         Ok(Gateways { client, urls })
     }
 
     /// Stages `spec` (`CID[/path]`) at `dest` (a file or a folder, as the
     /// content is), using `work` for the CAR. `limits` caps the content.
-    pub async fn stage(
+    pub(crate) async fn stage(
         &self,
         store: &dyn ObjectStore,
         spec: &str,
@@ -189,7 +224,9 @@ impl Gateways {
         car: &Path,
         cap: u64,
     ) -> Result<(), Miss> {
-        let url = target.url(gateway).map_err(Miss::Failed)?;
+        let url = target
+            .url(gateway)
+            .map_err(|e| Miss::Failed(e.to_string()))?;
         let mut response = self
             .client
             .get(url.clone())

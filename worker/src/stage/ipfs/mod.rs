@@ -8,5 +8,5 @@
 
 mod gateway;
 
-pub use gateway::Gateways;
-pub use shoal_ipfs::{Kind, Limits, Unpacked};
+pub(super) use gateway::Gateways;
+pub(super) use shoal_ipfs::{Kind, Limits, Unpacked};
