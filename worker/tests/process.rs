@@ -379,10 +379,11 @@ async fn a_job_that_meets_a_full_instance_pool_is_retried_and_completes_once_the
         &[
             ("SHOAL_WORKER_CONCURRENCY", "2"),
             ("SHOAL_EXECUTOR_POOL_STORES", "1"),
-            ("SHOAL_EXECUTOR_SLOT_WAIT_MS", "100"),
+            ("SHOAL_EXECUTOR_SLOT_WAIT_MS", "300"),
             ("SHOAL_AMQP_RETRY_BASE_MS", "200"),
-            ("SHOAL_AMQP_RETRY_MAX_MS", "400"),
-            ("SHOAL_AMQP_MAX_ATTEMPTS", "30"),
+            ("SHOAL_AMQP_RETRY_MAX_MS", "800"),
+            // The bench's queue has a delivery limit of 10: twice this.
+            ("SHOAL_AMQP_MAX_ATTEMPTS", "5"),
         ],
     );
     let reaper = Reaper(vec![worker]);
