@@ -558,6 +558,10 @@ impl Executor {
         // deadline and keeps its store, and the jobs after it wait for it
         // here rather than find the pool full.
         let slot = match &self.inner.stores {
+            // A free store is taken at once, without arming a timer.
+            Some(stores) if stores.available_permits() > 0 => {
+                stores.clone().try_acquire_owned().ok()
+            }
             Some(stores) => {
                 let wait = self.inner.config.slot_wait;
                 match tokio::time::timeout(wait, stores.clone().acquire_owned()).await {
