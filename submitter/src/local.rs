@@ -281,10 +281,9 @@ pub async fn download(
     for output in &result.outputs {
         let folder = dir.join(&output.name);
         std::fs::create_dir_all(&folder).map_err(LocalError::Io)?;
-        let prefix = output
-            .location
-            .clone()
-            .unwrap_or_else(|| format!("results/{}/{}/", result.job_id, output.name));
+        let prefix = output.location.clone().unwrap_or_else(|| {
+            shoal_worker::store::keys::output_prefix(&result.job_id, &output.name)
+        });
         for file in &output.files {
             let bytes = get(format!("{prefix}{}", file.path)).await?;
             if shoal_worker::store::sha256_hex(&bytes) != file.sha256 {
@@ -328,7 +327,7 @@ pub async fn cache_stats(
     use futures::TryStreamExt as _;
     let kinds = ["sha256", "url", "cid", "compiled", "tmp", "other"];
     let mut counts = vec![(0u64, 0u64); kinds.len()];
-    let prefix = object_store::path::Path::from("cache");
+    let prefix = shoal_worker::store::keys::cache();
     let mut listing = store.list(Some(&prefix));
     while let Some(meta) = listing.try_next().await.map_err(LocalError::List)? {
         let kind = meta

@@ -18,6 +18,11 @@
 use object_store::path::Path as StorePath;
 use sha2::{Digest, Sha256};
 
+/// The whole cache: everything under it may be emptied at any time.
+pub fn cache() -> StorePath {
+    StorePath::from("cache")
+}
+
 /// Content with this SHA-256 (lowercase hex).
 pub fn sha256(hex: &str) -> StorePath {
     StorePath::from(format!("cache/sha256/{hex}"))
@@ -89,6 +94,7 @@ mod tests {
     #[test]
     fn keys_stay_in_their_trees() {
         assert_eq!(sha256("ab").as_ref(), "cache/sha256/ab");
+        assert!(sha256("ab").prefix_matches(&cache()));
         assert!(url_record("https://x/").as_ref().starts_with("cache/url/"));
         assert_eq!(cid_car("bafy", "").as_ref(), "cache/cid/bafy.car");
         assert!(
