@@ -182,16 +182,49 @@ class Link:
 
     # --- publishing connection
 
+    def _connect(
+        self,
+        what: str,
+        on_open: Callable[[SelectConnection], None],
+        on_close: Callable[[SelectConnection, BaseException], None],
+        reopen: Callable[[], None],
+        delay_attr: str,
+    ) -> SelectConnection:
+        """One of the client's two connections (``what``: "publishing" or
+        "reply"); a refused one is tried again after its backoff."""
+
+        def refused(_conn: SelectConnection, error: BaseException) -> None:
+            if self._closing:
+                return
+            if self._fail_first(BrokerUnavailable(f"broker at {_redact(self._url)}: {_reason(error)}")):
+                return
+            log.warning("shoal client: %s connection refused (%s); retrying", what, _reason(error))
+            self._schedule(reopen, delay_attr)
+
+        return SelectConnection(
+            self._params(),
+            on_open_callback=on_open,
+            on_open_error_callback=refused,
+            on_close_callback=on_close,
+            custom_ioloop=self._loop,
+        )
+
+    def _lost(self, what: str, reason: BaseException, reopen: Callable[[], None], delay_attr: str) -> None:
+        """A connection closed: done when closing, the first connect's
+        failure before the client started, else reconnect after its backoff."""
+        if self._closing:
+            self._maybe_closed()
+            return
+        if not self._started:
+            self._fail_first(BrokerUnavailable(f"broker at {_redact(self._url)}: {_reason(reason)}"))
+            return
+        log.warning("shoal client: %s connection lost (%s); reconnecting", what, _reason(reason))
+        self._schedule(reopen, delay_attr)
+
     def _open_pub(self) -> None:
         if self._closing:
             return
-        self._pub_conn = SelectConnection(
-            self._params(),
-            on_open_callback=self._pub_opened,
-            on_open_error_callback=self._pub_open_failed,
-            on_close_callback=self._pub_closed,
-            custom_ioloop=self._loop,
-        )
+        self._pub_conn = self._connect("publishing", self._pub_opened, self._pub_closed, self._open_pub, "_pub_delay")
 
     def _pub_opened(self, conn: SelectConnection) -> None:
         conn.channel(on_open_callback=self._pub_channel_opened)
@@ -252,26 +285,11 @@ class Link:
         if conn is not None and conn.is_open:
             conn.close()
 
-    def _pub_open_failed(self, conn: SelectConnection, error: BaseException) -> None:
-        if self._closing:
-            return
-        if self._fail_first(BrokerUnavailable(f"broker at {_redact(self._url)}: {_reason(error)}")):
-            return
-        log.warning("shoal client: publishing connection refused (%s); retrying", _reason(error))
-        self._schedule(self._open_pub, "_pub_delay")
-
     def _pub_closed(self, conn: SelectConnection, reason: BaseException) -> None:
         self._pub_ready = False
         self._pub_ch = None
         self._fail_unconfirmed(reason)
-        if self._closing:
-            self._maybe_closed()
-            return
-        if not self._started:
-            self._fail_first(BrokerUnavailable(f"broker at {_redact(self._url)}: {_reason(reason)}"))
-            return
-        log.warning("shoal client: publishing connection lost (%s); reconnecting", _reason(reason))
-        self._schedule(self._open_pub, "_pub_delay")
+        self._lost("publishing", reason, self._open_pub, "_pub_delay")
 
     def _schedule(self, what: Callable[[], None], delay_attr: str) -> None:
         delay = getattr(self, delay_attr)
@@ -362,13 +380,7 @@ class Link:
     def _open_reply(self) -> None:
         if self._closing:
             return
-        self._reply_conn = SelectConnection(
-            self._params(),
-            on_open_callback=self._reply_opened,
-            on_open_error_callback=self._reply_open_failed,
-            on_close_callback=self._reply_closed,
-            custom_ioloop=self._loop,
-        )
+        self._reply_conn = self._connect("reply", self._reply_opened, self._reply_closed, self._open_reply, "_reply_delay")
 
     def _reply_opened(self, conn: SelectConnection) -> None:
         conn.channel(on_open_callback=self._reply_channel_opened)
@@ -442,28 +454,13 @@ class Link:
         if conn is not None and conn.is_open:
             conn.close()
 
-    def _reply_open_failed(self, conn: SelectConnection, error: BaseException) -> None:
-        if self._closing:
-            return
-        if self._fail_first(BrokerUnavailable(f"broker at {_redact(self._url)}: {_reason(error)}")):
-            return
-        log.warning("shoal client: reply connection refused (%s); retrying", _reason(error))
-        self._schedule(self._open_reply, "_reply_delay")
-
     def _reply_closed(self, conn: SelectConnection, reason: BaseException) -> None:
         was_ready = self._reply_ready
         self._reply_ready = False
         self._reply_ch = None
         if was_ready:
             self._notify_link(False)
-        if self._closing:
-            self._maybe_closed()
-            return
-        if not self._started:
-            self._fail_first(BrokerUnavailable(f"broker at {_redact(self._url)}: {_reason(reason)}"))
-            return
-        log.warning("shoal client: reply connection lost (%s); reconnecting", _reason(reason))
-        self._schedule(self._open_reply, "_reply_delay")
+        self._lost("reply", reason, self._open_reply, "_reply_delay")
 
     def _notify_link(self, up: bool) -> None:
         try:
