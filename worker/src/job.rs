@@ -8,7 +8,7 @@ use shoal_schemas::{JobMessage, Limits, Source};
 
 /// A validated job.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub(crate) struct Job {
     /// The id (given or generated).
     pub id: String,
     /// The module's source.
@@ -33,7 +33,7 @@ pub struct Job {
 
 /// One input with its guest path.
 #[derive(Debug, Clone)]
-pub struct JobInput {
+pub(crate) struct JobInput {
     /// Where it comes from.
     pub source: Source,
     /// Where it appears, under `/inputs`.
@@ -42,7 +42,7 @@ pub struct JobInput {
 
 /// One output mount.
 #[derive(Debug, Clone)]
-pub struct JobOutput {
+pub(crate) struct JobOutput {
     /// Mount name.
     pub name: String,
     /// Guest path.
@@ -52,7 +52,7 @@ pub struct JobOutput {
 /// A message that is not a job: refused before anything is staged, never
 /// retried (the same bytes would be refused again).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// The id the message names (its `id`, or the AMQP `message_id`), if
     /// any: the `rejected` result goes there.
     pub id: Option<String>,
@@ -66,7 +66,7 @@ impl Job {
     /// A message's bytes as a job: within `limits.max_message_bytes`, valid
     /// against the schema, then [`resolve`](Job::resolve)d. `message_id`
     /// (the AMQP property) names the job when its body does not.
-    pub fn admit(
+    pub(crate) fn admit(
         body: &[u8],
         message_id: Option<&str>,
         limits: &LimitsSection,
@@ -107,7 +107,7 @@ impl Job {
 
     /// Checks what the JSON Schema cannot (paths, overlaps, ceilings) and
     /// fills in defaults. The message must already have passed the schema.
-    pub fn resolve(
+    pub(crate) fn resolve(
         msg: JobMessage,
         limits: &LimitsSection,
         ceiling: &LimitValues,

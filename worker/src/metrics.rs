@@ -189,7 +189,7 @@ impl Metrics {
     }
 
     /// Records a finished job from its result: status, stages, fuel, memory, bytes.
-    pub fn job_finished(&self, result: &ResultMessage) {
+    pub(crate) fn job_finished(&self, result: &ResultMessage) {
         let kind = result.error.as_ref().map(|e| e.kind.as_str()).unwrap_or("");
         self.jobs
             .with_label_values(&[result.status.as_str(), kind])
@@ -224,7 +224,7 @@ impl Metrics {
     }
 
     /// A cache lookup of `kind`.
-    pub fn cache_lookup(&self, kind: &str, hit: bool) {
+    pub(crate) fn cache_lookup(&self, kind: &str, hit: bool) {
         self.cache
             .with_label_values(&[kind, if hit { "hit" } else { "miss" }])
             .inc();
@@ -232,14 +232,14 @@ impl Metrics {
 
     /// Records that declaring the topology failed on `argument`; `why`
     /// is what `/readyz` answers until a declaration succeeds.
-    pub fn topology_mismatch(&self, argument: &str, why: String) {
+    pub(crate) fn topology_mismatch(&self, argument: &str, why: String) {
         self.topology_mismatch.reset();
         self.topology_mismatch.with_label_values(&[argument]).set(1);
         *self.mismatch.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
     /// The topology was declared: no mismatch (any more).
-    pub fn topology_declared(&self) {
+    pub(crate) fn topology_declared(&self) {
         self.topology_mismatch.reset();
         *self.mismatch.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }

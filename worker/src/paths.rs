@@ -86,7 +86,7 @@ impl GuestPath {
     }
 
     /// The components below `base` (which `self` must start with).
-    pub fn relative_to(&self, base: &GuestPath) -> Option<&[String]> {
+    pub(crate) fn relative_to(&self, base: &GuestPath) -> Option<&[String]> {
         self.components.strip_prefix(base.components.as_slice())
     }
 

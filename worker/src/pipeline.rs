@@ -36,7 +36,7 @@ use tracing::Instrument;
 pub type OnState = Arc<dyn Fn(JobState) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A sink that drops every state.
-pub fn ignore_states() -> OnState {
+pub(crate) fn ignore_states() -> OnState {
     Arc::new(|_| Box::pin(async {}))
 }
 
@@ -53,7 +53,7 @@ pub struct LocalOptions {
 
 /// How a job reached a fleet worker: facts of the delivery, not the job.
 #[derive(Debug, Clone, Copy)]
-pub struct Delivered {
+pub(crate) struct Delivered {
     /// Delivery attempt, from 1.
     pub attempt: u32,
     /// Seconds from publishing to this worker taking the job, when the
@@ -147,7 +147,7 @@ impl Pipeline {
     }
 
     /// The worker's name in results.
-    pub fn worker_name(&self) -> &str {
+    pub(crate) fn worker_name(&self) -> &str {
         &self.worker
     }
 
@@ -430,7 +430,7 @@ fn download_dir(id: &str, options: &LocalOptions) -> PathBuf {
 /// The executor's own failure, when the run ended in one: ours, not the
 /// job's, so it is retried like any failure of our side rather than
 /// published as the job's result.
-pub fn executor_fault(outcome: &Outcome) -> Option<InfraError> {
+pub(crate) fn executor_fault(outcome: &Outcome) -> Option<InfraError> {
     match outcome {
         Outcome::Internal(why) => Some(InfraError::Executor(why.clone().into())),
         _ => None,
@@ -449,7 +449,7 @@ fn quiet(outcome: &Outcome) -> bool {
 }
 
 /// Resolved limits in the executor's terms.
-pub fn run_limits(limits: &LimitValues) -> RunLimits {
+pub(crate) fn run_limits(limits: &LimitValues) -> RunLimits {
     RunLimits {
         fuel: limits.fuel,
         memory_bytes: limits.memory_bytes,

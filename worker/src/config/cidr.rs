@@ -25,14 +25,14 @@ pub enum CidrError {
 
 /// An address block, `10.0.0.0/8` or `::1/128`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     addr: IpAddr,
     prefix: u8,
 }
 
 impl Cidr {
     /// Parses `ADDR/PREFIX` or a bare address (a block of one).
-    pub fn parse(s: &str) -> Result<Cidr, CidrError> {
+    pub(crate) fn parse(s: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -58,7 +58,7 @@ impl Cidr {
     }
 
     /// Whether `ip` is in the block.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
@@ -78,7 +78,7 @@ impl Cidr {
 }
 
 /// Parses `staging.url_allow`: address blocks separated by commas.
-pub fn parse_allow_list(s: &str) -> Result<Vec<Cidr>, CidrError> {
+pub(crate) fn parse_allow_list(s: &str) -> Result<Vec<Cidr>, CidrError> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())

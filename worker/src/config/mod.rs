@@ -9,14 +9,15 @@
 //! process environment.
 mod cidr;
 
-pub use cidr::{Cidr, CidrError, parse_allow_list};
+pub use cidr::CidrError;
+pub(crate) use cidr::{Cidr, parse_allow_list};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The embedded defaults.
-pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// Prefix of configuration environment variables.
-pub const ENV_PREFIX: &str = "SHOAL_";
+pub(crate) const ENV_PREFIX: &str = "SHOAL_";
 
 /// Worker configuration (see docs/CONFIG.md for every key).
 #[derive(Debug, Clone, Deserialize)]
@@ -91,7 +92,7 @@ pub struct AmqpSection {
 
 impl AmqpSection {
     /// The URL with its password replaced, for logs.
-    pub fn redacted_url(&self) -> String {
+    pub(crate) fn redacted_url(&self) -> String {
         shoal_schemas::topology::redact_url(&self.url)
     }
 
@@ -417,7 +418,7 @@ impl Config {
     }
 
     /// The worker's name: configured, else `<hostname>-<pid>`.
-    pub fn worker_name(&self) -> String {
+    pub(crate) fn worker_name(&self) -> String {
         if !self.worker.name.is_empty() {
             return self.worker.name.clone();
         }
@@ -441,7 +442,7 @@ impl Config {
     /// `worker.scratch_dir`, or the system's temporary folder when that is
     /// empty.
     #[allow(clippy::disallowed_methods)]
-    pub fn scratch_parent(&self) -> PathBuf {
+    pub(crate) fn scratch_parent(&self) -> PathBuf {
         if self.worker.scratch_dir.as_os_str().is_empty() {
             std::env::temp_dir()
         } else {

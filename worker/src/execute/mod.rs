@@ -61,7 +61,7 @@ pub struct ExecutorConfig {
 impl ExecutorConfig {
     /// The executor's settings from `[executor]` (and `worker.concurrency`,
     /// which sizes the pool).
-    pub fn from_config(config: &crate::config::Config) -> ExecutorConfig {
+    pub(crate) fn from_config(config: &crate::config::Config) -> ExecutorConfig {
         let executor = &config.executor;
         ExecutorConfig {
             fuel_metering: executor.fuel_metering,
@@ -517,7 +517,7 @@ impl Executor {
     }
 
     /// Whether `sha256`'s module is compiled in memory (without touching the LRU order).
-    pub fn is_compiled(&self, sha256: &[u8; 32]) -> bool {
+    pub(crate) fn is_compiled(&self, sha256: &[u8; 32]) -> bool {
         self.inner
             .modules
             .lock()
@@ -547,7 +547,7 @@ impl Executor {
     /// thread: blocking work that follows the run (collecting outputs) costs
     /// no second hop between threads, which for a short job is a real share
     /// of its time. `None` when the thread failed before `then` ran.
-    pub async fn run_then<T, F>(&self, spec: RunSpec, then: F) -> (Report, Option<T>)
+    pub(crate) async fn run_then<T, F>(&self, spec: RunSpec, then: F) -> (Report, Option<T>)
     where
         F: FnOnce(&Report) -> T + Send + 'static,
         T: Send + 'static,

@@ -41,7 +41,10 @@ pub fn prepare(dir: &Path) -> Result<(), InfraError> {
 
 /// Copies the kept output files into `<dir>/<mount name>/` and returns each
 /// mount's folder.
-pub fn copy_outputs(dir: &Path, collected: &[Collected]) -> Result<Vec<PathBuf>, InfraError> {
+pub(crate) fn copy_outputs(
+    dir: &Path,
+    collected: &[Collected],
+) -> Result<Vec<PathBuf>, InfraError> {
     let mut folders = Vec::with_capacity(collected.len());
     for mount in collected {
         let folder = dir.join(&mount.mount.name);
@@ -64,13 +67,13 @@ pub fn copy_outputs(dir: &Path, collected: &[Collected]) -> Result<Vec<PathBuf>,
 }
 
 /// Writes one whole file of the folder (a stream).
-pub fn write_file(path: &Path, data: &[u8]) -> Result<(), InfraError> {
+pub(crate) fn write_file(path: &Path, data: &[u8]) -> Result<(), InfraError> {
     std::fs::write(path, data)
         .map_err(|e| InfraError::Disk(Cause::new(format!("writing {}", path.display()), e)))
 }
 
 /// An absolute path as results name it.
-pub fn path_string(path: &Path) -> String {
+pub(crate) fn path_string(path: &Path) -> String {
     std::path::absolute(path)
         .unwrap_or_else(|_| path.to_path_buf())
         .display()

@@ -11,7 +11,7 @@ pub mod local;
 mod result;
 pub(crate) mod store;
 
-pub use result::{result_of, status_of, stream_of};
+pub(crate) use result::{result_of, stream_of};
 pub use store::get_result;
 
 use crate::config::LimitValues;
@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 /// One output mount's files, ready to store.
 #[derive(Debug, Clone)]
-pub struct Collected {
+pub(crate) struct Collected {
     /// The mount.
     pub mount: JobOutput,
     /// Kept files, sorted by path, with their host paths.
@@ -44,7 +44,7 @@ pub struct Collected {
 /// each [`stream`](Destination::stream), then the
 /// [`result`](Destination::result), last, so a reader that finds a result
 /// finds everything it names.
-pub enum Destination {
+pub(crate) enum Destination {
     /// The download folder of a local run.
     Folder(PathBuf),
     /// The fleet's store, under `results/<id>/`.
@@ -61,14 +61,18 @@ impl Destination {
     /// whether the id has a result already, so that overlaps the job.
     /// `create_only`: the store honours create-only writes (the local
     /// folder), which answer that question on the result's write.
-    pub fn store(store: Arc<dyn ObjectStore>, job_id: &str, create_only: bool) -> Destination {
+    pub(crate) fn store(
+        store: Arc<dyn ObjectStore>,
+        job_id: &str,
+        create_only: bool,
+    ) -> Destination {
         let earlier = store::EarlierResult::start(store.clone(), job_id, create_only);
         Destination::Store { store, earlier }
     }
 
     /// Stores each mount's kept files; returns each mount's location (a
     /// folder, or a key prefix).
-    pub async fn outputs(
+    pub(crate) async fn outputs(
         &self,
         job_id: &str,
         collected: Vec<Collected>,
@@ -98,7 +102,7 @@ impl Destination {
 
     /// Stores the stream `name` (`stdout` or `stderr`) where it does not
     /// fit inline (in a folder: always, as a file of its own).
-    pub async fn stream(
+    pub(crate) async fn stream(
         &self,
         job_id: &str,
         name: &str,
@@ -124,7 +128,7 @@ impl Destination {
     }
 
     /// Writes the result, last.
-    pub async fn result(self, result: &ResultMessage) -> Result<(), InfraError> {
+    pub(crate) async fn result(self, result: &ResultMessage) -> Result<(), InfraError> {
         match self {
             Destination::Folder(dir) => local::write_result(&dir, result),
             Destination::Store { store, earlier } => {
@@ -135,7 +139,7 @@ impl Destination {
 
     /// The result of a job that ended before its guest ran (it could not
     /// be staged): no outputs, empty streams.
-    pub async fn failure(self, result: &ResultMessage) -> Result<(), InfraError> {
+    pub(crate) async fn failure(self, result: &ResultMessage) -> Result<(), InfraError> {
         if let Destination::Folder(dir) = &self {
             local::prepare(dir)?;
             local::write_file(&dir.join("stdout"), b"")?;
@@ -146,7 +150,7 @@ impl Destination {
 }
 
 /// Each mount's result entry, with the location its files went to.
-pub fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<OutputResult> {
+pub(crate) fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<OutputResult> {
     collected
         .into_iter()
         .zip(locations)
@@ -163,7 +167,7 @@ pub fn output_results(collected: Vec<Collected>, locations: &[String]) -> Vec<Ou
 }
 
 /// Walks the output mounts (blocking; call from a blocking thread).
-pub fn collect(
+pub(crate) fn collect(
     outputs: &[(JobOutput, PathBuf)],
     limits: &LimitValues,
 ) -> Result<Vec<Collected>, InfraError> {

@@ -7,7 +7,7 @@ use shoal_schemas::{
 };
 
 /// How the guest's end maps onto the wire: status, exit code and error.
-pub fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) {
+pub(crate) fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) {
     let fail = |kind, message: String| (Status::Failed, None, Some(ErrorInfo { kind, message }));
     match outcome {
         Outcome::Exited(0) => (Status::Succeeded, Some(0), None),
@@ -47,7 +47,7 @@ pub fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) 
 }
 
 /// Builds a stream entry: inline when small (text if UTF-8, else base64).
-pub fn stream_of(
+pub(crate) fn stream_of(
     bytes: &[u8],
     truncated: bool,
     inline_cap: u64,
@@ -72,7 +72,7 @@ pub fn stream_of(
 
 /// The wire result of a run: status from the outcome, then `output_limit`
 /// if a job that otherwise succeeded lost output files to its limits.
-pub fn result_of(
+pub(crate) fn result_of(
     job_id: &str,
     worker: &str,
     report: &Report,

@@ -59,7 +59,7 @@ pub(crate) async fn put_stream(
 
 /// How `put_result` learns whether the job id had a result before this run
 /// (a re-run, or a redelivery that ran again), whose leftovers it prunes.
-pub enum EarlierResult {
+pub(crate) enum EarlierResult {
     /// A lookup started when the job did, so the store's round trip
     /// overlaps staging and running instead of delaying the result. For S3
     /// stores: not every S3-compatible server honours a create-only write,
@@ -74,7 +74,11 @@ pub enum EarlierResult {
 impl EarlierResult {
     /// Starts finding out for `job_id`: with a lookup, or (`create_only`)
     /// when the result is written.
-    pub fn start(store: Arc<dyn ObjectStore>, job_id: &str, create_only: bool) -> EarlierResult {
+    pub(crate) fn start(
+        store: Arc<dyn ObjectStore>,
+        job_id: &str,
+        create_only: bool,
+    ) -> EarlierResult {
         if create_only {
             return EarlierResult::OnWrite;
         }

@@ -37,7 +37,7 @@ pub use tarball::pack_dir;
 
 /// The job's host-side file system, ready to mount.
 #[derive(Debug)]
-pub struct Staged {
+pub(crate) struct Staged {
     /// The module's bytes and hash; no bytes when the caller said it holds
     /// the module already.
     pub module: ModuleBytes,
@@ -120,7 +120,7 @@ impl Stager {
     /// compiled (the job named it by that sha256, so nothing about it can
     /// have changed); its bytes are not fetched. Import modules are fetched
     /// either way.
-    pub async fn stage(
+    pub(crate) async fn stage(
         &self,
         job: &Job,
         scratch: &Path,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// A file being written with its SHA-256 computed on the way, on a thread
 /// of its own: hashing in line with the writes would halve a fast
 /// download's throughput, and the chunks are shared (`Bytes`), not copied.
-pub struct HashingFile {
+pub(crate) struct HashingFile {
     file: PlainFile,
     chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
     hasher: tokio::task::JoinHandle<[u8; 32]>,
@@ -16,7 +16,7 @@ pub struct HashingFile {
 
 impl HashingFile {
     /// Creates (or truncates) `path`.
-    pub async fn create(path: &Path) -> Result<HashingFile, InfraError> {
+    pub(super) async fn create(path: &Path) -> Result<HashingFile, InfraError> {
         let file = PlainFile::create(path).await?;
         // A few chunks in flight: enough to keep both sides busy, little memory.
         let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
@@ -35,7 +35,7 @@ impl HashingFile {
     }
 
     /// Appends `chunk`.
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), InfraError> {
+    pub(super) async fn write(&mut self, chunk: Bytes) -> Result<(), InfraError> {
         self.file.write(&chunk).await?;
         if let Some(chunks) = &self.chunks {
             // Waits only while the hasher is 8 chunks behind.
@@ -48,7 +48,7 @@ impl HashingFile {
     }
 
     /// Flushes; returns the size and lowercase hex SHA-256.
-    pub async fn finish(mut self) -> Result<(u64, String), InfraError> {
+    pub(super) async fn finish(mut self) -> Result<(u64, String), InfraError> {
         let path = self.file.path.clone();
         let size = self.file.finish().await?;
         drop(self.chunks.take());
@@ -61,7 +61,7 @@ impl HashingFile {
 }
 
 /// A file written through a 1 MiB buffer, counting its bytes.
-pub struct PlainFile {
+pub(crate) struct PlainFile {
     file: tokio::io::BufWriter<tokio::fs::File>,
     size: u64,
     path: PathBuf,
@@ -69,7 +69,7 @@ pub struct PlainFile {
 
 impl PlainFile {
     /// Creates (or truncates) `path`.
-    pub async fn create(path: &Path) -> Result<PlainFile, InfraError> {
+    pub(crate) async fn create(path: &Path) -> Result<PlainFile, InfraError> {
         let file = tokio::fs::File::create(path)
             .await
             .map_err(|e| InfraError::Disk(Cause::new(format!("creating {}", path.display()), e)))?;
@@ -81,12 +81,12 @@ impl PlainFile {
     }
 
     /// Bytes written so far.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 
     /// Appends `chunk`.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), InfraError> {
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), InfraError> {
         use tokio::io::AsyncWriteExt as _;
         self.size += chunk.len() as u64;
         self.file.write_all(chunk).await.map_err(|e| {
@@ -95,7 +95,7 @@ impl PlainFile {
     }
 
     /// Flushes; returns the size.
-    pub async fn finish(mut self) -> Result<u64, InfraError> {
+    pub(crate) async fn finish(mut self) -> Result<u64, InfraError> {
         use tokio::io::AsyncWriteExt as _;
         self.file.flush().await.map_err(|e| {
             InfraError::Disk(Cause::new(format!("writing {}", self.path.display()), e))

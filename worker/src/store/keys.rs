@@ -29,13 +29,13 @@ pub fn sha256(hex: &str) -> StorePath {
 }
 
 /// The record of what `url` last held.
-pub fn url_record(url: &str) -> StorePath {
+pub(crate) fn url_record(url: &str) -> StorePath {
     StorePath::from(format!("cache/url/{}.json", sha256_hex(url.as_bytes())))
 }
 
 /// The CAR of `cid`, or of the path `path` inside it (`/`-joined parts;
 /// empty for the CID itself).
-pub fn cid_car(cid: &str, path: &str) -> StorePath {
+pub(crate) fn cid_car(cid: &str, path: &str) -> StorePath {
     if path.is_empty() {
         StorePath::from(format!("cache/cid/{cid}.car"))
     } else {
@@ -53,7 +53,7 @@ pub fn compiled(fingerprint: &str, sha256: &[u8; 32]) -> StorePath {
 }
 
 /// A fresh key for an upload that is committed elsewhere once complete.
-pub fn temp() -> StorePath {
+pub(crate) fn temp() -> StorePath {
     StorePath::from(format!("cache/tmp/{}", uuid::Uuid::new_v4().simple()))
 }
 

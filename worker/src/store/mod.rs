@@ -19,11 +19,10 @@ mod objects;
 mod open;
 mod uploads;
 
-pub use files::{HashingFile, PlainFile};
+pub(crate) use files::PlainFile;
 pub use keys::sha256_hex;
-pub use objects::{
-    cache_file, copy_object, get_to_file, put_content, put_file, put_file_with, write_object,
-};
+pub(crate) use objects::{cache_file, copy_object, get_to_file, write_object};
+pub use objects::{put_content, put_file, put_file_with};
 pub use open::{OpenError, open};
 pub use uploads::Uploads;
 
@@ -54,7 +53,7 @@ pub async fn exists(store: &dyn ObjectStore, key: &StorePath) -> Result<bool, In
 
 /// Reads one whole object; `None` when there is none, an error when the
 /// store itself failed.
-pub async fn get_if_present(
+pub(crate) async fn get_if_present(
     store: &dyn ObjectStore,
     key: &StorePath,
 ) -> Result<Option<bytes::Bytes>, InfraError> {

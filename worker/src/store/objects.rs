@@ -28,7 +28,7 @@ pub async fn put_content(store: &dyn ObjectStore, bytes: Bytes) -> Result<String
 
 /// Streams a fetched object into the file `dest`, hashing as it goes;
 /// returns its size and lowercase hex SHA-256.
-pub async fn write_object(
+pub(crate) async fn write_object(
     got: object_store::GetResult,
     name: &str,
     dest: &Path,
@@ -46,7 +46,7 @@ pub async fn write_object(
 }
 
 /// Streams the object at `key` into the file `dest`; `false` when there is no such object.
-pub async fn get_to_file(
+pub(crate) async fn get_to_file(
     store: &dyn ObjectStore,
     key: &StorePath,
     dest: &Path,
@@ -120,7 +120,10 @@ pub async fn put_file_with(
 /// is there already. Two workers caching the same content at once each
 /// commit a complete copy of the same bytes, so readers never see a torn
 /// object. Returns the size and hash.
-pub async fn cache_file(store: &dyn ObjectStore, src: &Path) -> Result<(u64, String), InfraError> {
+pub(crate) async fn cache_file(
+    store: &dyn ObjectStore,
+    src: &Path,
+) -> Result<(u64, String), InfraError> {
     let temp = keys::temp();
     let (size, hex) = put_file(store, &temp, src).await?;
     let key = keys::sha256(&hex);
@@ -141,7 +144,7 @@ pub async fn cache_file(store: &dyn ObjectStore, src: &Path) -> Result<(u64, Str
 
 /// Streams a fetched object into the file `dest` as is (no hash: for
 /// sources nobody addresses by content). Returns its size.
-pub async fn copy_object(
+pub(crate) async fn copy_object(
     got: object_store::GetResult,
     name: &str,
     dest: &Path,
