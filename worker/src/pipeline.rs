@@ -151,6 +151,15 @@ impl Pipeline {
         &self.worker
     }
 
+    /// The store as the destination of job `job_id`: the fleet's. Whether
+    /// the store's create-only writes can be trusted to find an earlier
+    /// result is the store's business: the local folder's can, an S3
+    /// server's may not.
+    pub(crate) fn store_destination(&self, job_id: &str) -> Destination {
+        let local = self.config.cache.s3_bucket.is_empty();
+        Destination::store(self.stager.store().clone(), job_id, local)
+    }
+
     /// Validate: a message's bytes as a job, or why they are not one.
     /// The one place a message is judged, for the fleet and local runs alike.
     pub(crate) fn admit(&self, body: &[u8], message_id: Option<&str>) -> Result<Job, Refusal> {

@@ -22,7 +22,6 @@ use crate::error::{Cause, InfraError};
 use crate::job::{Job, Refusal, valid_id};
 use crate::metrics::METRICS;
 use crate::pipeline::{Delivered, OnState, Pipeline};
-use crate::publish::Destination;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -258,21 +257,21 @@ impl Session {
         let props = &delivery.properties;
         let message_id = props.message_id().as_ref().map(|s| s.as_str().to_owned());
         let attempt = delivery_count(props).saturating_add(1);
-        let (id, processed) = match self.pipeline.admit(&delivery.data, message_id.as_deref()) {
-            Err(refusal) => (None, Processed::Refused(refusal)),
-            Ok(job) => {
-                let id = job.id.clone();
-                (Some(id), self.process(job, attempt, props).await)
-            }
+        let processed = match self.pipeline.admit(&delivery.data, message_id.as_deref()) {
+            Err(refusal) => Processed::Refused(refusal),
+            Ok(job) => self.process(job, attempt, props).await,
         };
-        let id = id.unwrap_or_default();
         match settle::disposition(processed, attempt, self.retry_policy()) {
             Disposition::Publish(result) => {
                 self.publish_result(&result, props).await?;
                 ack(delivery).await
             }
             Disposition::DeadLetter(refusal) => self.poison(delivery, refusal).await,
-            Disposition::Retry { delay, error } => {
+            Disposition::Retry {
+                job_id: id,
+                delay,
+                error,
+            } => {
                 tracing::warn!(job_id = %id, attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "infrastructure failure; will retry");
                 METRICS.retries.inc();
                 tokio::time::sleep(delay).await;
@@ -286,7 +285,7 @@ impl Session {
                     .map(|_| ())
                     .map_err(|e| InfraError::Broker(Cause::new("requeueing", e)))
             }
-            Disposition::GiveUp(error) => {
+            Disposition::GiveUp { job_id: id, error } => {
                 tracing::error!(job_id = %id, attempt, error = %error, "giving up on a job after repeated infrastructure failures");
                 let mut result = ResultMessage::failure(
                     &id,
@@ -323,11 +322,7 @@ impl Session {
             queue_secs: queue_secs(props),
         };
         let (on_state, states) = self.state_sink(&id, attempt, props);
-        let destination = Destination::store(
-            self.pipeline.stager().store().clone(),
-            &id,
-            self.pipeline.config().cache.s3_bucket.is_empty(),
-        );
+        let destination = self.pipeline.store_destination(&id);
         let processed = self
             .pipeline
             .process(job, delivered, destination, &[], &on_state)
@@ -336,7 +331,7 @@ impl Session {
         let _ = states.await;
         match processed {
             Ok(result) => Processed::Done(Box::new(result)),
-            Err(e) => Processed::Failed(e),
+            Err(error) => Processed::Failed { job_id: id, error },
         }
     }
 

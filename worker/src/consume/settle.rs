@@ -25,8 +25,13 @@ pub(super) enum Processed {
     Done(Box<ResultMessage>),
     /// The message is not a job.
     Refused(Refusal),
-    /// Our side failed.
-    Failed(InfraError),
+    /// Our side failed at job `job_id`.
+    Failed {
+        /// The job's id.
+        job_id: String,
+        /// What failed.
+        error: InfraError,
+    },
 }
 
 /// What to do with the delivery, with what it needs for that.
@@ -39,6 +44,8 @@ pub(super) enum Disposition {
     DeadLetter(Refusal),
     /// Wait `delay`, then nack with requeue, for another attempt.
     Retry {
+        /// The job's id.
+        job_id: String,
         /// The backoff before the nack.
         delay: Duration,
         /// What failed.
@@ -46,7 +53,12 @@ pub(super) enum Disposition {
     },
     /// Out of attempts: an `error` result (kind from the failure), a copy
     /// to the dead-letter exchange (`retries_exhausted`), then ack.
-    GiveUp(InfraError),
+    GiveUp {
+        /// The job's id.
+        job_id: String,
+        /// What failed, last.
+        error: InfraError,
+    },
 }
 
 /// Retry settings, from `[amqp]`.
@@ -65,8 +77,11 @@ pub(super) fn disposition(processed: Processed, attempt: u32, policy: RetryPolic
     match processed {
         Processed::Done(result) => Disposition::Publish(result),
         Processed::Refused(refusal) => Disposition::DeadLetter(refusal),
-        Processed::Failed(error) if attempt >= policy.max_attempts => Disposition::GiveUp(error),
-        Processed::Failed(error) => Disposition::Retry {
+        Processed::Failed { job_id, error } if attempt >= policy.max_attempts => {
+            Disposition::GiveUp { job_id, error }
+        }
+        Processed::Failed { job_id, error } => Disposition::Retry {
+            job_id,
             delay: backoff(attempt, policy.base_ms, policy.max_ms, false),
             error,
         },
@@ -107,7 +122,14 @@ mod tests {
             Disposition::Publish(_) => "publish".into(),
             Disposition::DeadLetter(refusal) => format!("dead-letter {}", refusal.reason),
             Disposition::Retry { delay, .. } => format!("retry in {} ms", delay.as_millis()),
-            Disposition::GiveUp(_) => "give up".into(),
+            Disposition::GiveUp { .. } => "give up".into(),
+        }
+    }
+
+    fn failed(error: InfraError) -> Processed {
+        Processed::Failed {
+            job_id: "j".into(),
+            error,
         }
     }
 
@@ -115,7 +137,10 @@ mod tests {
     fn ran(outcome: Outcome) -> Processed {
         let report = Report::early(outcome, Duration::ZERO, false);
         match executor_fault(&report.outcome) {
-            Some(ours) => Processed::Failed(ours),
+            Some(error) => Processed::Failed {
+                job_id: "j".into(),
+                error,
+            },
             None => Processed::Done(Box::new(result_of("j", "w", &report, vec![], false))),
         }
     }
@@ -186,25 +211,13 @@ mod tests {
             ]
         };
         for e in ours() {
-            table.push((
-                format!("{e} (first attempt)"),
-                Processed::Failed(e),
-                retry(1),
-            ));
+            table.push((format!("{e} (first attempt)"), failed(e), retry(1)));
         }
         for e in ours() {
-            table.push((
-                format!("{e} (second attempt)"),
-                Processed::Failed(e),
-                retry(2),
-            ));
+            table.push((format!("{e} (second attempt)"), failed(e), retry(2)));
         }
         for e in ours() {
-            table.push((
-                format!("{e} (last attempt)"),
-                Processed::Failed(e),
-                "give up".into(),
-            ));
+            table.push((format!("{e} (last attempt)"), failed(e), "give up".into()));
         }
         assert_eq!(table.len(), 13 + 10 + 2 + 15, "every case is in the table");
         for (name, processed, want) in table {
