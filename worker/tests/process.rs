@@ -990,3 +990,82 @@ async fn a_job_queue_declared_with_other_arguments_is_named_not_just_unready() {
     delete_queue().await;
     bench.remove().await;
 }
+
+/// Broker passwords reach no output: not the log, `/readyz` or `/metrics`
+/// of a worker whose brokers refuse it (one node unreachable, one that
+/// rejects the password), nor the error of a worker given a malformed URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_broker_password_reaches_a_log_a_metric_or_readyz() {
+    let secret = |tag: &str| format!("pw-{tag}-{}", uuid::Uuid::new_v4().simple());
+    let (unreachable, refused) = (secret("unreachable"), secret("refused"));
+    let closed = free_port();
+    let urls = format!(
+        "amqp://guest:{unreachable}@127.0.0.1:{closed}/%2f, amqp://guest:{refused}@127.0.0.1:5672/%2f"
+    );
+    let logs = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log_path = logs.path().join("worker.log");
+    let worker = Command::new(env!("CARGO_BIN_EXE_shoal-worker"))
+        .arg("serve")
+        .env_clear()
+        .env("SHOAL_CACHE_DIR", cache.path())
+        .env("SHOAL_AMQP_URL", &urls)
+        .env("SHOAL_AMQP_RECONNECT_MAX_MS", "300")
+        .env("SHOAL_LOG_FILTER", "debug")
+        .env("SHOAL_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(vec![worker]);
+    // Several rounds of both refusals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let (status, readyz) = http_get(&format!("{base}/readyz")).await.unwrap();
+    assert_eq!(status, 503, "{readyz}");
+    let (_, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
+    signal(&reaper.0[0], "TERM");
+    exited(&mut reaper.0[0], WAIT).await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    // The refusals are there, each URL named, with its password replaced.
+    assert!(log.contains("no broker answered"), "{log}");
+    assert!(
+        log.contains(&format!("guest:***@127.0.0.1:{closed}")),
+        "{log}"
+    );
+    assert!(log.contains("guest:***@127.0.0.1:5672"), "{log}");
+    for (what, text) in [("log", &log), ("/readyz", &readyz), ("/metrics", &metrics)] {
+        for password in [&unreachable, &refused] {
+            assert!(
+                !text.contains(password.as_str()),
+                "{what} shows a password: {text}"
+            );
+        }
+    }
+
+    // A malformed URL: the worker refuses to start, naming which URL,
+    // without its password.
+    let malformed = secret("malformed");
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-worker"))
+        .arg("serve")
+        .env_clear()
+        .env("SHOAL_CACHE_DIR", cache.path())
+        .env(
+            "SHOAL_AMQP_URL",
+            format!(
+                "amqp://guest:guest@127.0.0.1:5672/%2f,amqp://guest:{malformed}@127.0.0.1:port/%2f"
+            ),
+        )
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("broker URL 2"), "{said}");
+    assert!(!said.contains(&malformed), "{said}");
+}

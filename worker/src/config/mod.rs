@@ -7,8 +7,10 @@
 //! an unknown `SHOAL_*` variable is an error that names it rather than a
 //! setting silently ignored. This is the only module that reads the
 //! process environment.
+mod brokers;
 mod cidr;
 
+pub use brokers::{BrokerUrlError, Brokers, DEFAULT_BROKER};
 pub use cidr::CidrError;
 pub(crate) use cidr::{Cidr, parse_allow_list};
 use serde::Deserialize;
@@ -16,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 /// The embedded defaults.
 pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+/// Keys whose value is a list; their environment variable holds the items
+/// comma-separated.
+const LIST_KEYS: &[&str] = &["amqp.urls"];
 /// Prefix of configuration environment variables.
 pub(crate) const ENV_PREFIX: &str = "SHOAL_";
 
@@ -66,8 +71,12 @@ pub struct WorkerSection {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSection {
-    /// Broker URL, with credentials.
+    /// Broker URL, with credentials; may hold several, comma-separated.
+    /// Empty (and `urls` empty): [`DEFAULT_BROKER`].
     pub url: String,
+    /// Broker URLs, tried in order (the nodes of a cluster); set this or
+    /// `url`, not both.
+    pub urls: Vec<String>,
     /// Job queue.
     pub job_queue: String,
     /// Results exchange.
@@ -91,9 +100,32 @@ pub struct AmqpSection {
 }
 
 impl AmqpSection {
-    /// The URL with its password replaced, for logs.
-    pub(crate) fn redacted_url(&self) -> String {
-        shoal_schemas::topology::redact_url(&self.url)
+    /// The broker URLs: `urls`, or `url` (which may hold a comma-separated
+    /// list), or the local default. Both set is an error, not a silent
+    /// choice: a `SHOAL_AMQP_URL` meant to override a file's `urls` would
+    /// otherwise be ignored, or the other way round.
+    pub fn brokers(&self) -> Result<Brokers, BrokerUrlError> {
+        let has_url = !self.url.trim().is_empty();
+        let has_urls = self.urls.iter().any(|u| !u.trim().is_empty());
+        match (has_url, has_urls) {
+            (true, true) => {
+                let both = Brokers::parse(std::iter::once(&self.url).chain(&self.urls));
+                Err(BrokerUrlError::Both(
+                    both.map(|b| b.redacted_all()).unwrap_or_default(),
+                ))
+            }
+            (false, true) => Brokers::parse(&self.urls),
+            (true, false) => Brokers::parse([&self.url]),
+            (false, false) => Brokers::parse([DEFAULT_BROKER]),
+        }
+    }
+
+    /// The URLs with their passwords replaced, for logs and `config`.
+    fn redacted_urls(&self) -> String {
+        match self.brokers() {
+            Ok(brokers) => brokers.redacted_all(),
+            Err(e) => format!("<{e}>"),
+        }
     }
 
     /// The shared topology.
@@ -112,7 +144,7 @@ impl AmqpSection {
 impl std::fmt::Debug for AmqpSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSection")
-            .field("url", &self.redacted_url())
+            .field("urls", &self.redacted_urls())
             .field("job_queue", &self.job_queue)
             .field("results_exchange", &self.results_exchange)
             .field("dead_letter", &self.dead_letter)
@@ -346,6 +378,17 @@ impl Config {
                 continue;
             };
             match keys.iter().find(|key| env_name(key) == name) {
+                Some(key) if LIST_KEYS.contains(&key.as_str()) => {
+                    // A list in one variable: comma-separated.
+                    let items: Vec<String> = value
+                        .split(',')
+                        .map(|item| item.trim().to_owned())
+                        .filter(|item| !item.is_empty())
+                        .collect();
+                    builder = builder
+                        .set_override(key.as_str(), items)
+                        .map_err(|e| ConfigError::Load(format!("{name}: {e}")))?;
+                }
                 Some(key) => {
                     builder = builder
                         .set_override(key.as_str(), value)
@@ -391,6 +434,9 @@ impl Config {
         }
         if let Err(e) = parse_allow_list(&self.staging.url_allow) {
             problems.push(format!("staging.url_allow: {e}"));
+        }
+        if let Err(e) = self.amqp.brokers() {
+            problems.push(format!("amqp.url/amqp.urls: {e}"));
         }
         if self.amqp.max_attempts == 0 {
             problems.push("amqp.max_attempts must be at least 1".into());
@@ -534,8 +580,48 @@ mod tests {
             env(&[("SHOAL_AMQP_URL", "amqp://u:s3cret@h:5672/%2f")]),
         )
         .unwrap();
-        assert_eq!(config.amqp.redacted_url(), "amqp://u:***@h:5672/%2f");
+        assert_eq!(config.amqp.redacted_urls(), "amqp://u:***@h:5672/%2f");
         assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn broker_urls_come_from_url_or_urls_never_both() {
+        let load = |vars: &[(&str, &str)]| Config::load_from(None, env(vars));
+        // Neither: the local broker.
+        let brokers = load(&[]).unwrap().amqp.brokers().unwrap();
+        assert_eq!(brokers.url(0), DEFAULT_BROKER);
+        assert_eq!(brokers.len(), 1);
+        // SHOAL_AMQP_URL with a comma-separated list, and SHOAL_AMQP_URLS.
+        for var in ["SHOAL_AMQP_URL", "SHOAL_AMQP_URLS"] {
+            let config = load(&[(var, "amqp://u:p1@a/%2f, amqp://u:p2@b/%2f")]).unwrap();
+            let brokers = config.amqp.brokers().unwrap();
+            assert_eq!(
+                (brokers.len(), brokers.url(1)),
+                (2, "amqp://u:p2@b/%2f"),
+                "{var}"
+            );
+        }
+        // A file's list.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "[amqp]\nurls = [\"amqp://u:p1@a/%2f\", \"amqp://u:p2@b/%2f\", \"amqp://u:p3@c/%2f\"]\n").unwrap();
+        let config = Config::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.amqp.brokers().unwrap().len(), 3);
+        // Both: an error naming both keys, no password in it.
+        let err = Config::load_from(Some(&path), env(&[("SHOAL_AMQP_URL", "amqp://u:p9@d/%2f")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.url and amqp.urls"), "{err}");
+        assert!(!err.contains("p9") && !err.contains("p1"), "{err}");
+        // A malformed one: named, its password not.
+        let err = load(&[(
+            "SHOAL_AMQP_URL",
+            "amqp://u:p1@a/%2f,amqp://u:hunter2@b:port/",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("broker URL 2"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

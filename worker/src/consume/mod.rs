@@ -17,7 +17,7 @@
 //! idle one could take.
 mod settle;
 
-use crate::config::AmqpSection;
+use crate::config::{AmqpSection, Brokers};
 use crate::error::{Cause, InfraError};
 use crate::job::{Job, Refusal, valid_id};
 use crate::metrics::METRICS;
@@ -39,29 +39,62 @@ use tokio::task::JoinSet;
 
 /// Consumes jobs until `shutdown` turns true, reconnecting whenever the
 /// broker goes away. Returns after draining in-flight jobs.
+///
+/// With several broker URLs (the nodes of a cluster), a lost connection
+/// moves on to the next node first, and a node that refuses is skipped at
+/// once; only when every node refused does the worker back off (with
+/// jitter, so a fleet does not come back in step).
 pub async fn run(
     pipeline: Pipeline,
     amqp: AmqpSection,
     concurrency: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), InfraError> {
+    let brokers = amqp
+        .brokers()
+        .map_err(|e| InfraError::Broker(Cause::new("reading amqp.url/amqp.urls", e)))?;
     let amqp = Arc::new(amqp);
     METRICS
         .concurrency
         .set(i64::try_from(concurrency).unwrap_or(i64::MAX));
     let mut failures: u32 = 0;
+    let mut next = 0;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        match session(&pipeline, &amqp, concurrency, &mut shutdown).await {
+        let mut reached = None;
+        match session(
+            &pipeline,
+            &amqp,
+            &brokers,
+            next,
+            &mut reached,
+            concurrency,
+            &mut shutdown,
+        )
+        .await
+        {
             Ok(()) => return Ok(()),
             Err(e) => {
                 METRICS.broker_connected.set(0);
                 METRICS.reconnects.inc();
-                failures = failures.saturating_add(1);
+                // A session that got as far as consuming starts the backoff
+                // afresh: a worker that lost its node once a day must not
+                // wait the cap on every later loss.
+                failures = match reached {
+                    Some(_) => 1,
+                    None => failures.saturating_add(1),
+                };
+                // After a loss, the node that was lost is tried last.
+                next = reached.map_or(next, |i| i + 1) % brokers.len();
                 let delay = settle::backoff(failures, 200, amqp.reconnect_max_ms, true);
-                tracing::warn!(error = %e, broker = %amqp.redacted_url(), retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+                tracing::warn!(
+                    error = %brokers.scrub(&crate::error::chain(&e)),
+                    brokers = %brokers.redacted_all(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "broker connection lost; reconnecting"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -69,6 +102,43 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Connects to the first broker URL that answers, starting at `first`;
+/// returns the connection and which URL it is. Every URL is tried once;
+/// the error, when none answers, names each (passwords replaced).
+async fn connect(
+    brokers: &Brokers,
+    first: usize,
+    heartbeat_secs: u16,
+    name: &str,
+) -> Result<(Connection, usize), InfraError> {
+    let mut refused = Vec::new();
+    for i in (first..first + brokers.len()).map(|i| i % brokers.len()) {
+        let uri = brokers.url_with(i, "heartbeat", &heartbeat_secs.to_string());
+        match Connection::connect(
+            &uri,
+            ConnectionProperties::default().with_connection_name(name.into()),
+        )
+        .await
+        {
+            Ok(conn) => {
+                if !refused.is_empty() {
+                    tracing::info!(broker = %brokers.redacted(i), skipped = %refused.join("; "), "connected to another broker node");
+                }
+                return Ok((conn, i));
+            }
+            Err(e) => refused.push(format!(
+                "{}: {}",
+                brokers.redacted(i),
+                brokers.scrub(&e.to_string())
+            )),
+        }
+    }
+    Err(InfraError::Broker(Cause::from(format!(
+        "no broker answered: {}",
+        refused.join("; ")
+    ))))
 }
 
 /// A queue or exchange that exists on the broker with other arguments than
@@ -119,31 +189,33 @@ impl Mismatch {
 struct Session {
     pipeline: Pipeline,
     amqp: Arc<AmqpSection>,
+    brokers: Brokers,
     publish: Channel,
 }
 
+/// One connection's life: connect (from URL `first` on), declare, consume
+/// until the connection is lost (`Err`) or `shutdown` (drained, `Ok`).
+/// `reached` is set to the URL's index once consuming started.
 async fn session(
     pipeline: &Pipeline,
     amqp: &Arc<AmqpSection>,
+    brokers: &Brokers,
+    first: usize,
+    reached: &mut Option<usize>,
     concurrency: usize,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), InfraError> {
-    let broker = |e: lapin::Error| InfraError::Broker(Cause::new("talking to the broker", e));
-    let uri = format!(
-        "{}{}heartbeat={}",
-        amqp.url,
-        if amqp.url.contains('?') { "&" } else { "?" },
-        amqp.heartbeat_secs
-    );
-    let conn = Connection::connect(
-        &uri,
-        ConnectionProperties::default().with_connection_name(pipeline.worker_name().into()),
-    )
-    .await
-    .map_err(broker)?;
+    // The broker's words may quote a vhost or a URL: never with a password.
+    let broker = |e: lapin::Error| {
+        InfraError::Broker(Cause::from(format!(
+            "talking to the broker: {}",
+            brokers.scrub(&e.to_string())
+        )))
+    };
+    let (conn, at) = connect(brokers, first, amqp.heartbeat_secs, pipeline.worker_name()).await?;
     let consume = conn.create_channel().await.map_err(broker)?;
     if let Err(e) = amqp.topology().declare(&consume).await {
-        let said = e.to_string();
+        let said = brokers.scrub(&e.to_string());
         if let Some(mismatch) = Mismatch::parse(&said) {
             let why = mismatch.explain();
             tracing::error!(
@@ -179,11 +251,13 @@ async fn session(
         )
         .await
         .map_err(broker)?;
-    tracing::info!(queue = %amqp.job_queue, concurrency, broker = %amqp.redacted_url(), "consuming jobs");
+    tracing::info!(queue = %amqp.job_queue, concurrency, broker = %brokers.redacted(at), "consuming jobs");
     METRICS.broker_connected.set(1);
+    *reached = Some(at);
     let session = Arc::new(Session {
         pipeline: pipeline.clone(),
         amqp: amqp.clone(),
+        brokers: brokers.clone(),
         publish,
     });
     let mut in_flight = JoinSet::new();
@@ -249,7 +323,7 @@ impl Session {
         if let Err(e) = self.settle(&delivery).await {
             // Could not publish or ack: the broker will redeliver the
             // message once the channel is gone.
-            tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
+            tracing::warn!(error = %self.brokers.scrub(&e.to_string()), "could not settle a delivery; it will be redelivered");
         }
     }
 
