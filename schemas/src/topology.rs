@@ -31,7 +31,8 @@ pub struct Topology {
     /// Topic exchange of result messages (routing key `job.<id>`) and
     /// best-effort state messages (`state.<id>`).
     pub results_exchange: String,
-    /// Fanout exchange and durable queue of messages that could not be processed.
+    /// Fanout exchange and durable quorum queue of messages that could not
+    /// be processed.
     pub dead_letter: String,
     /// Deliveries after which the broker itself dead-letters a message that
     /// no worker could settle (a worker that crashes on it each time).
@@ -90,6 +91,17 @@ fn exchange_kind(kind: &str) -> ExchangeKind {
 }
 
 impl Topology {
+    /// The dead-letter queue's arguments: a quorum queue, replicated like
+    /// the job queue. A classic queue lives on one node, and dead letters
+    /// routed to it while that node is down are dropped: the one place an
+    /// operator looks for what failed must survive a node's loss.
+    pub fn dead_letter_queue_arguments(&self) -> Vec<(&'static str, ArgumentValue)> {
+        vec![(
+            "x-queue-type",
+            ArgumentValue::LongString("quorum".to_owned()),
+        )]
+    }
+
     /// The job queue's arguments, in the order they are declared: a quorum
     /// queue (replicated, with a delivery count) whose dead letters go to
     /// the dead-letter exchange, and the broker's own bound on deliveries.
@@ -143,6 +155,20 @@ pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Con
     Ok((name, consumer))
 }
 
+/// Queue arguments as AMQP field values.
+#[cfg(feature = "amqp")]
+fn field_table(arguments: Vec<(&'static str, ArgumentValue)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in arguments {
+        let value = match value {
+            ArgumentValue::LongString(s) => AMQPValue::LongString(s.as_str().into()),
+            ArgumentValue::Int(n) => AMQPValue::LongInt(n),
+        };
+        table.insert(ShortString::from(name), value);
+    }
+    table
+}
+
 #[cfg(feature = "amqp")]
 impl Topology {
     /// Declares everything; safe to call any number of times, from any side.
@@ -166,7 +192,7 @@ impl Topology {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                field_table(self.dead_letter_queue_arguments()),
             )
             .await?;
         channel
@@ -186,14 +212,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut args = FieldTable::default();
-        for (name, value) in self.job_queue_arguments() {
-            let value = match value {
-                ArgumentValue::LongString(s) => AMQPValue::LongString(s.as_str().into()),
-                ArgumentValue::Int(n) => AMQPValue::LongInt(n),
-            };
-            args.insert(ShortString::from(name), value);
-        }
+        let args = field_table(self.job_queue_arguments());
         channel
             .queue_declare(
                 ShortString::from(self.job_queue.as_str()),

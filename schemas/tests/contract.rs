@@ -249,9 +249,7 @@ fn error_kinds_in_schema_match_the_enum() {
 /// argument with its AMQP type.
 #[test]
 fn topology_json_is_what_the_rust_side_declares() {
-    use shoal_schemas::topology::{
-        ArgumentValue, DEAD_LETTER_EXCHANGE_TYPE, RESULTS_EXCHANGE_TYPE, Topology,
-    };
+    use shoal_schemas::topology::{DEAD_LETTER_EXCHANGE_TYPE, RESULTS_EXCHANGE_TYPE, Topology};
     let spec: Value = serde_json::from_str(TOPOLOGY_JSON).unwrap();
     let ours = Topology::default();
     assert_eq!(spec["protocol"], 1);
@@ -277,7 +275,11 @@ fn topology_json_is_what_the_rust_side_declares() {
     }
     let dead_queue = by_role("queues", "dead_letter");
     assert_eq!(dead_queue["name"], ours.dead_letter.as_str());
-    assert_eq!(dead_queue["arguments"], serde_json::json!({}));
+    let mut want_dead = serde_json::Map::new();
+    for (name, value) in ours.dead_letter_queue_arguments() {
+        want_dead.insert(name.to_owned(), argument_json(&value));
+    }
+    assert_eq!(dead_queue["arguments"], Value::Object(want_dead));
     assert_eq!(
         dead_queue["bindings"],
         serde_json::json!([{ "exchange": ours.dead_letter, "routing_key": "" }])
@@ -286,16 +288,21 @@ fn topology_json_is_what_the_rust_side_declares() {
     assert_eq!(jobs["name"], ours.job_queue.as_str());
     let mut want = serde_json::Map::new();
     for (name, value) in ours.job_queue_arguments() {
-        let typed = match value {
-            ArgumentValue::LongString(s) => serde_json::json!({ "type": "longstr", "value": s }),
-            ArgumentValue::Int(n) => serde_json::json!({ "type": "signed-32", "value": n }),
-        };
-        want.insert(name.to_owned(), typed);
+        want.insert(name.to_owned(), argument_json(&value));
     }
     assert_eq!(jobs["arguments"], Value::Object(want));
     for queue in [&dead_queue, &jobs] {
         assert_eq!(queue["durable"], true, "{queue}");
         assert_eq!(queue["exclusive"], false, "{queue}");
         assert_eq!(queue["auto_delete"], false, "{queue}");
+    }
+}
+
+/// A queue argument as `topology.json` writes it: its AMQP type and value.
+fn argument_json(value: &shoal_schemas::topology::ArgumentValue) -> Value {
+    use shoal_schemas::topology::ArgumentValue;
+    match value {
+        ArgumentValue::LongString(s) => serde_json::json!({ "type": "longstr", "value": s }),
+        ArgumentValue::Int(n) => serde_json::json!({ "type": "signed-32", "value": n }),
     }
 }

@@ -1,8 +1,9 @@
 //! The fleet client: publish jobs to RabbitMQ and wait for their results.
 //!
-//! Publishing goes through two pools: deadpool-lapin keeps a few
-//! connections, and on top of them a pool of channels already in confirm
-//! mode, so a busy service publishing from many tasks neither opens a
+//! Publishing goes through two pools: one keeps a few connections (to the
+//! first broker URL that answers: a cluster's nodes may all be listed, and
+//! a lost node is skipped), and on top of them a pool of channels already
+//! in confirm mode, so a busy service publishing from many tasks neither opens a
 //! channel per job nor serialises every job on one channel. Every job is
 //! persistent and confirmed by the broker before `submit` returns; a pooled
 //! channel or connection that broke is replaced on its next use.
@@ -58,7 +59,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, ConnectionProperties};
 use shoal_schemas::topology::{PUBLISHED_MS_HEADER, Topology};
+use shoal_worker::config::Brokers;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
@@ -157,9 +160,77 @@ struct InboxState {
     lost: Option<String>,
 }
 
+/// Makes connections to the first broker URL that answers, starting from
+/// the one that answered last: with a cluster's nodes listed, a lost node
+/// is skipped and the pool refills from the others.
+struct Connections {
+    brokers: Brokers,
+    next: AtomicUsize,
+    name: String,
+}
+
+/// No broker URL answered; the words of each, passwords replaced.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ConnectError(String);
+
+impl Connections {
+    async fn connect(&self) -> Result<lapin::Connection, ConnectError> {
+        let count = self.brokers.len();
+        let first = self.next.load(Ordering::Relaxed);
+        let mut refused = Vec::new();
+        for i in (first..first + count).map(|i| i % count) {
+            match lapin::Connection::connect(
+                self.brokers.url(i),
+                ConnectionProperties::default().with_connection_name(self.name.clone().into()),
+            )
+            .await
+            {
+                Ok(connection) => {
+                    self.next.store(i, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Err(e) => refused.push(if count == 1 {
+                    self.brokers.scrub(&e.to_string())
+                } else {
+                    format!(
+                        "{}: {}",
+                        self.brokers.redacted(i),
+                        self.brokers.scrub(&e.to_string())
+                    )
+                }),
+            }
+        }
+        // The next try starts past the first that refused.
+        self.next.store((first + 1) % count, Ordering::Relaxed);
+        Err(ConnectError(refused.join("; ")))
+    }
+}
+
+impl managed::Manager for Connections {
+    type Type = lapin::Connection;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<lapin::Connection, ConnectError> {
+        self.connect().await
+    }
+
+    async fn recycle(
+        &self,
+        connection: &mut lapin::Connection,
+        _: &Metrics,
+    ) -> RecycleResult<ConnectError> {
+        if connection.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection closed"))
+        }
+    }
+}
+
 /// Makes confirm-mode channels on pooled connections.
 struct ConfirmChannels {
-    connections: deadpool_lapin::Pool,
+    connections: managed::Pool<Connections>,
 }
 
 /// Why a confirm-mode channel could not be made: the broker's side (or the
@@ -168,7 +239,7 @@ struct ConfirmChannels {
 enum ChannelError {
     /// No pooled connection to open it on.
     #[error(transparent)]
-    Connection(deadpool_lapin::PoolError),
+    Connection(managed::PoolError<ConnectError>),
     /// Opening the channel, or switching it to confirm mode, failed.
     #[error(transparent)]
     Channel(lapin::Error),
@@ -208,7 +279,7 @@ pub struct Client {
     topology: Topology,
     reply_queue: String,
     inbox: Arc<Inbox>,
-    broker: String,
+    brokers: Brokers,
     /// Sent or dropped with the client: the reply listener then deletes
     /// the queue and closes its connection.
     stop: Option<oneshot::Sender<()>>,
@@ -217,7 +288,9 @@ pub struct Client {
 
 impl Client {
     /// Connects with default pool sizes, declares the topology and starts
-    /// listening for results.
+    /// listening for results. `url` may list several brokers (the nodes of
+    /// a cluster), comma-separated: they are tried in turn, here and
+    /// whenever a connection is lost.
     pub async fn connect(url: &str, topology: Topology) -> Result<Client, ClientError> {
         Client::connect_with(url, topology, ClientOptions::default()).await
     }
@@ -228,19 +301,32 @@ impl Client {
         topology: Topology,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        let broker = shoal_schemas::topology::redact_url(url);
+        let brokers = Brokers::parse([url]).map_err(|e| ClientError::Broker {
+            broker: "(amqp URL)".into(),
+            message: e.to_string(),
+        })?;
+        Client::connect_to(brokers, topology, options).await
+    }
+
+    /// Connects to parsed broker URLs (`AmqpSection::brokers` of a loaded
+    /// configuration) with the given options.
+    pub async fn connect_to(
+        brokers: Brokers,
+        topology: Topology,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         let err = |message: String| ClientError::Broker {
-            broker: broker.clone(),
-            message,
+            broker: brokers.redacted_all(),
+            message: brokers.scrub(&message),
         };
-        let name = options.connection_name.clone();
-        let properties =
-            move || ConnectionProperties::default().with_connection_name(name.clone().into());
-        let connections = deadpool_lapin::Config {
-            url: Some(url.to_owned()),
-            pool: Some(deadpool_lapin::PoolConfig::new(options.max_connections)),
-        }
-        .create_pool(properties, deadpool_lapin::Runtime::Tokio1)
+        let connections = managed::Pool::builder(Connections {
+            brokers: brokers.clone(),
+            next: AtomicUsize::new(0),
+            name: options.connection_name.clone(),
+        })
+        .max_size(options.max_connections)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
         .map_err(|e| err(e.to_string()))?;
         let channels: managed::Pool<ConfirmChannels> = managed::Pool::builder(ConfirmChannels {
             connections: connections.clone(),
@@ -262,10 +348,13 @@ impl Client {
         }
 
         let replies = Replies {
-            url: url.to_owned(),
+            connections: Connections {
+                brokers: brokers.clone(),
+                next: AtomicUsize::new(0),
+                name: options.connection_name.clone(),
+            },
             queue: format!("shoal.reply.{}", uuid::Uuid::new_v4()),
             keep: options.reply_keep,
-            connection_name: options.connection_name,
         };
         let (connection, consumer, _) = replies.open(true).await.map_err(|e| err(e.to_string()))?;
         let inbox = Arc::new(Inbox::default());
@@ -277,7 +366,7 @@ impl Client {
             topology,
             reply_queue,
             inbox,
-            broker,
+            brokers,
             stop: Some(stop),
             listener: Some(listener),
         })
@@ -359,8 +448,8 @@ impl Client {
     /// Publishes on one channel, then awaits every confirm.
     async fn publish(&self, bodies: Vec<(String, Vec<u8>)>) -> Result<Vec<JobHandle>, ClientError> {
         let err = |message: String| ClientError::Broker {
-            broker: self.broker.clone(),
-            message,
+            broker: self.brokers.redacted_all(),
+            message: self.brokers.scrub(&message),
         };
         let channel = self.channels.get().await.map_err(|e| err(e.to_string()))?;
         let mut confirms: Vec<(String, PublisherConfirm)> = Vec::with_capacity(bodies.len());
@@ -487,10 +576,20 @@ impl Client {
 
 /// The client's reply queue and how to reach it again.
 struct Replies {
-    url: String,
+    connections: Connections,
     queue: String,
     keep: Duration,
-    connection_name: String,
+}
+
+/// Why the reply connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// No broker URL answered.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A broker answered, then refused something.
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
 }
 
 /// Unacked results the broker may hand the listener before it acks them
@@ -543,13 +642,11 @@ impl Replies {
     /// notification to a waiting client, not the record (that is the
     /// results store), so the broker does not write every result to disk.
     /// A broker restart drops them; the marker queue beside it tells.
-    async fn open(&self, first: bool) -> lapin::Result<(lapin::Connection, lapin::Consumer, bool)> {
-        let connection = lapin::Connection::connect(
-            &self.url,
-            ConnectionProperties::default()
-                .with_connection_name(self.connection_name.clone().into()),
-        )
-        .await?;
+    async fn open(
+        &self,
+        first: bool,
+    ) -> Result<(lapin::Connection, lapin::Consumer, bool), OpenError> {
+        let connection = self.connections.connect().await?;
         let kept = !first && self.survived(&connection).await?;
         if !kept {
             let channel = connection.create_channel().await?;
@@ -696,6 +793,7 @@ impl Replies {
                 }
             };
             let since = tokio::time::Instant::now();
+            let why = self.connections.brokers.scrub(&why);
             tracing::warn!(queue = %self.queue, error = %why, "reply connection lost; reconnecting");
             // The old connection may still be open (a consumer the broker
             // cancelled): close it, without waiting long on a dead one,
@@ -721,7 +819,20 @@ impl Replies {
                         break kept;
                     }
                     Err(e) => {
-                        tracing::warn!(queue = %self.queue, error = %e, retry_in = ?delay, "reply connection refused");
+                        let said = self.connections.brokers.scrub(&e.to_string());
+                        tracing::warn!(queue = %self.queue, error = %said, retry_in = ?delay, "reply connection refused");
+                        // Another node answered, but the queue lives on a
+                        // node that is down (a classic queue has one home):
+                        // what it held is out of reach until that node is
+                        // back, if ever, so waiters learn it now and can
+                        // fetch from the results store.
+                        let home_down = matches!(&e, OpenError::Broker(e) if not_found(e));
+                        if !expired && home_down {
+                            expired = true;
+                            inbox.lose(format!(
+                                "{why}; the reply queue's broker node is down ({said})"
+                            ));
+                        }
                         // Away longer than the queue's expiry: it is gone
                         // whatever happens next, so waiters need not wait
                         // for the broker to say so.

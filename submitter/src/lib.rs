@@ -22,6 +22,7 @@ pub mod args;
 pub mod client;
 #[cfg(feature = "local")]
 pub mod local;
+pub mod migrate;
 
 pub use client::{Client, ClientError, ClientOptions, JobHandle};
 pub use shoal_schemas::topology::Topology;

@@ -1252,3 +1252,237 @@ fn upload_prints_the_sources_of_files_and_folders() {
         text(&out.stderr)
     );
 }
+
+/// No broker password reaches what `submit` prints, whatever fails: a list
+/// of brokers none of which answers, a broker that refuses the password,
+/// a malformed URL; for `run` and for `admin`.
+#[test]
+fn no_broker_password_reaches_what_submit_prints() {
+    let cli = Cli::new();
+    let secret = |tag: &str| format!("pw-{tag}-{}", uuid::Uuid::new_v4().simple());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (a, b, c) = (secret("a"), secret("b"), secret("c"));
+    let cases = [
+        (
+            format!("amqp://guest:{a}@127.0.0.1:{closed}/%2f,amqp://guest:{b}@127.0.0.1:5672/%2f"),
+            "127.0.0.1:5672",
+        ),
+        (
+            format!("amqp://guest:guest@127.0.0.1:{closed}/%2f, amqp://guest:{c}@127.0.0.1:x/%2f"),
+            "broker URL 2",
+        ),
+    ];
+    for (urls, named) in &cases {
+        for args in [
+            &["run", &path("examples/hello/hello.wasm")][..],
+            &["admin", "migrate-dead-letters"],
+        ] {
+            let out = cli.submit_with(args, &[("SHOAL_AMQP_URL", urls.as_str())]);
+            let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+            assert!(said.contains(named), "{args:?}: {said}");
+            for password in [&a, &b, &c] {
+                assert!(!said.contains(password.as_str()), "{args:?}: {said}");
+            }
+        }
+    }
+}
+
+/// `submit admin migrate-dead-letters` turns a fleet's classic dead-letter
+/// queue (as fleets before the quorum one declared it) into a quorum queue
+/// under the same name, bound as before, every message moved in order with
+/// its headers; a second run has nothing to do.
+#[test]
+fn migrate_dead_letters_makes_the_classic_queue_a_quorum_one_losing_nothing() {
+    use lapin::options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let dead = format!("test.migrate.dead.{suffix}");
+    let env = [
+        ("SHOAL_AMQP_DEAD_LETTER", dead.clone()),
+        (
+            "SHOAL_AMQP_JOB_QUEUE",
+            format!("test.migrate.jobs.{suffix}"),
+        ),
+        (
+            "SHOAL_AMQP_RESULTS_EXCHANGE",
+            format!("test.migrate.results.{suffix}"),
+        ),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let quorum = || {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        arguments
+    };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let conn = runtime.block_on(async {
+        // The old way: a classic queue bound to the fanout exchange, with
+        // three dead letters in it.
+        let conn = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .exchange_declare(
+                dead.as_str().into(),
+                ExchangeKind::Fanout,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_declare(dead.as_str().into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                dead.as_str().into(),
+                dead.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "x-shoal-reason".into(),
+                AMQPValue::LongString(format!("poison {i}").into()),
+            );
+            let confirm = channel
+                .basic_publish(
+                    dead.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    format!("dead letter {i}").as_bytes(),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+        }
+        // Declared the new way, it is refused: what workers meet.
+        let probe = conn.create_channel().await.unwrap();
+        let refused = probe
+            .queue_declare(dead.as_str().into(), durable, quorum())
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("x-queue-type"), "{refused}");
+        conn
+    });
+
+    let cli = Cli::new();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = cli.submit_with(&["admin", "migrate-dead-letters"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("{dead} is now a quorum queue; 3 dead letters moved")
+    );
+
+    runtime.block_on(async {
+        let channel = conn.create_channel().await.unwrap();
+        // Declaring it as a quorum queue now succeeds: it is one.
+        let declared = channel
+            .queue_declare(dead.as_str().into(), durable, quorum())
+            .await
+            .unwrap();
+        assert_eq!(declared.message_count(), 3);
+        // Still bound: a new dead letter reaches it.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        channel
+            .basic_publish(
+                dead.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                b"dead letter 3",
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        for i in 0..4 {
+            let got = channel
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("dead letter {i} missing"));
+            assert_eq!(got.delivery.data, format!("dead letter {i}").as_bytes());
+            if i < 3 {
+                let reason = got
+                    .delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(&ShortString::from("x-shoal-reason")).cloned());
+                assert_eq!(
+                    reason,
+                    Some(AMQPValue::LongString(format!("poison {i}").into()))
+                );
+            }
+        }
+        // No temporary queue left behind.
+        let probe = conn.create_channel().await.unwrap();
+        let staging = probe
+            .queue_declare(
+                format!("{dead}.migrating").as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        assert!(staging.is_err(), "the temporary queue is still there");
+    });
+
+    let again = cli.submit_with(&["admin", "migrate-dead-letters"], &env);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(
+        text(&again.stdout).trim(),
+        format!("{dead} is already a quorum queue; nothing to migrate")
+    );
+    runtime.block_on(async {
+        let channel = conn.create_channel().await.unwrap();
+        let topology = shoal_schemas::topology::Topology {
+            job_queue: env[1].1.to_owned(),
+            results_exchange: env[2].1.to_owned(),
+            dead_letter: dead.clone(),
+            delivery_limit: 10,
+        };
+        topology.delete(&channel).await.unwrap();
+    });
+}

@@ -37,6 +37,25 @@ enum Command {
     /// tar archive: its source needs "unpack": "tar"). Content already
     /// there is not sent again.
     Upload(UploadArgs),
+    /// Operator tasks on the fleet's broker topology.
+    Admin(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[command(subcommand)]
+    what: AdminCommand,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Rebuild the dead-letter queue (amqp.dead_letter) as a quorum queue,
+    /// moving every dead letter (docs/RELIABILITY.md, "Upgrading the
+    /// dead-letter queue"). Safe with workers running; safe to repeat.
+    MigrateDeadLetters,
 }
 
 #[derive(Args)]
@@ -172,6 +191,7 @@ fn main() -> ExitCode {
         Command::Get(get) => runtime.block_on(get_command(get)),
         Command::Cache(cache) => runtime.block_on(cache_command(cache)),
         Command::Upload(upload) => runtime.block_on(upload_command(upload)),
+        Command::Admin(admin) => runtime.block_on(admin_command(admin)),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -358,9 +378,14 @@ async fn run_on_fleet(
     job: JobMessage,
     run: &RunArgs,
 ) -> Result<u8> {
-    let client = shoal_submitter::Client::connect(&amqp.url, amqp.topology())
-        .await
-        .context("connecting to the fleet (set SHOAL_AMQP_URL, or use --local)")?;
+    let brokers = amqp.brokers()?;
+    let client = shoal_submitter::Client::connect_to(
+        brokers,
+        amqp.topology(),
+        shoal_submitter::ClientOptions::default(),
+    )
+    .await
+    .context("connecting to the fleet (set SHOAL_AMQP_URL, or use --local)")?;
     let waited = wait_on_fleet(&client, job, run).await;
     client.close().await;
     let Some(result) = waited? else {
@@ -430,6 +455,26 @@ async fn get_command(get: GetArgs) -> Result<u8> {
         .map_err(anyhow::Error::msg)?;
     report(&result, &dir, get.out.json)?;
     Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
+}
+
+async fn admin_command(admin: AdminArgs) -> Result<u8> {
+    let AdminCommand::MigrateDeadLetters = admin.what;
+    let config = Config::load(admin.config.as_deref()).context("loading configuration")?;
+    let brokers = config.amqp.brokers()?;
+    let topology = config.amqp.topology();
+    let migration =
+        shoal_submitter::migrate::migrate_dead_letter_queue(&brokers, &topology).await?;
+    match migration {
+        shoal_submitter::migrate::Migration::AlreadyQuorum => println!(
+            "{} is already a quorum queue; nothing to migrate",
+            topology.dead_letter
+        ),
+        shoal_submitter::migrate::Migration::Migrated { moved } => println!(
+            "{} is now a quorum queue; {moved} dead letters moved",
+            topology.dead_letter
+        ),
+    }
+    Ok(0)
 }
 
 async fn cache_command(cache: CacheArgs) -> Result<u8> {

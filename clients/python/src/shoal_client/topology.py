@@ -101,6 +101,10 @@ class Topology:
             Queue(
                 role="dead_letter",
                 name=self.dead_letter,
+                # Replicated like the job queue: a classic queue lives on
+                # one node, and dead letters routed there while it is down
+                # are dropped.
+                arguments={"x-queue-type": Argument("longstr", "quorum")},
                 bindings=((self.dead_letter, ""),),
             ),
             Queue(

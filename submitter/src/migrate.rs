@@ -1,0 +1,353 @@
+//! Moving a fleet's dead-letter queue from a classic queue to a quorum
+//! queue (`submit admin migrate-dead-letters`).
+//!
+//! Fleets before protocol revision 2026-12 declared `shoal.dead` as a
+//! classic queue, which lives on one broker node: dead letters routed to it
+//! while that node is down are dropped. It is a quorum queue now, like the
+//! job queue. RabbitMQ cannot change a queue's type in place, and workers
+//! that declare it as a quorum queue are refused while the classic one
+//! exists (they say so in `/readyz` and `shoal_topology_mismatch`), so the
+//! queue is rebuilt under the same name through a temporary quorum queue,
+//! with every message moved by confirmed publish before its original is
+//! acked. No dead letter is lost at any step: new ones are routed to the
+//! temporary queue from before the old queue is unbound until the new one
+//! is bound. One arriving in the instant between two bindings may be kept
+//! twice (a duplicate in the dead-letter queue, never a loss).
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use shoal_schemas::topology::{ArgumentValue, Topology};
+use shoal_worker::config::Brokers;
+
+/// What the migration found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Migration {
+    /// The dead-letter queue is already a quorum queue (or did not exist and
+    /// was declared as one): nothing was moved.
+    AlreadyQuorum,
+    /// The classic queue was replaced; this many messages were moved.
+    Migrated {
+        /// Dead letters carried over, in their order.
+        moved: u64,
+    },
+}
+
+/// Why the migration stopped. Every step before it completed; running the
+/// command again continues from where it stopped (the temporary queue is
+/// reused and emptied into the new one).
+#[derive(Debug, thiserror::Error)]
+#[error("migrating the dead-letter queue {queue}: {doing}: {said}")]
+pub struct MigrateError {
+    queue: String,
+    doing: &'static str,
+    said: String,
+}
+
+/// The temporary queue's name.
+fn staging_name(topology: &Topology) -> String {
+    format!("{}.migrating", topology.dead_letter)
+}
+
+fn quorum(topology: &Topology) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    for (name, value) in topology.dead_letter_queue_arguments() {
+        let value = match value {
+            ArgumentValue::LongString(s) => AMQPValue::LongString(s.as_str().into()),
+            ArgumentValue::Int(n) => AMQPValue::LongInt(n),
+        };
+        arguments.insert(ShortString::from(name), value);
+    }
+    arguments
+}
+
+/// A step that failed: the broker's error, or a moved message it refused.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused (nacked) a moved message")]
+    Refused,
+}
+
+const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+/// Rebuilds `topology.dead_letter` as a quorum queue, moving every message.
+/// Safe to run any number of times, with workers running: a worker that
+/// dead-letters meanwhile reaches one of the two queues.
+pub async fn migrate_dead_letter_queue(
+    brokers: &Brokers,
+    topology: &Topology,
+) -> Result<Migration, MigrateError> {
+    let queue = topology.dead_letter.clone();
+    let fail = |doing: &'static str| {
+        let queue = queue.clone();
+        move |e: lapin::Error| MigrateError {
+            queue: queue.clone(),
+            doing,
+            said: brokers.scrub(&StepError::from(e).to_string()),
+        }
+    };
+    let connection = connect(brokers).await.map_err(|refused| MigrateError {
+        queue: queue.clone(),
+        doing: "connecting",
+        said: refused.to_string(),
+    })?;
+    // A declare that fails closes its channel: each probe gets its own.
+    let probe = connection
+        .create_channel()
+        .await
+        .map_err(fail("opening a channel"))?;
+    let classic = match probe
+        .queue_declare(queue.as_str().into(), DURABLE, quorum(topology))
+        .await
+    {
+        Ok(_) => false,
+        Err(e) if inequivalent(&e) => true,
+        Err(e) => return Err(fail("declaring the quorum queue")(e)),
+    };
+    let staging = staging_name(topology);
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(fail("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(fail("enabling confirms"))?;
+    let staging_left = channel
+        .queue_declare(
+            staging.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..DURABLE
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let channel = if staging_left {
+        channel
+    } else {
+        // The passive declare of a missing queue closed that channel.
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(fail("opening a channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(fail("enabling confirms"))?;
+        channel
+    };
+    if !classic && !staging_left {
+        // The probe may have made the queue just now: bound, with the rest
+        // of the topology, as a worker would.
+        topology
+            .declare(&channel)
+            .await
+            .map_err(fail("declaring the topology"))?;
+        let _ = connection.close(200, "nothing to migrate".into()).await;
+        return Ok(Migration::AlreadyQuorum);
+    }
+    let mut moved = 0;
+    if classic {
+        // 1. New dead letters also reach the temporary quorum queue …
+        channel
+            .queue_declare(staging.as_str().into(), DURABLE, quorum(topology))
+            .await
+            .map_err(fail("declaring the temporary queue"))?;
+        bind(&channel, &staging, &topology.dead_letter)
+            .await
+            .map_err(fail("binding the temporary queue"))?;
+        // 2. … and then only it; the classic queue empties into it.
+        channel
+            .queue_unbind(
+                queue.as_str().into(),
+                topology.dead_letter.as_str().into(),
+                "".into(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(fail("unbinding the classic queue"))?;
+        moved += drain(&channel, &queue, &staging)
+            .await
+            .map_err(|e| moved_fail(&queue, "moving the classic queue's messages", brokers, e))?;
+        channel
+            .queue_delete(
+                queue.as_str().into(),
+                QueueDeleteOptions {
+                    if_empty: true,
+                    ..QueueDeleteOptions::default()
+                },
+            )
+            .await
+            .map_err(fail("deleting the emptied classic queue"))?;
+    }
+    // 3. The quorum queue under the old name, bound; the temporary queue
+    // unbound and emptied into it, then deleted. On a fresh channel: one
+    // that published to the classic queue remembers it under that name,
+    // and RabbitMQ 3.10 fails the channel (INTERNAL_ERROR) when it then
+    // publishes to the quorum queue of the same name.
+    let _ = channel.close(200, "classic queue gone".into()).await;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(fail("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(fail("enabling confirms"))?;
+    channel
+        .queue_declare(queue.as_str().into(), DURABLE, quorum(topology))
+        .await
+        .map_err(fail("declaring the quorum queue"))?;
+    bind(&channel, &queue, &topology.dead_letter)
+        .await
+        .map_err(fail("binding the quorum queue"))?;
+    channel
+        .queue_unbind(
+            staging.as_str().into(),
+            topology.dead_letter.as_str().into(),
+            "".into(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(fail("unbinding the temporary queue"))?;
+    drain(&channel, &staging, &queue)
+        .await
+        .map_err(|e| moved_fail(&queue, "moving the temporary queue's messages", brokers, e))?;
+    // Quorum queues refuse `if-empty` deletes: it is checked here instead.
+    // Nothing routes to it any more, so it stays empty once drained.
+    let left = channel
+        .queue_declare(
+            staging.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..DURABLE
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(fail("checking the temporary queue is empty"))?
+        .message_count();
+    if left > 0 {
+        return Err(MigrateError {
+            queue: queue.clone(),
+            doing: "deleting the emptied temporary queue",
+            said: format!("{staging} still holds {left} messages; run the migration again"),
+        });
+    }
+    channel
+        .queue_delete(staging.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .map_err(fail("deleting the emptied temporary queue"))?;
+    let _ = connection.close(200, "migrated".into()).await;
+    Ok(Migration::Migrated { moved })
+}
+
+fn moved_fail(queue: &str, doing: &'static str, brokers: &Brokers, e: StepError) -> MigrateError {
+    MigrateError {
+        queue: queue.to_owned(),
+        doing,
+        said: brokers.scrub(&e.to_string()),
+    }
+}
+
+/// The first broker that answers; else every broker's refusal, each URL
+/// named with its password replaced.
+async fn connect(brokers: &Brokers) -> Result<Connection, Refused> {
+    let mut refused = Vec::new();
+    for i in 0..brokers.len() {
+        match Connection::connect(
+            brokers.url(i),
+            ConnectionProperties::default().with_connection_name("shoal-migrate".into()),
+        )
+        .await
+        {
+            Ok(connection) => return Ok(connection),
+            Err(e) => refused.push(format!(
+                "{}: {}",
+                brokers.redacted(i),
+                brokers.scrub(&e.to_string())
+            )),
+        }
+    }
+    Err(Refused(refused.join("; ")))
+}
+
+/// Every broker refused; each named, passwords replaced.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str) -> lapin::Result<()> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Moves every message of `from` to `to`, in order: each is published
+/// (persistent, with its properties) and confirmed before its original is
+/// acked, so a failure at any point loses nothing (at worst a message is in
+/// both queues). Returns how many moved.
+async fn drain(channel: &Channel, from: &str, to: &str) -> Result<u64, StepError> {
+    let mut moved = 0;
+    while let Some(message) = channel
+        .basic_get(from.into(), BasicGetOptions { no_ack: false })
+        .await?
+    {
+        let delivery = message.delivery;
+        let mut properties: BasicProperties = delivery.properties.clone().with_delivery_mode(2);
+        // A quorum queue adds its own delivery count to what it hands out;
+        // it is that queue's state, not the message's, and RabbitMQ 3.10's
+        // channel crashes (INTERNAL_ERROR) when it comes back in a publish.
+        if let Some(headers) = delivery.properties.headers() {
+            let mut kept = FieldTable::default();
+            for (name, value) in headers.inner() {
+                if name.as_str() != "x-delivery-count" {
+                    kept.insert(name.clone(), value.clone());
+                }
+            }
+            properties = properties.with_headers(kept);
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                to.into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await?;
+        if !confirm.is_ack() {
+            return Err(StepError::Refused);
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// The broker's "inequivalent arg" refusal: the queue exists with other
+/// arguments (here: as a classic queue).
+fn inequivalent(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
