@@ -20,6 +20,11 @@ threads are doing.
   old queue or a broker restart.
 
 Both connections reconnect on their own after the first successful start.
+The broker may be several URLs (the nodes of a cluster): each connection
+tries them in turn, and one that is refused or lost moves on to the next
+URL first (the one that failed is tried last); once every URL refused, it
+backs off before the next round. The first start fails only when every URL
+refused. No password reaches a log line or an exception (:class:`_Brokers`).
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ import collections
 import concurrent.futures
 import logging
 import threading
+import urllib.parse
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pika
 import pika.exceptions
@@ -60,10 +66,24 @@ class Message:
         self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
 
 
+class _Dial:
+    """Where one of the two connections stands in the list of brokers."""
+
+    __slots__ = ("at", "delay", "failed")
+
+    def __init__(self) -> None:
+        #: Index of the URL being tried, or connected to.
+        self.at = 0
+        #: The next backoff (seconds).
+        self.delay = BACKOFF_FIRST
+        #: (index, why) of the URLs that failed in this round.
+        self.failed: list[tuple[int, str]] = []
+
+
 class Link:
     def __init__(
         self,
-        url: str,
+        url: str | Iterable[str],
         *,
         topology: Topology,
         declare: str,
@@ -73,7 +93,17 @@ class Link:
         on_reply: Callable[[str | None, bytes], None],
         on_link: Callable[[bool], None],
     ) -> None:
-        self._url = url
+        self._brokers = _Brokers(url)
+        if not self._brokers.urls:
+            raise ShoalError("no broker URL given")
+        for i, one in enumerate(self._brokers.urls):
+            try:
+                if not one.lower().startswith(("amqp://", "amqps://")):
+                    raise ValueError("not an amqp:// or amqps:// URL")
+                pika.URLParameters(one)
+            except Exception as e:  # pika's words may quote the URL
+                why = self._brokers.scrub(str(e) or type(e).__name__)
+                raise ShoalError(f"broker URL {i + 1} ({self._brokers.redacted(i)}): {why}") from None
         self._topology = topology
         self._declare = declare
         self.reply_queue = reply_queue
@@ -93,7 +123,7 @@ class Link:
         self._pub_conn: SelectConnection | None = None
         self._pub_ch: Any = None
         self._pub_ready = False
-        self._pub_delay = BACKOFF_FIRST
+        self._pub_dial = _Dial()
         self._outbox: collections.deque[list[Message]] = collections.deque()
         self._unconfirmed: dict[int, Message] = {}
         self._returned: dict[str, str] = {}
@@ -103,7 +133,7 @@ class Link:
         self._reply_conn: SelectConnection | None = None
         self._reply_ch: Any = None
         self._reply_ready = False
-        self._reply_delay = BACKOFF_FIRST
+        self._reply_dial = _Dial()
 
     # ------------------------------------------------------------ from callers
 
@@ -117,7 +147,7 @@ class Link:
             self._first.result(timeout)
         except concurrent.futures.TimeoutError:
             raise BrokerUnavailable(
-                f"could not connect to the broker at {_redact(self._url)} within {timeout:g} s"
+                f"could not connect to the broker at {self._brokers.redacted()} within {timeout:g} s"
             ) from None
 
     def publish(self, messages: list[Message]) -> None:
@@ -160,8 +190,8 @@ class Link:
                 if self._closing and self._closed.is_set():
                     return
 
-    def _params(self) -> pika.URLParameters:
-        params = pika.URLParameters(self._url)
+    def _params(self, i: int) -> pika.URLParameters:
+        params = pika.URLParameters(self._brokers.urls[i])
         params.client_properties = {"connection_name": self._connection_name, "product": "shoal-client (Python)"}
         params.connection_attempts = 1
         return params
@@ -188,43 +218,84 @@ class Link:
         on_open: Callable[[SelectConnection], None],
         on_close: Callable[[SelectConnection, BaseException], None],
         reopen: Callable[[], None],
-        delay_attr: str,
+        dial: _Dial,
     ) -> SelectConnection:
         """One of the client's two connections (``what``: "publishing" or
-        "reply"); a refused one is tried again after its backoff."""
+        "reply") to the broker URL ``dial`` stands at; a refused one moves
+        on to the next URL (:meth:`_next_broker`)."""
 
         def refused(_conn: SelectConnection, error: BaseException) -> None:
             if self._closing:
                 return
-            if self._fail_first(BrokerUnavailable(f"broker at {_redact(self._url)}: {_reason(error)}")):
-                return
-            log.warning("shoal client: %s connection refused (%s); retrying", what, _reason(error))
-            self._schedule(reopen, delay_attr)
+            self._next_broker(what, error, reopen, dial)
 
         return SelectConnection(
-            self._params(),
+            self._params(dial.at),
             on_open_callback=on_open,
             on_open_error_callback=refused,
             on_close_callback=on_close,
             custom_ioloop=self._loop,
         )
 
-    def _lost(self, what: str, reason: BaseException, reopen: Callable[[], None], delay_attr: str) -> None:
-        """A connection closed: done when closing, the first connect's
-        failure before the client started, else reconnect after its backoff."""
+    def _next_broker(self, what: str, error: BaseException, reopen: Callable[[], None], dial: _Dial) -> None:
+        """The URL ``dial`` stands at refused (or, before the client started,
+        dropped) the connection: the next URL is tried at once, until every
+        one failed in this round; then the first start fails with every
+        URL's reason, or, once started, a new round begins after the backoff."""
+        brokers = self._brokers
+        failed_at, why = dial.at, self._why(error)
+        dial.failed.append((failed_at, why))
+        dial.at = (failed_at + 1) % len(brokers.urls)
+        if len(dial.failed) < len(brokers.urls):
+            log.warning(
+                "shoal client: %s connection to %s failed (%s); trying %s",
+                what,
+                brokers.redacted(failed_at),
+                why,
+                brokers.redacted(dial.at),
+            )
+            self._loop.call_later(0, reopen)
+            return
+        failed, dial.failed = dial.failed, []
+        if len(failed) == 1:
+            summary = f"broker at {brokers.redacted(failed_at)}: {why}"
+        else:
+            summary = "no broker answered: " + "; ".join(f"{brokers.redacted(i)}: {w}" for i, w in failed)
+        if self._fail_first(BrokerUnavailable(summary)):
+            return
+        log.warning("shoal client: %s connection refused (%s); retrying in %g s", what, summary, dial.delay)
+        self._schedule(reopen, dial)
+
+    def _lost(self, what: str, reason: BaseException, reopen: Callable[[], None], dial: _Dial) -> None:
+        """A connection closed: done when closing, counted as a refusal
+        before the client started, else reconnect to the next broker URL
+        after its backoff."""
         if self._closing:
             self._maybe_closed()
             return
         if not self._started:
-            self._fail_first(BrokerUnavailable(f"broker at {_redact(self._url)}: {_reason(reason)}"))
+            self._next_broker(what, reason, reopen, dial)
             return
-        log.warning("shoal client: %s connection lost (%s); reconnecting", what, _reason(reason))
-        self._schedule(reopen, delay_attr)
+        lost_at = dial.at
+        dial.at = (lost_at + 1) % len(self._brokers.urls)
+        dial.failed = []
+        log.warning(
+            "shoal client: %s connection to %s lost (%s); reconnecting to %s",
+            what,
+            self._brokers.redacted(lost_at),
+            self._why(reason),
+            self._brokers.redacted(dial.at),
+        )
+        self._schedule(reopen, dial)
+
+    def _why(self, error: BaseException | None) -> str:
+        """What went wrong, with every broker password replaced."""
+        return self._brokers.scrub(_reason(error))
 
     def _open_pub(self) -> None:
         if self._closing:
             return
-        self._pub_conn = self._connect("publishing", self._pub_opened, self._pub_closed, self._open_pub, "_pub_delay")
+        self._pub_conn = self._connect("publishing", self._pub_opened, self._pub_closed, self._open_pub, self._pub_dial)
 
     def _pub_opened(self, conn: SelectConnection) -> None:
         conn.channel(on_open_callback=self._pub_channel_opened)
@@ -248,7 +319,8 @@ class Link:
         if ch is not self._pub_ch:
             return
         self._pub_ready = True
-        self._pub_delay = BACKOFF_FIRST
+        self._pub_dial.delay = BACKOFF_FIRST
+        self._pub_dial.failed = []
         self._check_started()
         self._flush()
 
@@ -273,12 +345,13 @@ class Link:
                 )
             elif code == 406:
                 hint = " (it exists with other flags or arguments: see docs/PROTOCOL.md, section 2)"
-            error = ShoalError(f"declaring the topology on {_redact(self._url)}: {_reason(reason)}{hint}")
+            where = self._brokers.redacted(self._pub_dial.at)
+            error = ShoalError(f"declaring the topology on {where}: {self._why(reason)}{hint}")
             if self._fail_first(error):
                 return
             log.error("shoal client: %s; retrying", error)
         else:
-            log.warning("shoal client: publishing channel closed (%s); reconnecting", _reason(reason))
+            log.warning("shoal client: publishing channel closed (%s); reconnecting", self._why(reason))
         # Start over on a fresh connection: closing it schedules the
         # reconnection (after the backoff), in _pub_closed.
         conn = self._pub_conn
@@ -289,11 +362,11 @@ class Link:
         self._pub_ready = False
         self._pub_ch = None
         self._fail_unconfirmed(reason)
-        self._lost("publishing", reason, self._open_pub, "_pub_delay")
+        self._lost("publishing", reason, self._open_pub, self._pub_dial)
 
-    def _schedule(self, what: Callable[[], None], delay_attr: str) -> None:
-        delay = getattr(self, delay_attr)
-        setattr(self, delay_attr, min(delay * 2, BACKOFF_MAX))
+    def _schedule(self, what: Callable[[], None], dial: _Dial) -> None:
+        delay = dial.delay
+        dial.delay = min(delay * 2, BACKOFF_MAX)
         self._loop.call_later(delay, what)
 
     def _fail_unconfirmed(self, reason: BaseException) -> None:
@@ -304,7 +377,7 @@ class Link:
                 message.future.set_exception(
                     BrokerUnavailable(
                         f"the connection to the broker dropped before it confirmed job {message.job_id} "
-                        f"({_reason(reason)}); it may or may not be queued"
+                        f"({self._why(reason)}); it may or may not be queued"
                     )
                 )
 
@@ -336,7 +409,7 @@ class Link:
                     # The channel broke under us: this one failed; the rest
                     # wait for the next channel.
                     del self._unconfirmed[self._tag]
-                    message.future.set_exception(BrokerUnavailable(f"publishing job {message.job_id}: {e}"))
+                    message.future.set_exception(BrokerUnavailable(f"publishing job {message.job_id}: {self._why(e)}"))
                     rest = batch[i + 1 :]
                     if rest:
                         self._outbox.appendleft(rest)
@@ -380,7 +453,7 @@ class Link:
     def _open_reply(self) -> None:
         if self._closing:
             return
-        self._reply_conn = self._connect("reply", self._reply_opened, self._reply_closed, self._open_reply, "_reply_delay")
+        self._reply_conn = self._connect("reply", self._reply_opened, self._reply_closed, self._open_reply, self._reply_dial)
 
     def _reply_opened(self, conn: SelectConnection) -> None:
         conn.channel(on_open_callback=self._reply_channel_opened)
@@ -412,7 +485,8 @@ class Link:
         if ch is not self._reply_ch:
             return
         self._reply_ready = True
-        self._reply_delay = BACKOFF_FIRST
+        self._reply_dial.delay = BACKOFF_FIRST
+        self._reply_dial.failed = []
         self._check_started()
         self._notify_link(True)
 
@@ -424,7 +498,7 @@ class Link:
         try:
             ch.basic_ack(delivery_tag=method.delivery_tag)
         except Exception as e:  # closing; the reply comes again
-            log.debug("shoal client: ack failed: %s", e)
+            log.debug("shoal client: ack failed: %s", self._why(e))
 
     def _reply_cancelled(self, frame: Any) -> None:
         # The broker cancelled the consumer (the queue was deleted): start
@@ -447,7 +521,7 @@ class Link:
         if self._closing:
             return
         if not self._started and self._fail_first(
-            ShoalError(f"declaring reply queue {self.reply_queue}: {_reason(reason)}")
+            ShoalError(f"declaring reply queue {self.reply_queue}: {self._why(reason)}")
         ):
             return
         conn = self._reply_conn
@@ -460,7 +534,7 @@ class Link:
         self._reply_ch = None
         if was_ready:
             self._notify_link(False)
-        self._lost("reply", reason, self._open_reply, "_reply_delay")
+        self._lost("reply", reason, self._open_reply, self._reply_dial)
 
     def _notify_link(self, up: bool) -> None:
         try:
@@ -515,11 +589,70 @@ def _reason(error: BaseException | None) -> str:
     return text
 
 
-def _redact(url: str) -> str:
-    """The broker URL with its password replaced."""
+#: What stands for a password wherever one is shown.
+_REDACTED = "***"
+
+
+class _Brokers:
+    """The broker URLs, in the order they are tried (the nodes of a
+    cluster), and keeping their passwords out of every text shown: the URLs
+    themselves through :meth:`redacted`, any words that may quote one
+    (pika's exceptions, the broker's replies) through :meth:`scrub`.
+
+    ``given`` is a URL, several comma-separated, or a list of such; blank
+    items are skipped, whitespace trimmed."""
+
+    def __init__(self, given: str | Iterable[str]) -> None:
+        entries = [given] if isinstance(given, str) else list(given)
+        #: The URLs, credentials included: for connecting only.
+        self.urls = [url.strip() for entry in entries for url in str(entry).split(",") if url.strip()]
+        secrets = set()
+        for url in self.urls:
+            span = _password_span(url)
+            if span is not None:
+                written = url[span[0] : span[1]]
+                secrets.update((written, urllib.parse.unquote(written)))
+        secrets.discard("")
+        # Longest first: a password that holds another is replaced whole.
+        self._secrets = sorted(secrets, key=len, reverse=True)
+
+    def redacted(self, i: int | None = None) -> str:
+        """URL ``i`` (else all of them, comma-separated) as it may be
+        shown: the user kept, the password replaced."""
+        if i is None:
+            return ",".join(self.redacted(j) for j in range(len(self.urls)))
+        url = self.urls[i]
+        span = _password_span(url)
+        if span is None:
+            return self.scrub(url)
+        return f"{url[: span[0]]}{_REDACTED}{url[span[1] :]}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every password of these URLs, as written and
+        percent-decoded, replaced."""
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    def __repr__(self) -> str:
+        return f"<_Brokers {self.redacted()}>"
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password is in ``url``: after the first ``:`` of the
+    user-info, up to the last ``@`` (worked out on the text, so that a URL
+    too broken to parse still has its password found)."""
     scheme = url.find("://")
-    at = url.rfind("@")
-    if scheme >= 0 and at > scheme:
-        user = url[scheme + 3 : at].split(":", 1)[0]
-        return f"{url[: scheme + 3]}{user}:***{url[at:]}"
-    return url
+    start = 0 if scheme < 0 else scheme + 3
+    at = url.rfind("@", start)
+    if at < 0:
+        return None
+    colon = url.find(":", start, at)
+    if colon < 0:
+        return None
+    return colon + 1, at
+
+
+def _redact(url: str | Iterable[str]) -> str:
+    """The broker URL(s) with their passwords replaced, comma-separated."""
+    return _Brokers(url).redacted()

@@ -23,7 +23,7 @@ import pika
 import pika.compat
 
 from . import contract
-from ._amqp import Link, Message, _redact
+from ._amqp import Link, Message, _Brokers, _redact
 from .errors import BrokerUnavailable, JobRejected, ShoalError, Timeout
 from .result import Result
 from .store import HashingReader, LocalStore, S3Store, Store, file_sha256, result_key, sha256_key
@@ -69,7 +69,13 @@ def _is_cid(s: str) -> bool:
 class Client:
     """A connection to a Shoal fleet.
 
-    ``amqp_url`` is the broker; the store (for uploads, results that
+    ``amqp_url`` is the broker: one AMQP URL, or the nodes of a RabbitMQ
+    cluster as several, comma-separated (or a list of URLs). Both of the
+    client's connections try them in order, and one that is refused or
+    lost moves on to the next URL (the one that failed is tried last),
+    backing off once every URL was tried; connecting fails only when every
+    URL refused. No password appears in a log line, an exception or the
+    ``repr``. The store (for uploads, results that
     outlived their reply, ``download`` and large streams) is the S3 bucket
     ``s3_bucket`` if given, else the folder ``cache_dir``, else none.
     The queue and exchange names must be the fleet's (``amqp.*`` in
@@ -93,7 +99,7 @@ class Client:
 
     def __init__(
         self,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         *,
         s3_bucket: str | None = None,
         s3_endpoint: str | None = None,
@@ -136,7 +142,9 @@ class Client:
             self.store = LocalStore(cache_dir)
         else:
             self.store = None
-        self.broker = _redact(amqp_url)
+        urls = _Brokers(amqp_url).urls
+        #: The broker URL(s), passwords replaced, comma-separated.
+        self.broker = _redact(urls)
         self.connection_name = connection_name
         self.publish_timeout = publish_timeout
         #: The queue results come back on (every job's ``reply_to``).
@@ -158,7 +166,7 @@ class Client:
         self._closed = False
 
         self._link = Link(
-            amqp_url,
+            urls,
             topology=self.topology,
             declare=declare,
             reply_queue=self.reply_queue,
@@ -178,7 +186,9 @@ class Client:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Client:
         """A client configured from the same ``SHOAL_*`` variables as the
-        worker and ``submit`` (docs/CONFIG.md): ``SHOAL_AMQP_URL``,
+        worker and ``submit`` (docs/CONFIG.md): ``SHOAL_AMQP_URL`` (one
+        URL, or several comma-separated: a cluster's nodes) or
+        ``SHOAL_AMQP_URLS`` (the same; setting both is an error),
         ``SHOAL_AMQP_JOB_QUEUE``, ``SHOAL_AMQP_RESULTS_EXCHANGE``,
         ``SHOAL_AMQP_DEAD_LETTER``, ``SHOAL_CACHE_S3_BUCKET``,
         ``SHOAL_CACHE_S3_ENDPOINT``, ``SHOAL_CACHE_S3_REGION``,
@@ -216,8 +226,15 @@ class Client:
             except ValueError:
                 raise ShoalError(f"SHOAL_AMQP_MAX_ATTEMPTS must be an integer, not {attempts!r}") from None
         options.update(overrides)
-        url = options.pop("amqp_url", None) or get("SHOAL_AMQP_URL", DEFAULT_AMQP_URL)
-        return cls(str(url), **options)
+        url = options.pop("amqp_url", None)
+        if not url:
+            one, many = get("SHOAL_AMQP_URL"), get("SHOAL_AMQP_URLS")
+            if one is not None and many is not None:
+                raise ShoalError(
+                    f"both SHOAL_AMQP_URL and SHOAL_AMQP_URLS are set ({_redact([one, many])}); set one of them"
+                )
+            url = one or many or DEFAULT_AMQP_URL
+        return cls(url if isinstance(url, (list, tuple)) else str(url), **options)
 
     # ------------------------------------------------------------ lifecycle
 
