@@ -178,7 +178,16 @@ impl Mismatch {
         })
     }
 
-    fn explain(&self) -> String {
+    /// What the operator must do. The dead-letter queue of earlier
+    /// versions is a classic queue, which workers now declare as a quorum
+    /// queue: it has a migration of its own, which keeps its messages.
+    fn explain(&self, dead_letter: &str) -> String {
+        if self.object == format!("queue '{dead_letter}'") && self.argument == "x-queue-type" {
+            return format!(
+                "the {} is a classic queue, as versions before the quorum dead-letter queue declared it ({}); no worker can consume until it is migrated: run `submit admin migrate-dead-letters` (docs/RELIABILITY.md), which keeps every dead letter",
+                self.object, self.values
+            );
+        }
         format!(
             "the {} exists on the broker with another {} than the workers declare ({}); no worker can consume until it is declared as docs/PROTOCOL.md says: delete it while it is empty, and have clients declare it passively",
             self.object, self.argument, self.values
@@ -217,7 +226,7 @@ async fn session(
     if let Err(e) = amqp.topology().declare(&consume).await {
         let said = brokers.scrub(&e.to_string());
         if let Some(mismatch) = Mismatch::parse(&said) {
-            let why = mismatch.explain();
+            let why = mismatch.explain(&amqp.dead_letter);
             tracing::error!(
                 object = %mismatch.object,
                 argument = %mismatch.argument,
@@ -769,11 +778,15 @@ mod tests {
             m.values,
             "received the value 'quorum' of type 'longstr' but current is none"
         );
-        let why = m.explain();
+        let why = m.explain("shoal.dead");
         assert!(
             why.contains("queue 'shoal.jobs'") && why.contains("x-queue-type"),
             "{why}"
         );
+        // A classic dead-letter queue of an earlier version: migrate it.
+        let dead = said.replace("shoal.jobs", "shoal.dead");
+        let why = Mismatch::parse(&dead).unwrap().explain("shoal.dead");
+        assert!(why.contains("submit admin migrate-dead-letters"), "{why}");
         let exchange = "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'shoal.results' in vhost '/': received 'topic' but current is 'direct'";
         assert_eq!(
             Mismatch::parse(exchange).unwrap().object,
