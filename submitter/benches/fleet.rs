@@ -7,6 +7,8 @@
 //! SHOAL_CACHE_S3_BUCKET=shoal-test SHOAL_CACHE_S3_ENDPOINT=http://127.0.0.1:8333 \
 //!     cargo bench -p shoal-submitter --bench fleet                   # store on S3
 //! SHOAL_EXECUTOR_POOLING=false cargo bench -p shoal-submitter --bench fleet  # on-demand allocator
+//! scripts/cluster up && SHOAL_AMQP_URL=amqp://guest:guest@127.0.0.1:5681/%2f \
+//!     cargo bench -p shoal-submitter --bench fleet                   # on a 3-node cluster (node 1)
 //! ```
 //!
 //! With persistent messages, publisher confirms and manual acks, in one run:
@@ -91,39 +93,54 @@ fn cpu_secs(pid: &str) -> f64 {
     (tick(11).unwrap_or(0.0) + tick(12).unwrap_or(0.0)) / 100.0
 }
 
-/// The broker's Erlang VM, to count its CPU time too (it shares our cores).
-fn broker_pid() -> Option<String> {
+/// The brokers' Erlang VMs (one, or every node of a cluster on this box,
+/// `scripts/cluster`), to count their CPU time too (they share our cores).
+fn broker_pids() -> Vec<String> {
     std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (comm.trim() == "beam.smp").then_some(pid)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let pid = entry.file_name().to_string_lossy().into_owned();
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                    (comm.trim() == "beam.smp").then_some(pid)
+                })
+                .collect()
         })
+        .unwrap_or_default()
 }
 
-/// CPU time per job of this process and of the broker over a stretch.
+/// CPU time per job of this process and of the brokers over a stretch.
 struct Cpu {
     ours: f64,
-    broker: f64,
-    broker_pid: Option<String>,
+    /// Each broker VM with its CPU seconds at the start.
+    brokers: Vec<(String, f64)>,
 }
 
 impl Cpu {
     fn start() -> Cpu {
-        let broker_pid = broker_pid();
         Cpu {
             ours: cpu_secs("self"),
-            broker: broker_pid.as_deref().map(cpu_secs).unwrap_or(0.0),
-            broker_pid,
+            brokers: broker_pids()
+                .into_iter()
+                .map(|pid| {
+                    let at = cpu_secs(&pid);
+                    (pid, at)
+                })
+                .collect(),
         }
     }
 
-    /// Microseconds of CPU per job: (this process, the broker).
+    /// Microseconds of CPU per job: (this process, the brokers). A VM that
+    /// went away meanwhile (a node stopped) counts for nothing rather than
+    /// for minus its whole life.
     fn per_job(&self, jobs: usize) -> (f64, f64) {
         let ours = cpu_secs("self") - self.ours;
-        let broker = self.broker_pid.as_deref().map(cpu_secs).unwrap_or(0.0) - self.broker;
+        let broker: f64 = self
+            .brokers
+            .iter()
+            .map(|(pid, at)| (cpu_secs(pid) - at).max(0.0))
+            .sum();
         (ours / jobs as f64 * 1e6, broker / jobs as f64 * 1e6)
     }
 }

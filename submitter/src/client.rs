@@ -205,6 +205,16 @@ impl Connections {
         self.next.store((first + 1) % count, Ordering::Relaxed);
         Err(ConnectError(refused.join("; ")))
     }
+
+    /// A connection was lost: the next one starts at the following URL, so
+    /// the lost node (whose address may now time out rather than refuse)
+    /// is tried last.
+    fn lost(&self) {
+        let count = self.brokers.len();
+        let _ = self
+            .next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |i| Some((i + 1) % count));
+    }
 }
 
 impl managed::Manager for Connections {
@@ -223,6 +233,7 @@ impl managed::Manager for Connections {
         if connection.status().connected() {
             Ok(())
         } else {
+            self.lost();
             Err(RecycleError::message("connection closed"))
         }
     }
@@ -795,6 +806,7 @@ impl Replies {
             let since = tokio::time::Instant::now();
             let why = self.connections.brokers.scrub(&why);
             tracing::warn!(queue = %self.queue, error = %why, "reply connection lost; reconnecting");
+            self.connections.lost();
             // The old connection may still be open (a consumer the broker
             // cancelled): close it, without waiting long on a dead one,
             // and not at all on one known dead, whose queue's `x-expires`

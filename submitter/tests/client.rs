@@ -410,3 +410,20 @@ async fn a_job_the_broker_cannot_route_is_an_error_not_a_silent_loss() {
     assert!(err.to_string().contains("returned unrouted"), "{err}");
     client.close().await;
 }
+
+/// Given several broker URLs, the client connects to the first that
+/// answers (an unreachable node first in the list is skipped) and jobs and
+/// results go through as with one.
+#[tokio::test]
+async fn a_list_of_brokers_whose_first_is_down_still_connects_and_round_trips() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let urls = format!("amqp://guest:guest@127.0.0.1:{closed}/%2f, {AMQP_URL}");
+    let (client, _, topology) = connect_as(&urls, ClientOptions::default()).await;
+    let worker = FakeWorker::new(&topology).await;
+    round_trip(&client, &worker).await;
+    client.close().await;
+}
