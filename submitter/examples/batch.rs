@@ -11,7 +11,7 @@
 //! worker (`SHOAL_AMQP_URL`, `SHOAL_CACHE_DIR`, …; see docs/CONFIG.md).
 use anyhow::{Context, Result, bail};
 use shoal_submitter::local::{Config, Stager, open_store, upload_path};
-use shoal_submitter::{Client, JobMessage, ResultMessage, Status};
+use shoal_submitter::{Client, ClientOptions, JobMessage, ResultMessage, Status};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,9 @@ pub async fn run(config: &Config, module: &Path, n: usize) -> Result<Summary> {
     let source = upload_path(&stager, module)
         .await
         .map_err(anyhow::Error::msg)?;
-    let client = Client::connect(&config.amqp.url, config.amqp.topology())
+    // SHOAL_AMQP_URL (one broker, or a cluster's nodes comma-separated).
+    let brokers = config.amqp.brokers()?;
+    let client = Client::connect_to(brokers, config.amqp.topology(), ClientOptions::default())
         .await
         .context("connecting to the fleet")?;
 

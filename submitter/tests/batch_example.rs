@@ -54,7 +54,8 @@ async fn the_batch_example_gets_each_of_1000_jobs_its_own_result() {
 
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
-    let conn = lapin::Connection::connect(&config.amqp.url, lapin::ConnectionProperties::default())
+    let brokers = config.amqp.brokers().unwrap();
+    let conn = lapin::Connection::connect(brokers.url(0), lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();

@@ -337,8 +337,9 @@ impl InProcessWorker {
         self.runtime.block_on(self.worker).unwrap().unwrap();
         let amqp = self.config.amqp;
         self.runtime.block_on(async {
+            let brokers = amqp.brokers().unwrap();
             let conn =
-                lapin::Connection::connect(&amqp.url, lapin::ConnectionProperties::default())
+                lapin::Connection::connect(brokers.url(0), lapin::ConnectionProperties::default())
                     .await
                     .unwrap();
             let channel = conn.create_channel().await.unwrap();
