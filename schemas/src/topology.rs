@@ -71,6 +71,13 @@ pub fn result_routing_key(job_id: &str) -> String {
 /// `timestamp` property, which submitters also set, only has seconds).
 pub const PUBLISHED_MS_HEADER: &str = "x-shoal-published-ms";
 
+/// Job message header with the publish time in microseconds since the
+/// epoch, a signed 64-bit integer (AMQP field type `l`). Workers prefer it
+/// to [`PUBLISHED_MS_HEADER`], whose millisecond resolution makes the
+/// `queue_secs` of a fast fleet (well under a millisecond in the queue)
+/// mostly rounding; clients set both, for workers of earlier versions.
+pub const PUBLISHED_US_HEADER: &str = "x-shoal-published-us";
+
 /// The routing key of a job's state messages on the results exchange.
 pub fn state_routing_key(job_id: &str) -> String {
     format!("state.{job_id}")

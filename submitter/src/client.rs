@@ -58,7 +58,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, ConnectionProperties};
-use shoal_schemas::topology::{PUBLISHED_MS_HEADER, Topology};
+use shoal_schemas::topology::{PUBLISHED_MS_HEADER, PUBLISHED_US_HEADER, Topology};
 use shoal_worker::config::Brokers;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -213,7 +213,9 @@ impl Connections {
         let count = self.brokers.len();
         let _ = self
             .next
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |i| Some((i + 1) % count));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |i| {
+                Some((i + 1) % count)
+            });
     }
 }
 
@@ -509,6 +511,10 @@ impl Client {
         headers.insert(
             ShortString::from(PUBLISHED_MS_HEADER),
             AMQPValue::LongLongInt(i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
+        );
+        headers.insert(
+            ShortString::from(PUBLISHED_US_HEADER),
+            AMQPValue::LongLongInt(i64::try_from(now.as_micros()).unwrap_or(i64::MAX)),
         );
         BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))

@@ -34,8 +34,11 @@ pub struct Metrics {
     pub published_bytes: IntCounter,
     /// Cache lookups by `kind` (module, compiled, url, cid) and `result` (hit, miss).
     pub cache: IntCounterVec,
-    /// Jobs being worked on now.
+    /// Jobs this worker holds now: staging, waiting for a guest slot,
+    /// running, publishing (up to its prefetch).
     pub in_flight: IntGauge,
+    /// Guests running now (at most the concurrency).
+    pub guests_running: IntGauge,
     /// Jobs this worker runs at once.
     pub concurrency: IntGauge,
     /// Infrastructure failures sent back to the queue for another attempt.
@@ -135,10 +138,17 @@ impl Metrics {
             "Cache lookups: module (compiled, in memory), compiled (artifact in the store), url, cid; hit or miss.",
             &["kind", "result"],
         );
-        let in_flight = gauge("shoal_jobs_in_flight", "Jobs being worked on now.");
+        let in_flight = gauge(
+            "shoal_jobs_in_flight",
+            "Jobs this worker holds now: staging, waiting for a guest slot, running, publishing (at most its prefetch).",
+        );
+        let guests_running = gauge(
+            "shoal_guests_running",
+            "Guests running now (at most shoal_worker_concurrency).",
+        );
         let concurrency = gauge(
             "shoal_worker_concurrency",
-            "Jobs this worker runs at once (its prefetch).",
+            "Guests this worker runs at once (worker.concurrency).",
         );
         let retries = counter(
             "shoal_job_retries_total",
@@ -180,6 +190,7 @@ impl Metrics {
             published_bytes,
             cache,
             in_flight,
+            guests_running,
             concurrency,
             retries,
             dead_letters,
@@ -254,7 +265,7 @@ impl Metrics {
     /// Every metric family's name, whether or not it has samples yet
     /// (histograms are exported as `<name>_bucket`, `_sum` and `_count`).
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn prometheus::core::Collector; 14] = [
+        let collectors: [&dyn prometheus::core::Collector; 15] = [
             &self.jobs,
             &self.stage_seconds,
             &self.fuel,
@@ -263,6 +274,7 @@ impl Metrics {
             &self.published_bytes,
             &self.cache,
             &self.in_flight,
+            &self.guests_running,
             &self.concurrency,
             &self.retries,
             &self.dead_letters,

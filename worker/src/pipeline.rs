@@ -113,8 +113,11 @@ impl Pipeline {
         let stager = Stager::new(store, &config).map_err(StartError::Staging)?;
         let worker = config.worker_name();
         // One folder ready per job slot, and one to spare.
-        let scratch = ScratchPool::new(&config.scratch_parent(), config.concurrency() + 1)
-            .map_err(StartError::Scratch)?;
+        // One folder for every job a worker may hold (its prefetch), and
+        // one to spare.
+        let held = usize::from(config.amqp.prefetch_for(config.concurrency())).max(1);
+        let scratch =
+            ScratchPool::new(&config.scratch_parent(), held + 1).map_err(StartError::Scratch)?;
         Ok(Pipeline {
             config,
             ceiling,

@@ -127,9 +127,14 @@ def test_job_properties_are_the_rust_clients() -> None:
     encoded = b"".join(props.encode())
     needle = b"\x14x-shoal-published-ms" + b"l" + (1_764_600_000_123).to_bytes(8, "big", signed=True)
     assert needle in encoded
+    needle = b"\x14x-shoal-published-us" + b"l" + (1_764_600_000_123_000).to_bytes(8, "big", signed=True)
+    assert needle in encoded
     decoded = pika.spec.BasicProperties()
     decoded.decode(encoded)
-    assert decoded.headers == {"x-shoal-published-ms": 1_764_600_000_123}
+    assert decoded.headers == {
+        "x-shoal-published-ms": 1_764_600_000_123,
+        "x-shoal-published-us": 1_764_600_000_123_000,
+    }
 
 
 def _tree(root: Path) -> None:

@@ -60,7 +60,7 @@ pub struct MetricsSection {
 pub struct WorkerSection {
     /// Name in results and logs; empty means `<hostname>-<pid>`.
     pub name: String,
-    /// Jobs run at once; 0 means the number of cores.
+    /// Guests run at once; 0 means the number of cores.
     pub concurrency: usize,
     /// Where jobs' scratch folders (inputs, outputs) go; empty means the
     /// system's temporary folder.
@@ -95,6 +95,9 @@ pub struct AmqpSection {
     pub drain_grace_secs: u64,
     /// Heartbeat, seconds.
     pub heartbeat_secs: u16,
+    /// Unacknowledged jobs the broker hands this worker at once; 0 means
+    /// four per job slot ([`AmqpSection::prefetch_for`]).
+    pub prefetch: u16,
     /// How long a job runs before its state messages start, milliseconds.
     pub state_delay_ms: u64,
 }
@@ -117,6 +120,19 @@ impl AmqpSection {
             (false, true) => Brokers::parse(&self.urls),
             (true, false) => Brokers::parse([&self.url]),
             (false, false) => Brokers::parse([DEFAULT_BROKER]),
+        }
+    }
+
+    /// The prefetch for a worker running `concurrency` guests at once:
+    /// `amqp.prefetch`, or four per guest slot. More than the slots keeps
+    /// the next jobs already on the worker, staged while earlier guests run
+    /// and stored while later ones do, instead of a broker round trip away:
+    /// what short jobs need. A prefetched job waits behind the running
+    /// ones, so fleets of long jobs set it to the concurrency.
+    pub fn prefetch_for(&self, concurrency: usize) -> u16 {
+        match self.prefetch {
+            0 => u16::try_from(concurrency.saturating_mul(4)).unwrap_or(u16::MAX),
+            n => n,
         }
     }
 
@@ -154,6 +170,7 @@ impl std::fmt::Debug for AmqpSection {
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("drain_grace_secs", &self.drain_grace_secs)
             .field("heartbeat_secs", &self.heartbeat_secs)
+            .field("prefetch", &self.prefetch)
             .field("state_delay_ms", &self.state_delay_ms)
             .finish()
     }

@@ -12,9 +12,14 @@
 //! delivery limit is a backstop for messages that crash the worker before
 //! it can settle them.
 //!
-//! Prefetch equals concurrency: the broker hands this worker no more jobs
-//! than it runs at once, so a slow worker never hoards messages that an
-//! idle one could take.
+//! The prefetch (`amqp.prefetch`, by default four per guest slot) is
+//! above the concurrency: every job the broker hands over is admitted and
+//! staged at once, waits for a guest slot only to run (the executor holds
+//! `worker.concurrency` slots), and is stored and confirmed after it, so
+//! a worker's cores go to guests while other jobs stage and publish, and
+//! the next job is already here when a guest ends. A fleet of long jobs
+//! sets the prefetch to the concurrency, so that no job waits on a busy
+//! worker while another is idle (docs/CONFIG.md).
 mod settle;
 
 use crate::config::{AmqpSection, Brokers};
@@ -30,7 +35,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, message::Delivery};
 use settle::{Disposition, Processed, RetryPolicy};
-use shoal_schemas::topology::{PUBLISHED_MS_HEADER, result_routing_key, state_routing_key};
+use shoal_schemas::topology::{
+    PUBLISHED_MS_HEADER, PUBLISHED_US_HEADER, result_routing_key, state_routing_key,
+};
 use shoal_schemas::{ErrorKind, JobState, ResultMessage, StateMessage, Status};
 use std::sync::Arc;
 use std::time::Duration;
@@ -238,11 +245,9 @@ async fn session(
         return Err(broker(e));
     }
     METRICS.topology_declared();
+    let prefetch = amqp.prefetch_for(concurrency);
     consume
-        .basic_qos(
-            u16::try_from(concurrency).unwrap_or(u16::MAX),
-            BasicQosOptions::default(),
-        )
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .map_err(broker)?;
     let publish = conn.create_channel().await.map_err(broker)?;
@@ -260,7 +265,7 @@ async fn session(
         )
         .await
         .map_err(broker)?;
-    tracing::info!(queue = %amqp.job_queue, concurrency, broker = %brokers.redacted(at), "consuming jobs");
+    tracing::info!(queue = %amqp.job_queue, concurrency, prefetch, broker = %brokers.redacted(at), "consuming jobs");
     METRICS.broker_connected.set(1);
     *reached = Some(at);
     let session = Arc::new(Session {
@@ -679,40 +684,46 @@ fn delivery_count(props: &BasicProperties) -> u32 {
 /// Time the message spent queued, from the submitter's clock to ours (so
 /// clock skew shows up here; it is clamped at zero).
 fn queue_secs(props: &BasicProperties) -> Option<f64> {
-    let now_ms = std::time::SystemTime::now()
+    let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
-        .as_millis() as f64;
-    let header = props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(PUBLISHED_MS_HEADER))
-        .and_then(|value| {
-            let ms = published_ms(value);
-            // Once per process at warn: a client that encodes it wrongly
-            // does so on every job, and a warning per job would bury the log.
-            static WARNED: std::sync::atomic::AtomicBool =
-                std::sync::atomic::AtomicBool::new(false);
-            if ms.is_none() {
-                if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::debug!(header = PUBLISHED_MS_HEADER, value = ?value, "publish-time header unreadable");
-                } else {
-                    tracing::warn!(header = PUBLISHED_MS_HEADER, value = ?value, "publish-time header is not milliseconds as an integer, float or decimal string (docs/PROTOCOL.md); queue_secs falls back to the timestamp property (said once; later ones at debug)");
+        .as_micros() as f64;
+    let header = |name: &'static str, scale: f64| {
+        props
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name))
+            .and_then(|value| {
+                let read = published_at(value, scale);
+                // Once per process at warn: a client that encodes it wrongly
+                // does so on every job, and a warning per job would bury the log.
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if read.is_none() {
+                    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!(header = name, value = ?value, "publish-time header unreadable");
+                    } else {
+                        tracing::warn!(header = name, value = ?value, "publish-time header is not a number as an integer, float or decimal string (docs/PROTOCOL.md); queue_secs falls back to the next one (said once; later ones at debug)");
+                    }
                 }
-            }
-            ms
-        });
-    let published_ms = header.or_else(|| props.timestamp().map(|s| s as f64 * 1000.0))?;
-    Some(((now_ms - published_ms) / 1000.0).max(0.0))
+                // In microseconds from here on.
+                read.map(|n| n * (1_000_000.0 / scale))
+            })
+    };
+    let published_us = header(PUBLISHED_US_HEADER, 1_000_000.0)
+        .or_else(|| header(PUBLISHED_MS_HEADER, 1000.0))
+        .or_else(|| props.timestamp().map(|s| s as f64 * 1e6))?;
+    Some(((now_us - published_us) / 1e6).max(0.0))
 }
 
-/// The publish time in `x-shoal-published-ms`, in milliseconds since the
-/// epoch, whatever field type a client's library chose for it: any integer
-/// width, a float or double, or a string of digits. A field of type
+/// The publish time in a header counting `per_sec` units a second since the
+/// epoch (`x-shoal-published-us`: 10^6, `x-shoal-published-ms`: 1000), in
+/// those units, whatever field type a client's library chose for it: any
+/// integer width, a float or double, or a string of digits. A field of type
 /// timestamp (`T`) is seconds, as AMQP defines it; a value in it above
-/// 10^11 (the year 5138 in seconds) is taken as milliseconds, which some
-/// clients put there.
-fn published_ms(value: &AMQPValue) -> Option<f64> {
+/// 10^11 (the year 5138 in seconds) is taken as already in the header's
+/// unit, which some clients put there.
+fn published_at(value: &AMQPValue, per_sec: f64) -> Option<f64> {
     let ms = match value {
         AMQPValue::ShortShortInt(n) => f64::from(*n),
         AMQPValue::ShortShortUInt(n) => f64::from(*n),
@@ -724,7 +735,7 @@ fn published_ms(value: &AMQPValue) -> Option<f64> {
         AMQPValue::Float(n) => f64::from(*n),
         AMQPValue::Double(n) => *n,
         AMQPValue::Timestamp(t) if *t > 100_000_000_000 => *t as f64,
-        AMQPValue::Timestamp(t) => *t as f64 * 1000.0,
+        AMQPValue::Timestamp(t) => *t as f64 * per_sec,
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok()?,
         AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
         _ => return None,
@@ -764,8 +775,39 @@ mod tests {
             (AMQPValue::LongLongInt(-5), None),
         ];
         for (value, want) in cases {
-            assert_eq!(published_ms(&value), want, "{value:?}");
+            assert_eq!(published_at(&value, 1000.0), want, "{value:?}");
         }
+    }
+
+    #[test]
+    fn queue_time_has_microseconds_when_the_client_sends_them() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let with = |headers: &[(&str, AMQPValue)]| {
+            let mut table = FieldTable::default();
+            for (name, value) in headers {
+                table.insert((*name).into(), value.clone());
+            }
+            BasicProperties::default()
+                .with_headers(table)
+                .with_timestamp(now.as_secs() - 60)
+        };
+        // Published 1.5 ms ago: the microsecond header says so, though the
+        // millisecond one (here deliberately off) and the timestamp differ.
+        let us = i64::try_from(now.as_micros()).unwrap() - 1500;
+        let ms = i64::try_from(now.as_millis()).unwrap() - 30_000;
+        let props = with(&[
+            (PUBLISHED_US_HEADER, AMQPValue::LongLongInt(us)),
+            (PUBLISHED_MS_HEADER, AMQPValue::LongLongInt(ms)),
+        ]);
+        let secs = queue_secs(&props).unwrap();
+        assert!((0.0015..0.5).contains(&secs), "{secs}");
+        // Without it: the millisecond header, then the timestamp.
+        let secs = queue_secs(&with(&[(PUBLISHED_MS_HEADER, AMQPValue::LongLongInt(ms))])).unwrap();
+        assert!((30.0..31.0).contains(&secs), "{secs}");
+        let secs = queue_secs(&with(&[])).unwrap();
+        assert!((59.0..62.0).contains(&secs), "{secs}");
     }
 
     #[test]

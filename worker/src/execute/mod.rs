@@ -56,6 +56,10 @@ pub struct ExecutorConfig {
     /// held by guests stuck past their deadlines hands its jobs back to
     /// the queue instead of holding them.
     pub slot_wait: Duration,
+    /// Guests run at once (`worker.concurrency`); a job waits for one of
+    /// these slots only to run its guest, not while it stages or publishes.
+    /// 0: no bound (embedded runs, benchmarks).
+    pub guests: usize,
 }
 
 impl ExecutorConfig {
@@ -79,6 +83,7 @@ impl ExecutorConfig {
                 (true, n) => n,
             },
             slot_wait: Duration::from_millis(executor.slot_wait_ms),
+            guests: config.concurrency(),
         }
     }
 }
@@ -93,6 +98,7 @@ impl Default for ExecutorConfig {
             max_table_elements: 100_000,
             pool_stores: 0,
             slot_wait: Duration::from_secs(60),
+            guests: 0,
         }
     }
 }
@@ -413,6 +419,8 @@ struct Inner {
     stop_ticker: Arc<AtomicBool>,
     /// Permits for the pool's stores (`pool_stores`), when pooling.
     stores: Option<Arc<tokio::sync::Semaphore>>,
+    /// Guest slots (`guests`), when bounded.
+    guests: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Drop for Inner {
@@ -484,6 +492,8 @@ impl Executor {
             NonZeroUsize::new(config.module_cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         let stores = (config.pool_stores > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(config.pool_stores)));
+        let guests =
+            (config.guests > 0).then(|| Arc::new(tokio::sync::Semaphore::new(config.guests)));
         Ok(Executor {
             inner: Arc::new(Inner {
                 engine,
@@ -496,6 +506,7 @@ impl Executor {
                 misses: AtomicU64::new(0),
                 stop_ticker,
                 stores,
+                guests,
             }),
         })
     }
@@ -553,6 +564,13 @@ impl Executor {
         T: Send + 'static,
     {
         let inner = self.inner.clone();
+        // A guest slot first, waited for as long as the guests before it
+        // run: a prefetched job queues here, staged and ready. Held until
+        // the guest ends, not while its outputs are collected.
+        let guest = match &self.inner.guests {
+            Some(guests) => guests.clone().acquire_owned().await.ok(),
+            None => None,
+        };
         // A store for every job the pool has room for: a guest whose job
         // was cancelled (its worker lost the broker) runs on to its own
         // deadline and keeps its store, and the jobs after it wait for it
@@ -582,8 +600,11 @@ impl Executor {
             None => None,
         };
         let ran = tokio::task::spawn_blocking(move || {
+            crate::metrics::METRICS.guests_running.inc();
             let report = inner.run_blocking(spec);
+            crate::metrics::METRICS.guests_running.dec();
             drop(slot);
+            drop(guest);
             let after = then(&report);
             (report, after)
         })

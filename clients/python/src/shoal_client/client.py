@@ -28,7 +28,7 @@ from .errors import BrokerUnavailable, JobRejected, ShoalError, Timeout
 from .result import Result
 from .store import HashingReader, LocalStore, S3Store, Store, file_sha256, result_key, sha256_key
 from .tarball import write_dir
-from .topology import DEFAULT_MAX_ATTEMPTS, PUBLISHED_MS_HEADER, Topology, delivery_limit
+from .topology import DEFAULT_MAX_ATTEMPTS, PUBLISHED_MS_HEADER, PUBLISHED_US_HEADER, Topology, delivery_limit
 
 log = logging.getLogger("shoal_client")
 
@@ -738,9 +738,10 @@ def job_properties(job_id: str, reply_to: str, now: float | None = None) -> pika
     """The AMQP properties of a job message, as the Rust client sets them:
     persistent, JSON, ``message_id`` = ``correlation_id`` = the job id,
     ``type`` ``shoal.job/v1``, ``reply_to`` the client's queue, the publish
-    time in seconds (``timestamp``) and in milliseconds (header
-    ``x-shoal-published-ms``, an AMQP signed 64-bit integer, field type
-    ``l``: the only integer type workers read there)."""
+    time in seconds (``timestamp``), in microseconds (header
+    ``x-shoal-published-us``, which workers prefer) and in milliseconds
+    (header ``x-shoal-published-ms``, for workers of earlier versions), both
+    AMQP signed 64-bit integers, field type ``l``."""
     now = time.time() if now is None else now
     return pika.BasicProperties(
         content_type="application/json",
@@ -750,7 +751,10 @@ def job_properties(job_id: str, reply_to: str, now: float | None = None) -> pika
         reply_to=reply_to,
         type=contract.JOB_SCHEMA,
         timestamp=int(now),
-        headers={PUBLISHED_MS_HEADER: pika.compat.long(int(now * 1000))},
+        headers={
+            PUBLISHED_MS_HEADER: pika.compat.long(int(now * 1000)),
+            PUBLISHED_US_HEADER: pika.compat.long(round(now * 1_000_000)),
+        },
     )
 
 

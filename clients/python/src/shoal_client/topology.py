@@ -32,6 +32,9 @@ DELIVERY_LIMIT = delivery_limit()
 #: signed 64-bit integer (field type ``l``), which workers turn into the
 #: result's ``queue_secs``.
 PUBLISHED_MS_HEADER = "x-shoal-published-ms"
+#: The publish time in microseconds (signed 64-bit integer), which workers
+#: prefer: a fast fleet's queue time is well under a millisecond.
+PUBLISHED_US_HEADER = "x-shoal-published-us"
 
 ArgType = Literal["longstr", "signed-32", "signed-64"]
 
