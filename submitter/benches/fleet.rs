@@ -14,9 +14,10 @@
 //! With persistent messages, publisher confirms and manual acks, in one run:
 //!
 //! 1. the floor: the same broker doing publish → consume → publish reply →
-//!    ack, with no WebAssembly and no results store; once over one shared
-//!    connection, once over three (a worker's, a submitter's and its reply
-//!    connection), the shape Shoal has;
+//!    ack, with no WebAssembly and no results store, over three connections
+//!    (a worker's, a submitter's and its reply connection, the shape Shoal
+//!    has): once at its best (prefetch 64, every confirm awaited
+//!    concurrently), once at the worker's own prefetch;
 //! 2. Shoal: `Client` → quorum job queue → an in-process worker running
 //!    `examples/hello/hello.wasm` (warm module cache) → result to the store,
 //!    the results exchange and the reply queue → ack.
@@ -43,6 +44,20 @@ const BURST: usize = 2000;
 const BURSTS: usize = 3;
 const SEQUENTIAL: usize = 500;
 const CONCURRENCY: usize = 2;
+/// The floor's prefetch: deep enough that the broker never waits for its
+/// consumer (more changed nothing on this VM).
+const FLOOR_PREFETCH: u16 = 64;
+
+/// The worker's prefetch in this run: `SHOAL_AMQP_PREFETCH`, else its
+/// default for `CONCURRENCY` guest slots.
+fn shoal_prefetch() -> u16 {
+    #[allow(clippy::disallowed_methods)]
+    let set = std::env::var("SHOAL_AMQP_PREFETCH")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|&p| p > 0);
+    set.unwrap_or((CONCURRENCY * 4) as u16)
+}
 
 fn url() -> String {
     // A benchmark, not the product: reading the environment directly is fine.
@@ -62,6 +77,7 @@ fn store_settings() -> Vec<(String, String)> {
             k.starts_with("SHOAL_CACHE_")
                 || k.starts_with("SHOAL_EXECUTOR_")
                 || k == "SHOAL_WORKER_SCRATCH_DIR"
+                || k == "SHOAL_AMQP_PREFETCH"
         })
         .collect()
 }
@@ -164,13 +180,13 @@ fn persistent(id: &str) -> BasicProperties {
         .with_correlation_id(ShortString::from(id))
 }
 
-/// The floor's consumer: prefetch = concurrency, each delivery answered
-/// with a persistent, confirmed reply before it is acked — the worker's
-/// protocol with nothing in between.
-async fn echo(conn: &Connection, queue: &str) {
+/// The floor's consumer: each delivery answered with a persistent,
+/// confirmed reply before it is acked (the worker's protocol with nothing
+/// in between), confirms awaited concurrently, up to `prefetch` at once.
+async fn echo(conn: &Connection, queue: &str, prefetch: u16) {
     let consume = conn.create_channel().await.unwrap();
     consume
-        .basic_qos(CONCURRENCY as u16, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .unwrap();
     let publish = conn.create_channel().await.unwrap();
@@ -311,12 +327,12 @@ async fn quorum_queue(conn: &Connection, name: &str) {
 /// three connections it has Shoal's shape (a worker, a submitter's pool,
 /// its reply connection), each with its own lapin I/O thread; given one
 /// shared connection, every frame goes through one thread.
-async fn floor(conns: [&Connection; 3], body: &[u8]) -> Measured {
+async fn floor(conns: [&Connection; 3], body: &[u8], prefetch: u16) -> Measured {
     let [worker, submitter, replies] = conns;
     let conn = worker;
     let queue = format!("bench.floor.{}", uuid::Uuid::new_v4().simple());
     quorum_queue(conn, &queue).await;
-    echo(worker, &queue).await;
+    echo(worker, &queue, prefetch).await;
     let client = FloorClient::new(submitter, replies, &queue).await;
     let ids =
         |n: usize, tag: &str| -> Vec<String> { (0..n).map(|i| format!("{tag}-{i}")).collect() };
@@ -499,8 +515,13 @@ async fn main() {
     let (one, two, three) = (connect().await, connect().await, connect().await);
     // A body the size of a typical job message.
     let body = br#"{"schema":"shoal.job/v1","module":{"sha256":"0000000000000000000000000000000000000000000000000000000000000000"},"args":["1"]}"#;
-    let shared = floor([&one, &one, &one], body).await;
-    let floor = floor([&one, &two, &three], body).await;
+    // The broker at its best: a deep prefetch, confirms awaited
+    // concurrently, Shoal's three connections. Not the broker at Shoal's
+    // own settings, which would share Shoal's limits and hide them; that
+    // one is the second row, to show what the prefetch alone costs.
+    let best = floor([&one, &two, &three], body, FLOOR_PREFETCH).await;
+    let ours_prefetch = shoal_prefetch();
+    let at_ours = floor([&one, &two, &three], body, ours_prefetch).await;
     let (shoal, parts) = shoal(&url).await;
     println!(
         "| path | throughput (jobs/s) | CPU per job of the burst: ours / broker | p50 latency | p99 latency | p50 of it publishing + confirm |"
@@ -508,14 +529,16 @@ async fn main() {
     println!("|---|---|---|---|---|---|");
     for (name, m) in [
         (
-            "floor, one shared connection: publish → consume → reply → ack",
-            &shared,
+            format!(
+                "floor at its best: publish → consume (prefetch {FLOOR_PREFETCH}) → reply → ack"
+            ),
+            &best,
         ),
         (
-            "floor, Shoal's three connections (worker, submitter, replies)",
-            &floor,
+            format!("floor at Shoal's prefetch ({ours_prefetch})"),
+            &at_ours,
         ),
-        ("Shoal: hello.wasm through a worker", &shoal),
+        ("Shoal: hello.wasm through a worker".to_owned(), &shoal),
     ] {
         println!(
             "| {name} | {:.0} | {:.0} µs / {:.0} µs | {:.2} ms | {:.2} ms | {:.2} ms |",
@@ -523,14 +546,9 @@ async fn main() {
         );
     }
     println!(
-        "\nagainst the three-connection floor: throughput {:.0}% (goal ≥ 50%), p50 {:.2}× (goal ≤ 2×)",
-        shoal.jobs_per_sec / floor.jobs_per_sec * 100.0,
-        shoal.p50_ms / floor.p50_ms
-    );
-    println!(
-        "against the shared-connection floor: throughput {:.0}%, p50 {:.2}×",
-        shoal.jobs_per_sec / shared.jobs_per_sec * 100.0,
-        shoal.p50_ms / shared.p50_ms
+        "\nagainst the floor at its best: throughput {:.0}% (goal ≥ 50%), p50 {:.2}× (goal ≤ 1.5×)",
+        shoal.jobs_per_sec / best.jobs_per_sec * 100.0,
+        shoal.p50_ms / best.p50_ms
     );
     println!(
         "Shoal sequential jobs, mean per stage as the worker measured it: queue {:.2} ms (from the submitter's clock), stage {:.3} ms, run {:.3} ms, publish {:.3} ms",
