@@ -32,6 +32,19 @@ pub struct ResultMessage {
     pub worker: String,
     /// Delivery attempt, from 1.
     pub attempt: u32,
+    /// When the job was published (RFC 3339, UTC, microseconds), from the
+    /// message's publish-time header (`x-shoal-published-us`, else `-ms`,
+    /// else its `timestamp`): the submitter's clock. For a local run, when
+    /// the run began. Absent when the message said nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<String>,
+    /// When the worker took this attempt (RFC 3339, UTC): the worker's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When the worker finished the result (RFC 3339, UTC), just before
+    /// storing and publishing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
 }
 
 impl ResultMessage {
@@ -49,6 +62,9 @@ impl ResultMessage {
             usage: Usage::default(),
             worker: worker.into(),
             attempt: 1,
+            submitted_at: None,
+            started_at: None,
+            finished_at: None,
         }
     }
 

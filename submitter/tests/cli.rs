@@ -195,6 +195,17 @@ fn json_prints_the_result_only() {
     assert_eq!(value["job_id"], "json-1");
     // The host's environment never reaches the guest.
     assert_eq!(value["stdout"]["text"], "");
+    // A local run was submitted when it began; all three times are there,
+    // in order (fixed-width RFC 3339 in UTC sorts as text).
+    let times: Vec<&str> = ["submitted_at", "started_at", "finished_at"]
+        .iter()
+        .map(|k| value[k].as_str().unwrap_or_else(|| panic!("{k}: {value}")))
+        .collect();
+    assert!(
+        times.iter().all(|t| t.len() == 27 && t.ends_with('Z')),
+        "{times:?}"
+    );
+    assert!(times[0] <= times[1] && times[1] <= times[2], "{times:?}");
 }
 
 #[test]

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use shoal_schemas::{ErrorKind, JobMessage, JobState, Location, ResultMessage, Status};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument;
 
 /// Where a job's progress goes: the fleet publishes it as state messages,
@@ -59,6 +59,11 @@ pub(crate) struct Delivered {
     /// Seconds from publishing to this worker taking the job, when the
     /// message said when it was published.
     pub queue_secs: Option<f64>,
+    /// When it was published, by the submitter's clock, when the message
+    /// said; for a local run, when the run began.
+    pub submitted: Option<SystemTime>,
+    /// When this worker took this attempt.
+    pub started: SystemTime,
 }
 
 /// Why a pipeline could not be built: the worker does not start.
@@ -219,8 +224,10 @@ impl Pipeline {
             Ok(job) => job,
             Err(e) => {
                 let id = given_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                let result =
+                let mut result =
                     ResultMessage::failure(&id, e.status(), e.kind, e.message, &self.worker);
+                let now = SystemTime::now();
+                publish::stamp(&mut result, Some(now), now);
                 let dir = download_dir(&id, &options);
                 Destination::Folder(dir.clone()).failure(&result).await?;
                 return Ok((result, dir));
@@ -228,9 +235,12 @@ impl Pipeline {
         };
         let dir = download_dir(&job.id, &options);
         let on_state = options.on_state.clone().unwrap_or_else(ignore_states);
+        let now = SystemTime::now();
         let delivered = Delivered {
             attempt: 1,
             queue_secs: None,
+            submitted: Some(now),
+            started: now,
         };
         let destination = Destination::Folder(dir.clone());
         let result = self
@@ -276,6 +286,7 @@ impl Pipeline {
                     ResultMessage::failure(&job.id, e.status(), e.kind, e.message, &self.worker);
                 result.attempt = delivered.attempt;
                 result.usage.durations.queue_secs = delivered.queue_secs;
+                publish::stamp(&mut result, delivered.submitted, delivered.started);
                 destination.failure(&result).await?;
                 return Ok(result);
             }
@@ -305,6 +316,7 @@ impl Pipeline {
         durations.publish_secs = Some(publish_started.elapsed().as_secs_f64());
         durations.queue_secs = delivered.queue_secs;
         result.attempt = delivered.attempt;
+        publish::stamp(&mut result, delivered.submitted, delivered.started);
         destination.result(&result).await?;
         Ok(result)
     }

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -121,8 +122,16 @@ def test_succeeded_with_stdout_text(local_fleet: Fleet) -> None:
     assert result.error_kind is None and result.error_message is None
     assert result.stdout == "hello from hello.wasm\narg[1] = shoal\narg[2] = fleet\nHELLO = world\n"
     assert result.stderr == ""
-    # The x-shoal-published-ms header reached the worker as a number it reads.
-    assert result.usage["durations"]["queue_secs"] >= 0
+    # The publish-time headers reached the worker as numbers it reads: the
+    # queue time is the gap between submitted_at and started_at, which,
+    # with finished_at, are UTC datetimes in order (one machine, one clock).
+    queued = result.usage["durations"]["queue_secs"]
+    assert queued >= 0
+    submitted, started, finished = result.submitted_at, result.started_at, result.finished_at
+    assert submitted is not None and started is not None and finished is not None, result.raw
+    assert submitted.utcoffset() == timedelta(0)
+    assert submitted <= started <= finished
+    assert abs((started - submitted).total_seconds() - queued) < 0.01
 
 
 def test_failed_with_a_nonzero_exit(local_fleet: Fleet) -> None:

@@ -125,6 +125,28 @@ async fn a_job_round_trips_through_a_worker() {
     assert_eq!(result.worker, "test-worker-0");
     let queued = result.usage.durations.queue_secs.expect("queue time");
     assert!((0.0..30.0).contains(&queued), "{queued}");
+    // When it was submitted, started and finished: RFC 3339 in UTC with
+    // microseconds, in that order (one machine: one clock), and the queue
+    // time is the gap between the first two.
+    let at = |t: &Option<String>| {
+        let t = t.clone().expect("a timestamp");
+        assert!(t.len() == 27 && t.ends_with('Z'), "{t}");
+        humantime::parse_rfc3339(&t).unwrap_or_else(|e| panic!("{t}: {e}"))
+    };
+    let (submitted, started, finished) = (
+        at(&result.submitted_at),
+        at(&result.started_at),
+        at(&result.finished_at),
+    );
+    assert!(
+        submitted <= started && started <= finished,
+        "{:?} {:?} {:?}",
+        result.submitted_at,
+        result.started_at,
+        result.finished_at
+    );
+    let gap = started.duration_since(submitted).unwrap().as_secs_f64();
+    assert!((gap - queued).abs() < 0.01, "queue {queued} s, gap {gap} s");
     // Progress arrived in order from the worker that ran it (best-effort:
     // some may be coalesced, but never reordered or from another job).
     assert!(!states.is_empty(), "no state message arrived");

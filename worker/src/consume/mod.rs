@@ -40,7 +40,7 @@ use shoal_schemas::topology::{
 };
 use shoal_schemas::{ErrorKind, JobState, ResultMessage, StateMessage, Status};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -342,19 +342,20 @@ impl Session {
     }
 
     async fn settle(&self, delivery: &Delivery) -> Result<(), InfraError> {
+        let started = SystemTime::now();
         let props = &delivery.properties;
         let message_id = props.message_id().as_ref().map(|s| s.as_str().to_owned());
         let attempt = delivery_count(props).saturating_add(1);
         let processed = match self.pipeline.admit(&delivery.data, message_id.as_deref()) {
             Err(refusal) => Processed::Refused(refusal),
-            Ok(job) => self.process(job, attempt, props).await,
+            Ok(job) => self.process(job, attempt, props, started).await,
         };
         match settle::disposition(processed, attempt, self.retry_policy()) {
             Disposition::Publish(result) => {
                 self.publish_result(&result, props).await?;
                 ack(delivery).await
             }
-            Disposition::DeadLetter(refusal) => self.poison(delivery, refusal).await,
+            Disposition::DeadLetter(refusal) => self.poison(delivery, refusal, started).await,
             Disposition::Retry {
                 job_id: id,
                 delay,
@@ -383,6 +384,7 @@ impl Session {
                     self.pipeline.worker_name(),
                 );
                 result.attempt = attempt;
+                crate::publish::stamp(&mut result, submitted(props), started);
                 // The store may be what failed: then the published result
                 // is all there is, and the message is not held back for it.
                 if let Err(stored) = crate::publish::store::put_result_if_absent(
@@ -403,11 +405,19 @@ impl Session {
 
     /// Stage, execute and publish a valid job, with its progress published
     /// as state messages meanwhile.
-    async fn process(&self, job: Job, attempt: u32, props: &BasicProperties) -> Processed {
+    async fn process(
+        &self,
+        job: Job,
+        attempt: u32,
+        props: &BasicProperties,
+        started: SystemTime,
+    ) -> Processed {
         let id = job.id.clone();
         let delivered = Delivered {
             attempt,
             queue_secs: queue_secs(props),
+            submitted: submitted(props),
+            started,
         };
         let (on_state, states) = self.state_sink(&id, attempt, props);
         let destination = self.pipeline.store_destination(&id);
@@ -511,7 +521,12 @@ impl Session {
 
     /// Not a job: a `rejected` result if it names an id, a copy to the
     /// dead-letter exchange with the reason, then ack.
-    async fn poison(&self, delivery: &Delivery, refusal: Refusal) -> Result<(), InfraError> {
+    async fn poison(
+        &self,
+        delivery: &Delivery,
+        refusal: Refusal,
+        started: SystemTime,
+    ) -> Result<(), InfraError> {
         let Refusal { id, reason, error } = refusal;
         let why = error.message.as_str();
         tracing::warn!(
@@ -528,13 +543,14 @@ impl Session {
                 .inc();
         }
         if let Some(id) = id.filter(|id| valid_id(id)) {
-            let result = ResultMessage::failure(
+            let mut result = ResultMessage::failure(
                 &id,
                 Status::Rejected,
                 ErrorKind::InvalidJob,
                 why,
                 self.pipeline.worker_name(),
             );
+            crate::publish::stamp(&mut result, submitted(&delivery.properties), started);
             crate::publish::store::put_result_if_absent(
                 self.pipeline.stager().store().as_ref(),
                 &result,
@@ -683,11 +699,10 @@ fn delivery_count(props: &BasicProperties) -> u32 {
 
 /// Time the message spent queued, from the submitter's clock to ours (so
 /// clock skew shows up here; it is clamped at zero).
-fn queue_secs(props: &BasicProperties) -> Option<f64> {
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_micros() as f64;
+/// When the message says it was published, in microseconds since the
+/// epoch: `x-shoal-published-us`, else `x-shoal-published-ms`, else the
+/// `timestamp` property (seconds).
+fn published_us(props: &BasicProperties) -> Option<f64> {
     let header = |name: &'static str, scale: f64| {
         props
             .headers()
@@ -710,10 +725,24 @@ fn queue_secs(props: &BasicProperties) -> Option<f64> {
                 read.map(|n| n * (1_000_000.0 / scale))
             })
     };
-    let published_us = header(PUBLISHED_US_HEADER, 1_000_000.0)
+    header(PUBLISHED_US_HEADER, 1_000_000.0)
         .or_else(|| header(PUBLISHED_MS_HEADER, 1000.0))
-        .or_else(|| props.timestamp().map(|s| s as f64 * 1e6))?;
-    Some(((now_us - published_us) / 1e6).max(0.0))
+        .or_else(|| props.timestamp().map(|s| s as f64 * 1e6))
+}
+
+/// Seconds from publishing to now (clamped at 0: the clocks may differ).
+fn queue_secs(props: &BasicProperties) -> Option<f64> {
+    let now_us = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_micros() as f64;
+    Some(((now_us - published_us(props)?) / 1e6).max(0.0))
+}
+
+/// The publish time as a time, for the result's `submitted_at`.
+fn submitted(props: &BasicProperties) -> Option<SystemTime> {
+    let us = published_us(props)?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_micros(us as u64))
 }
 
 /// The publish time in a header counting `per_sec` units a second since the

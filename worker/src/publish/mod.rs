@@ -11,7 +11,7 @@ pub mod local;
 mod result;
 pub(crate) mod store;
 
-pub(crate) use result::{result_of, stream_of};
+pub(crate) use result::{result_of, stamp, stream_of};
 pub use store::get_result;
 
 use crate::config::LimitValues;

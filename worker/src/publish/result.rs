@@ -5,6 +5,7 @@ use base64::Engine as _;
 use shoal_schemas::{
     Durations, ErrorInfo, ErrorKind, OutputResult, ResultMessage, Status, Stream, Usage,
 };
+use std::time::SystemTime;
 
 /// How the guest's end maps onto the wire: status, exit code and error.
 pub(crate) fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<ErrorInfo>) {
@@ -102,4 +103,24 @@ pub(crate) fn result_of(
         module_cache_hit: Some(report.cache_hit),
     };
     result
+}
+
+/// Writes when the job was submitted, when this attempt started and (now)
+/// when it finished into `result`: operators ask "since when" and "how
+/// long" of a result without the broker or the worker's logs. Each time
+/// comes from one clock: `submitted` the submitter's, the others the
+/// worker's, so compare `started_at` with `submitted_at` knowing that.
+pub(crate) fn stamp(
+    result: &mut ResultMessage,
+    submitted: Option<SystemTime>,
+    started: SystemTime,
+) {
+    result.submitted_at = submitted.map(rfc3339);
+    result.started_at = Some(rfc3339(started));
+    result.finished_at = Some(rfc3339(SystemTime::now()));
+}
+
+/// RFC 3339 in UTC with microseconds: `2026-12-01T22:30:47.123456Z`.
+pub(crate) fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_micros(at).to_string()
 }

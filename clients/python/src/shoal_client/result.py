@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Any
 
 from .errors import ShoalError
@@ -74,6 +75,22 @@ class Result:
     def attempt(self) -> int:
         return int(self.raw.get("attempt", 1))
 
+    @property
+    def submitted_at(self) -> datetime | None:
+        """When the job was published (the submitter's clock), UTC; None
+        when the message gave no publish time."""
+        return _instant(self.raw.get("submitted_at"))
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When the worker took this attempt (the worker's clock), UTC."""
+        return _instant(self.raw.get("started_at"))
+
+    @property
+    def finished_at(self) -> datetime | None:
+        """When the worker finished the result, UTC."""
+        return _instant(self.raw.get("finished_at"))
+
     def stream_bytes(self, name: str) -> bytes:
         """``stdout`` or ``stderr``, exactly as kept."""
         if name not in ("stdout", "stderr"):
@@ -123,3 +140,10 @@ class Result:
         extra = f" exit {self.exit_code}" if self.exit_code is not None else ""
         kind = f" {self.error_kind}" if self.error_kind else ""
         return f"<Result {self.job_id}: {self.status}{extra}{kind}>"
+
+
+def _instant(text: Any) -> datetime | None:
+    """An RFC 3339 time as workers write it (``2026-12-01T22:30:47.123456Z``)."""
+    if not text:
+        return None
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
