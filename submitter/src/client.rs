@@ -85,7 +85,9 @@ pub enum ClientError {
     Timeout(String),
     /// The reply queue, or the results in it, were gone when the client
     /// reconnected (the broker restarted, the client was away longer than
-    /// [`ClientOptions::reply_keep`], or someone deleted the queue), so this
+    /// [`ClientOptions::reply_keep`], someone deleted the queue, or the
+    /// cluster node holding it is down: then the client moves its replies
+    /// to a queue of a new name on a node that answers), so this
     /// job's result may have been
     /// dropped on its way here. Workers also write every result to the
     /// results store: fetch it with `submit get`. Jobs submitted after the
@@ -290,7 +292,9 @@ impl managed::Manager for ConfirmChannels {
 pub struct Client {
     channels: managed::Pool<ConfirmChannels>,
     topology: Topology,
-    reply_queue: String,
+    /// The reply queue's name, shared with the listener, which names a new
+    /// one when the node holding it is lost.
+    reply_queue: ReplyName,
     inbox: Arc<Inbox>,
     brokers: Brokers,
     /// Sent or dropped with the client: the reply listener then deletes
@@ -366,7 +370,7 @@ impl Client {
                 next: AtomicUsize::new(0),
                 name: options.connection_name.clone(),
             },
-            queue: format!("shoal.reply.{}", uuid::Uuid::new_v4()),
+            queue: ReplyName::fresh(),
             keep: options.reply_keep,
         };
         let (connection, consumer, _) = replies.open(true).await.map_err(|e| err(e.to_string()))?;
@@ -401,8 +405,8 @@ impl Client {
     }
 
     /// The queue this client's results arrive on (the jobs' `reply_to`).
-    pub fn reply_queue(&self) -> &str {
-        &self.reply_queue
+    pub fn reply_queue(&self) -> String {
+        self.reply_queue.get()
     }
 
     /// Publishes one job (persistent, confirmed) and returns its handle.
@@ -521,7 +525,7 @@ impl Client {
             .with_delivery_mode(2)
             .with_message_id(ShortString::from(id))
             .with_correlation_id(ShortString::from(id))
-            .with_reply_to(ShortString::from(self.reply_queue.as_str()))
+            .with_reply_to(ShortString::from(self.reply_queue.get()))
             .with_type(ShortString::from(shoal_schemas::JOB_SCHEMA))
             .with_timestamp(now.as_secs())
             .with_headers(headers)
@@ -594,8 +598,35 @@ impl Client {
 /// The client's reply queue and how to reach it again.
 struct Replies {
     connections: Connections,
-    queue: String,
+    queue: ReplyName,
     keep: Duration,
+}
+
+/// The reply queue's current name. A classic queue lives on one node: when
+/// that node is lost, the listener declares a queue under a new name on a
+/// node that answers, and jobs submitted from then on name it.
+#[derive(Clone)]
+struct ReplyName(Arc<Mutex<String>>);
+
+impl ReplyName {
+    fn fresh() -> ReplyName {
+        ReplyName(Arc::new(Mutex::new(ReplyName::new_name())))
+    }
+
+    fn new_name() -> String {
+        format!("shoal.reply.{}", uuid::Uuid::new_v4())
+    }
+
+    fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A new name; returns it.
+    fn renew(&self) -> String {
+        let name = ReplyName::new_name();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = name.clone();
+        name
+    }
 }
 
 /// Why the reply connection could not be opened.
@@ -668,7 +699,11 @@ impl Replies {
         if !kept {
             let channel = connection.create_channel().await?;
             channel
-                .queue_declare(self.queue.as_str().into(), DURABLE, expires(self.keep))
+                .queue_declare(
+                    self.queue.get().as_str().into(),
+                    DURABLE,
+                    expires(self.keep),
+                )
                 .await?;
             self.declare_marker(&channel).await?;
             // Exactly one transient message in the marker queue.
@@ -696,7 +731,7 @@ impl Replies {
             .await?;
         let consumer = channel
             .basic_consume(
-                self.queue.as_str().into(),
+                self.queue.get().as_str().into(),
                 ShortString::from(""),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -709,7 +744,7 @@ impl Replies {
     /// never consumed: only a broker restart (or expiry) removes it, and
     /// with it any transient results in the reply queue.
     fn marker(&self) -> String {
-        format!("{}.marker", self.queue)
+        format!("{}.marker", self.queue.get())
     }
 
     /// Declares the marker queue, which also renews its lease: with no
@@ -751,7 +786,7 @@ impl Replies {
                 }
             }
         };
-        if messages(self.queue.clone()).await?.is_none() {
+        if messages(self.queue.get()).await?.is_none() {
             return Ok(false);
         }
         Ok(messages(self.marker()).await? == Some(1))
@@ -792,7 +827,7 @@ impl Replies {
                         _ = &mut stopped => {
                             let _ = tokio::time::timeout(HOUSEKEEPING_WITHIN, async {
                                 if let Ok(channel) = connection.create_channel().await {
-                                    for queue in [&self.queue, &self.marker()] {
+                                    for queue in [&self.queue.get(), &self.marker()] {
                                         let _ = channel
                                             .queue_delete(
                                                 queue.as_str().into(),
@@ -811,7 +846,7 @@ impl Replies {
             };
             let since = tokio::time::Instant::now();
             let why = self.connections.brokers.scrub(&why);
-            tracing::warn!(queue = %self.queue, error = %why, "reply connection lost; reconnecting");
+            tracing::warn!(queue = %self.queue.get(), error = %why, "reply connection lost; reconnecting");
             self.connections.lost();
             // The old connection may still be open (a consumer the broker
             // cancelled): close it, without waiting long on a dead one,
@@ -838,18 +873,27 @@ impl Replies {
                     }
                     Err(e) => {
                         let said = self.connections.brokers.scrub(&e.to_string());
-                        tracing::warn!(queue = %self.queue, error = %said, retry_in = ?delay, "reply connection refused");
+                        tracing::warn!(queue = %self.queue.get(), error = %said, retry_in = ?delay, "reply connection refused");
                         // Another node answered, but the queue lives on a
                         // node that is down (a classic queue has one home):
                         // what it held is out of reach until that node is
-                        // back, if ever, so waiters learn it now and can
-                        // fetch from the results store.
+                        // back, if ever. Waiters learn it now (the results
+                        // store has their results), and the client moves to
+                        // a queue of a new name on a node that answers, so
+                        // jobs submitted from now on get their results here.
                         let home_down = matches!(&e, OpenError::Broker(e) if not_found(e));
-                        if !expired && home_down {
-                            expired = true;
-                            inbox.lose(format!(
-                                "{why}; the reply queue's broker node is down ({said})"
-                            ));
+                        if home_down {
+                            let old = self.queue.get();
+                            let new = self.queue.renew();
+                            tracing::warn!(lost = %old, queue = %new, "the reply queue's broker node is down; replies go to a new queue");
+                            if !expired {
+                                expired = true;
+                                inbox.lose(format!(
+                                    "{why}; the reply queue's broker node is down ({said})"
+                                ));
+                            }
+                            // Declared at once, not after a backoff.
+                            continue;
                         }
                         // Away longer than the queue's expiry: it is gone
                         // whatever happens next, so waiters need not wait
@@ -869,9 +913,9 @@ impl Replies {
                 }
             };
             if kept {
-                tracing::info!(queue = %self.queue, "reply connection back; no result lost");
+                tracing::info!(queue = %self.queue.get(), "reply connection back; no result lost");
             } else {
-                tracing::warn!(queue = %self.queue, "reply queue or the results in it were gone (broker restart or expiry); declared anew; results of earlier jobs are in the results store");
+                tracing::warn!(queue = %self.queue.get(), "reply queue or the results in it were gone (broker restart or expiry); declared anew; results of earlier jobs are in the results store");
                 if !expired {
                     inbox.lose(why);
                 }

@@ -172,6 +172,7 @@ async fn a_broker_node_lost_mid_run_loses_no_job() {
     let cluster = Cluster::up();
     let leader = lose_a_node(&cluster, true).await;
     let other = lose_a_node(&cluster, false).await;
+    a_client_whose_reply_node_is_lost_moves_its_replies(&cluster).await;
     for (what, f) in [("the leader", leader), ("a node leading nothing", other)] {
         eprintln!(
             "cluster: {JOBS} jobs, {what} stopped hard and restarted: {} jobs redelivered, longest gap in results {} ms, its worker consuming from another node {} ms after the stop; 0 lost",
@@ -438,4 +439,100 @@ async fn lose_a_node(cluster: &Cluster, lose_leader: bool) -> Figures {
         longest_gap,
         reconnect,
     }
+}
+
+/// The Rust client, given every node, on node 1 with its reply queue (a
+/// classic queue: it lives on node 1 only), a worker on node 2. Node 1 is
+/// stopped while a job runs: that job's result cannot reach the client
+/// (`RepliesLost`, fetch it from the store), and the client moves its reply
+/// queue to a node that answers, so the next job's result arrives.
+async fn a_client_whose_reply_node_is_lost_moves_its_replies(cluster: &Cluster) {
+    use shoal_submitter::{Client, ClientError, ClientOptions};
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let topology = Topology {
+        job_queue: format!("test.cluster.jobs.{suffix}"),
+        results_exchange: format!("test.cluster.results.{suffix}"),
+        dead_letter: format!("test.cluster.dead.{suffix}"),
+        delivery_limit: 10,
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let probe = std::fs::read(repo().join("tests/fixtures/probe.wasm")).unwrap();
+    let module = shoal_worker::store::sha256_hex(&probe);
+    let entry = cache.path().join("cache/sha256").join(&module);
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    std::fs::write(entry, probe).unwrap();
+    let client = Client::connect_with(
+        &Cluster::urls(&[1, 2, 3]),
+        topology.clone(),
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let worker = Command::new(env!("CARGO_BIN_EXE_shoal-worker"))
+        .arg("serve")
+        .env_clear()
+        .env("SHOAL_CACHE_DIR", cache.path())
+        .env("SHOAL_AMQP_URL", Cluster::urls(&[2, 3, 1]))
+        .env("SHOAL_AMQP_JOB_QUEUE", &topology.job_queue)
+        .env("SHOAL_AMQP_RESULTS_EXCHANGE", &topology.results_exchange)
+        .env("SHOAL_AMQP_DEAD_LETTER", &topology.dead_letter)
+        .env("SHOAL_AMQP_RECONNECT_MAX_MS", "1000")
+        .env("SHOAL_METRICS_LISTEN", "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(logs.path().join("worker.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _workers = Reaper(vec![worker]);
+    let job = |args: &[&str]| {
+        let mut job = JobMessage::new(Source {
+            name: Some("probe.wasm".into()),
+            ..Source::new(Location::Sha256(module.clone()))
+        });
+        job.args = args.iter().map(|a| a.to_string()).collect();
+        job
+    };
+    let wait = Duration::from_secs(60);
+    let first = client.submit(job(&["args", "before"])).await.unwrap();
+    let result = client.wait_result(&first.id, wait).await.unwrap();
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    let old_queue = client.reply_queue();
+
+    // A job that runs 2 s; node 1 goes while it runs.
+    let running = client.submit(job(&["sleep", "2"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.stop(1);
+    match client.wait_result(&running.id, wait).await {
+        Err(ClientError::RepliesLost(why)) => assert!(why.contains("node is down"), "{why}"),
+        other => panic!("expected RepliesLost, got {other:?}"),
+    }
+    // The store has it.
+    let stored = cache
+        .path()
+        .join(shoal_worker::store::keys::result(&running.id).as_ref());
+    let deadline = Instant::now() + wait;
+    while !stored.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no stored result for {}",
+            running.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Replies now go to a new queue on a node that answers.
+    assert_ne!(client.reply_queue(), old_queue);
+    let after = client.submit(job(&["args", "after"])).await.unwrap();
+    let result = client.wait_result(&after.id, wait).await.unwrap();
+    assert_eq!(result.status, Status::Succeeded, "{result:?}");
+    assert_eq!(
+        result.stdout.and_then(|s| s.text).as_deref(),
+        Some("probe.wasm\nargs\nafter\n")
+    );
+    client.close().await;
+    let mut restart = cluster.start(1);
+    assert!(
+        restart.wait().unwrap().success(),
+        "node 1 did not start again"
+    );
 }
