@@ -7,6 +7,8 @@
 //! SHOAL_CACHE_S3_BUCKET=shoal-test SHOAL_CACHE_S3_ENDPOINT=http://127.0.0.1:8333 \
 //!     cargo bench -p shoal-submitter --bench fleet                   # store on S3
 //! SHOAL_EXECUTOR_POOLING=false cargo bench -p shoal-submitter --bench fleet  # on-demand allocator
+//! SHOAL_BENCH_ONLY=shoal perf record -F 499 -g -o perf.data -- target/release/deps/fleet-… --bench
+//!                                                                    # Shoal alone, for a profile
 //! scripts/cluster up && SHOAL_AMQP_URL=amqp://guest:guest@127.0.0.1:5681/%2f \
 //!     cargo bench -p shoal-submitter --bench fleet                   # on a 3-node cluster (node 1)
 //! ```
@@ -519,6 +521,17 @@ async fn main() {
     // concurrently, Shoal's three connections. Not the broker at Shoal's
     // own settings, which would share Shoal's limits and hide them; that
     // one is the second row, to show what the prefetch alone costs.
+    // SHOAL_BENCH_ONLY=shoal runs Shoal's side alone: for a profiler
+    // (`perf record`), whose samples would otherwise mix in the floor's.
+    #[allow(clippy::disallowed_methods)]
+    if std::env::var("SHOAL_BENCH_ONLY").is_ok_and(|only| only == "shoal") {
+        let (shoal, _) = shoal(&url).await;
+        println!(
+            "Shoal alone: {:.0} jobs/s, {:.0} µs / {:.0} µs CPU per job (ours / broker), p50 {:.2} ms",
+            shoal.jobs_per_sec, shoal.cpu_us.0, shoal.cpu_us.1, shoal.p50_ms
+        );
+        return;
+    }
     let best = floor([&one, &two, &three], body, FLOOR_PREFETCH).await;
     let ours_prefetch = shoal_prefetch();
     let at_ours = floor([&one, &two, &three], body, ours_prefetch).await;
