@@ -7,6 +7,7 @@
 //! SHOAL_CACHE_S3_BUCKET=shoal-test SHOAL_CACHE_S3_ENDPOINT=http://127.0.0.1:8333 \
 //!     cargo bench -p shoal-submitter --bench fleet                   # store on S3
 //! SHOAL_EXECUTOR_POOLING=false cargo bench -p shoal-submitter --bench fleet  # on-demand allocator
+//! SHOAL_BENCH_WORKERS=2 cargo bench -p shoal-submitter --bench fleet   # two workers, one store
 //! SHOAL_BENCH_ONLY=shoal perf record -F 499 -g -o perf.data -- target/release/deps/fleet-… --bench
 //!                                                                    # Shoal alone, for a profile
 //! scripts/cluster up && SHOAL_AMQP_URL=amqp://guest:guest@127.0.0.1:5681/%2f \
@@ -409,20 +410,38 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
         .collect::<Vec<_>>(),
     )
     .unwrap();
-    let pipeline =
-        shoal_worker::pipeline::Pipeline::new(config.clone(), config.limits.ceiling).unwrap();
     let hello =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello/hello.wasm");
-    let module = shoal_submitter::local::upload_path(pipeline.stager(), &hello)
-        .await
-        .unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(shoal_worker::consume::run(
-        pipeline,
-        config.amqp.clone(),
-        CONCURRENCY,
-        rx,
-    ));
+    // SHOAL_BENCH_WORKERS=N: N workers, each with its own pipeline (engine,
+    // scratch folder, instance pool) and broker connection, sharing the
+    // store: do two workers on one box get in each other's way?
+    #[allow(clippy::disallowed_methods)]
+    let count: usize = std::env::var("SHOAL_BENCH_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut workers = Vec::with_capacity(count);
+    let mut module = None;
+    for _ in 0..count {
+        let pipeline =
+            shoal_worker::pipeline::Pipeline::new(config.clone(), config.limits.ceiling).unwrap();
+        if module.is_none() {
+            module = Some(
+                shoal_submitter::local::upload_path(pipeline.stager(), &hello)
+                    .await
+                    .unwrap(),
+            );
+        }
+        workers.push(tokio::spawn(shoal_worker::consume::run(
+            pipeline,
+            config.amqp.clone(),
+            CONCURRENCY,
+            rx.clone(),
+        )));
+    }
+    let module = module.expect("at least one worker");
     let topology: Topology = config.amqp.topology();
     let client = Client::connect(url, topology.clone()).await.unwrap();
     let job = |i: usize| {
@@ -484,7 +503,9 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
     }
     client.close().await;
     stop.send(true).unwrap();
-    worker.await.unwrap().unwrap();
+    for worker in workers {
+        worker.await.unwrap().unwrap();
+    }
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
