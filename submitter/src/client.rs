@@ -171,6 +171,10 @@ struct Connections {
     name: String,
 }
 
+/// How long one broker URL may take to accept a connection before the next
+/// is tried.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
 /// No broker URL answered; the words of each, passwords replaced.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -182,26 +186,29 @@ impl Connections {
         let first = self.next.load(Ordering::Relaxed);
         let mut refused = Vec::new();
         for i in (first..first + count).map(|i| i % count) {
-            match lapin::Connection::connect(
-                self.brokers.url(i),
-                ConnectionProperties::default().with_connection_name(self.name.clone().into()),
+            // A node whose address no longer answers at all (a host gone)
+            // would otherwise hold the connect for the kernel's SYN timeout.
+            let connected = tokio::time::timeout(
+                CONNECT_WITHIN,
+                lapin::Connection::connect(
+                    self.brokers.url(i),
+                    ConnectionProperties::default().with_connection_name(self.name.clone().into()),
+                ),
             )
-            .await
-            {
-                Ok(connection) => {
+            .await;
+            let why = match connected {
+                Ok(Ok(connection)) => {
                     self.next.store(i, Ordering::Relaxed);
                     return Ok(connection);
                 }
-                Err(e) => refused.push(if count == 1 {
-                    self.brokers.scrub(&e.to_string())
-                } else {
-                    format!(
-                        "{}: {}",
-                        self.brokers.redacted(i),
-                        self.brokers.scrub(&e.to_string())
-                    )
-                }),
-            }
+                Ok(Err(e)) => self.brokers.scrub(&e.to_string()),
+                Err(_) => format!("no answer within {} s", CONNECT_WITHIN.as_secs()),
+            };
+            refused.push(if count == 1 {
+                why
+            } else {
+                format!("{}: {why}", self.brokers.redacted(i))
+            });
         }
         // The next try starts past the first that refused.
         self.next.store((first + 1) % count, Ordering::Relaxed);
@@ -861,6 +868,7 @@ impl Replies {
             }
             let mut delay = Duration::from_millis(100);
             let mut expired = false;
+            let mut renamed = false;
             let kept = loop {
                 let opened = tokio::select! {
                     opened = self.open(false) => opened,
@@ -892,6 +900,10 @@ impl Replies {
                                     "{why}; the reply queue's broker node is down ({said})"
                                 ));
                             }
+                            // Jobs submitted from now until the new queue is
+                            // declared name a queue not there yet, and their
+                            // results may be dropped: they are told once it is.
+                            renamed = true;
                             // Declared at once, not after a backoff.
                             continue;
                         }
@@ -916,7 +928,11 @@ impl Replies {
                 tracing::info!(queue = %self.queue.get(), "reply connection back; no result lost");
             } else {
                 tracing::warn!(queue = %self.queue.get(), "reply queue or the results in it were gone (broker restart or expiry); declared anew; results of earlier jobs are in the results store");
-                if !expired {
+                if renamed {
+                    inbox.lose(format!(
+                        "{why}; the reply queue's broker node is down, and a job submitted while its replacement was being declared may have lost its result"
+                    ));
+                } else if !expired {
                     inbox.lose(why);
                 }
             }

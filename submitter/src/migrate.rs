@@ -68,7 +68,9 @@ fn quorum(topology: &Topology) -> FieldTable {
 enum StepError {
     #[error(transparent)]
     Broker(#[from] lapin::Error),
-    #[error("the broker refused (nacked) a moved message")]
+    #[error(
+        "the broker refused (nacked or returned) a moved message; it is still in the queue it came from"
+    )]
     Refused,
 }
 
@@ -111,7 +113,9 @@ pub async fn migrate_dead_letter_queue(
         .await
     {
         Ok(_) => false,
-        Err(e) if inequivalent(&e) => true,
+        // Only the queue type differing makes it the classic queue of old;
+        // a quorum queue declared with other arguments is not ours to move.
+        Err(e) if inequivalent(&e) && e.to_string().contains("x-queue-type") => true,
         Err(e) => return Err(fail("declaring the quorum queue")(e)),
     };
     let staging = staging_name(topology);
@@ -158,7 +162,6 @@ pub async fn migrate_dead_letter_queue(
         let _ = connection.close(200, "nothing to migrate".into()).await;
         return Ok(Migration::AlreadyQuorum);
     }
-    let mut moved = 0;
     if classic {
         // 1. New dead letters also reach the temporary quorum queue …
         channel
@@ -178,14 +181,17 @@ pub async fn migrate_dead_letter_queue(
             )
             .await
             .map_err(fail("unbinding the classic queue"))?;
-        moved += drain(&channel, &queue, &staging)
+        drain(&channel, &queue, &staging)
             .await
             .map_err(|e| moved_fail(&queue, "moving the classic queue's messages", brokers, e))?;
         channel
             .queue_delete(
                 queue.as_str().into(),
+                // Not while someone consumes it: messages they hold unacked
+                // are not counted as in the queue, and would go with it.
                 QueueDeleteOptions {
                     if_empty: true,
+                    if_unused: true,
                     ..QueueDeleteOptions::default()
                 },
             )
@@ -222,7 +228,9 @@ pub async fn migrate_dead_letter_queue(
         )
         .await
         .map_err(fail("unbinding the temporary queue"))?;
-    drain(&channel, &staging, &queue)
+    // Every dead letter ends here: the old queue's, and any that reached
+    // the temporary one meanwhile (or in an earlier, interrupted run).
+    let moved = drain(&channel, &staging, &queue)
         .await
         .map_err(|e| moved_fail(&queue, "moving the temporary queue's messages", brokers, e))?;
     // Quorum queues refuse `if-empty` deletes: it is checked here instead.
@@ -329,13 +337,18 @@ async fn drain(channel: &Channel, from: &str, to: &str) -> Result<u64, StepError
             .basic_publish(
                 "".into(),
                 to.into(),
-                BasicPublishOptions::default(),
+                // A target queue gone meanwhile returns the message rather
+                // than dropping it, and it is not acked.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 &delivery.data,
                 properties,
             )
             .await?
             .await?;
-        if !confirm.is_ack() {
+        if !confirm.is_ack() || confirm.take_message().is_some() {
             return Err(StepError::Refused);
         }
         delivery.acker.ack(BasicAckOptions::default()).await?;

@@ -32,17 +32,19 @@ pub enum BrokerUrlError {
     /// No URL at all (an empty list, or only commas).
     #[error("no broker URL given")]
     Empty,
-    /// Both `amqp.url` and `amqp.urls` are set; holds them, redacted.
+    /// Both `amqp.url` and `amqp.urls` are set; holds them, redacted (or
+    /// nothing, when one does not parse).
     #[error("both amqp.url and amqp.urls are set ({0}); set one of them")]
     Both(String),
-    /// One of the URLs does not parse as an AMQP URL.
-    #[error("broker URL {position} ({url}): {reason}")]
+    /// One of the URLs does not parse as an AMQP URL. Its text is not
+    /// shown: it may hold part of a password.
+    #[error(
+        "broker URL {position} is not an AMQP URL ({reason}); a comma, '@' or ':' inside a user name or password must be written %2C, %40 or %3A"
+    )]
     Malformed {
         /// 1-based position in the list.
         position: usize,
-        /// The URL, password replaced.
-        url: String,
-        /// The parser's words, password replaced.
+        /// The parser's words, the URL and passwords replaced.
         reason: String,
     },
 }
@@ -54,8 +56,9 @@ impl Brokers {
     pub fn parse<S: AsRef<str>>(
         entries: impl IntoIterator<Item = S>,
     ) -> Result<Brokers, BrokerUrlError> {
+        let entries: Vec<S> = entries.into_iter().collect();
         let urls: Vec<String> = entries
-            .into_iter()
+            .iter()
             .flat_map(|entry| {
                 entry
                     .as_ref()
@@ -68,9 +71,14 @@ impl Brokers {
         if urls.is_empty() {
             return Err(BrokerUrlError::Empty);
         }
+        // The passwords of the URLs, and of each entry as a whole: a comma
+        // written inside a password (it must be `%2C`) splits it across two
+        // "URLs", neither of which has the whole password.
         let mut secrets: Vec<String> = urls
             .iter()
-            .filter_map(|url| password_of(url))
+            .map(String::as_str)
+            .chain(entries.iter().map(|entry| entry.as_ref()))
+            .filter_map(password_of)
             .flat_map(|written| {
                 let decoded = percent_decode(written);
                 [written.to_owned(), decoded]
@@ -82,10 +90,12 @@ impl Brokers {
         let brokers = Brokers { urls, secrets };
         for (i, url) in brokers.urls.iter().enumerate() {
             if let Err(reason) = AMQPUri::from_str(url) {
+                // Neither the URL nor the parser's words quoting it are
+                // shown: a piece of a password split at a comma is not a
+                // password `scrub` knows.
                 return Err(BrokerUrlError::Malformed {
                     position: i + 1,
-                    url: brokers.redacted(i),
-                    reason: brokers.scrub(&reason),
+                    reason: brokers.scrub(&reason.replace(url.as_str(), "<the URL>")),
                 });
             }
         }
@@ -179,6 +189,8 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit()
             && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
             && let Ok(byte) = u8::from_str_radix(hex, 16)
         {
@@ -240,10 +252,17 @@ mod tests {
         ] {
             let list = format!("amqp://guest:guest@127.0.0.1/%2f,{url}");
             let e = Brokers::parse([list.as_str()]).unwrap_err().to_string();
-            assert!(e.starts_with("broker URL 2 ("), "{e}");
+            assert!(e.starts_with("broker URL 2 is not an AMQP URL"), "{e}");
             assert!(!e.contains("s3cr"), "{e}");
-            assert!(e.contains("***"), "{e}");
         }
+        // A comma inside a password splits the URL in two: neither piece
+        // is shown, nor any part of the password.
+        let e = Brokers::parse(["amqp://u:hunter,secret@h/%2f"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("broker URL 1 is not an AMQP URL"), "{e}");
+        assert!(!e.contains("hunter") && !e.contains("secret"), "{e}");
+        assert!(e.contains("%2C"), "{e}");
     }
 
     #[test]

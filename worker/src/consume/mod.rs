@@ -70,7 +70,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(());
         }
-        let mut reached = None;
+        let mut reached = Reached::default();
         match session(
             &pipeline,
             &amqp,
@@ -89,12 +89,15 @@ pub async fn run(
                 // A session that got as far as consuming starts the backoff
                 // afresh: a worker that lost its node once a day must not
                 // wait the cap on every later loss.
-                failures = match reached {
-                    Some(_) => 1,
-                    None => failures.saturating_add(1),
+                failures = if reached.consumed {
+                    1
+                } else {
+                    failures.saturating_add(1)
                 };
-                // After a loss, the node that was lost is tried last.
-                next = reached.map_or(next, |i| i + 1) % brokers.len();
+                // After a loss, the node that was lost is tried last; so is
+                // one that took the connection and then failed (booting,
+                // on the minority side of a partition, no queue leader).
+                next = reached.connected.map_or(next, |i| i + 1) % brokers.len();
                 let delay = settle::backoff(failures, 200, amqp.reconnect_max_ms, true);
                 tracing::warn!(
                     error = %brokers.scrub(&crate::error::chain(&e)),
@@ -111,6 +114,19 @@ pub async fn run(
     }
 }
 
+/// How far a session got: which broker URL it connected to, and whether it
+/// got as far as consuming.
+#[derive(Default)]
+struct Reached {
+    connected: Option<usize>,
+    consumed: bool,
+}
+
+/// How long one broker URL may take to accept a connection before the next
+/// is tried: a host that no longer answers at all would otherwise hold the
+/// worker for the kernel's SYN timeout (minutes) per attempt.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
 /// Connects to the first broker URL that answers, starting at `first`;
 /// returns the connection and which URL it is. Every URL is tried once;
 /// the error, when none answers, names each (passwords replaced).
@@ -123,24 +139,25 @@ async fn connect(
     let mut refused = Vec::new();
     for i in (first..first + brokers.len()).map(|i| i % brokers.len()) {
         let uri = brokers.url_with(i, "heartbeat", &heartbeat_secs.to_string());
-        match Connection::connect(
-            &uri,
-            ConnectionProperties::default().with_connection_name(name.into()),
+        let connected = tokio::time::timeout(
+            CONNECT_WITHIN,
+            Connection::connect(
+                &uri,
+                ConnectionProperties::default().with_connection_name(name.into()),
+            ),
         )
-        .await
-        {
-            Ok(conn) => {
+        .await;
+        let why = match connected {
+            Ok(Ok(conn)) => {
                 if !refused.is_empty() {
                     tracing::info!(broker = %brokers.redacted(i), skipped = %refused.join("; "), "connected to another broker node");
                 }
                 return Ok((conn, i));
             }
-            Err(e) => refused.push(format!(
-                "{}: {}",
-                brokers.redacted(i),
-                brokers.scrub(&e.to_string())
-            )),
-        }
+            Ok(Err(e)) => brokers.scrub(&e.to_string()),
+            Err(_) => format!("no answer within {} s", CONNECT_WITHIN.as_secs()),
+        };
+        refused.push(format!("{}: {why}", brokers.redacted(i)));
     }
     Err(InfraError::Broker(Cause::from(format!(
         "no broker answered: {}",
@@ -211,13 +228,13 @@ struct Session {
 
 /// One connection's life: connect (from URL `first` on), declare, consume
 /// until the connection is lost (`Err`) or `shutdown` (drained, `Ok`).
-/// `reached` is set to the URL's index once consuming started.
+/// `reached` records the URL connected to, and whether consuming started.
 async fn session(
     pipeline: &Pipeline,
     amqp: &Arc<AmqpSection>,
     brokers: &Brokers,
     first: usize,
-    reached: &mut Option<usize>,
+    reached: &mut Reached,
     concurrency: usize,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), InfraError> {
@@ -229,6 +246,7 @@ async fn session(
         )))
     };
     let (conn, at) = connect(brokers, first, amqp.heartbeat_secs, pipeline.worker_name()).await?;
+    reached.connected = Some(at);
     let consume = conn.create_channel().await.map_err(broker)?;
     if let Err(e) = amqp.topology().declare(&consume).await {
         let said = brokers.scrub(&e.to_string());
@@ -267,7 +285,7 @@ async fn session(
         .map_err(broker)?;
     tracing::info!(queue = %amqp.job_queue, concurrency, prefetch, broker = %brokers.redacted(at), "consuming jobs");
     METRICS.broker_connected.set(1);
-    *reached = Some(at);
+    reached.consumed = true;
     let session = Arc::new(Session {
         pipeline: pipeline.clone(),
         amqp: amqp.clone(),
@@ -763,7 +781,8 @@ fn published_at(value: &AMQPValue, per_sec: f64) -> Option<f64> {
         AMQPValue::LongLongInt(n) => *n as f64,
         AMQPValue::Float(n) => f64::from(*n),
         AMQPValue::Double(n) => *n,
-        AMQPValue::Timestamp(t) if *t > 100_000_000_000 => *t as f64,
+        // Above 10^11 seconds (the year 5138) it is in the header's unit.
+        AMQPValue::Timestamp(t) if (*t as f64) > 1e11 * per_sec / 1000.0 => *t as f64,
         AMQPValue::Timestamp(t) => *t as f64 * per_sec,
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok()?,
         AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,

@@ -565,8 +565,11 @@ impl Executor {
     {
         let inner = self.inner.clone();
         // A guest slot first, waited for as long as the guests before it
-        // run: a prefetched job queues here, staged and ready. Held until
-        // the guest ends, not while its outputs are collected.
+        // run: a prefetched job queues here, staged and ready. Held here, on
+        // the async side, not by the guest's thread: a job given up (its
+        // worker lost the broker) frees its slot at once for the next
+        // session's jobs, while its guest runs on to its deadline in the
+        // pool's spare stores (`pool_stores` is twice the slots for that).
         let guest = match &self.inner.guests {
             Some(guests) => guests.clone().acquire_owned().await.ok(),
             None => None,
@@ -600,15 +603,15 @@ impl Executor {
             None => None,
         };
         let ran = tokio::task::spawn_blocking(move || {
-            crate::metrics::METRICS.guests_running.inc();
+            let running = GuestRunning::start();
             let report = inner.run_blocking(spec);
-            crate::metrics::METRICS.guests_running.dec();
+            drop(running);
             drop(slot);
-            drop(guest);
             let after = then(&report);
             (report, after)
         })
         .await;
+        drop(guest);
         match ran {
             Ok((report, after)) => (report, Some(after)),
             Err(e) => (
@@ -626,6 +629,23 @@ impl Executor {
     /// async runtime's worker thread (benchmarks and blocking callers).
     pub fn run_blocking(&self, spec: RunSpec) -> Report {
         self.inner.run_blocking(spec)
+    }
+}
+
+/// `shoal_guests_running` up while a guest runs, down when it ends, also
+/// when its thread panics.
+struct GuestRunning;
+
+impl GuestRunning {
+    fn start() -> GuestRunning {
+        crate::metrics::METRICS.guests_running.inc();
+        GuestRunning
+    }
+}
+
+impl Drop for GuestRunning {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.guests_running.dec();
     }
 }
 
