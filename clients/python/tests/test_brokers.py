@@ -78,8 +78,17 @@ def test_a_malformed_url_is_named_without_its_password() -> None:
         with pytest.raises(ShoalError) as caught:
             Client(f"{AMQP_URL},{bad}", declare="none", connect_timeout=5)
         text = f"{caught.value} {caught.value!r}"
-        assert "broker URL 2 (" in text, text
+        assert "broker URL 2 is not an AMQP URL" in text, text
         assert secret not in text, text
+    # A comma inside a password does not split the URL; malformed for
+    # another reason, no piece of the password is shown.
+    with pytest.raises(ShoalError) as caught:
+        Client("amqp://u:hunter,secret@127.0.0.1:port/%2f", declare="none", connect_timeout=5)
+    text = f"{caught.value} {caught.value!r}"
+    assert "broker URL 1 is not an AMQP URL" in text, text
+    assert "hunter" not in text and "secret" not in text, text
+    brokers = _Brokers("amqp://u:hunter,secret@h/%2f, amqp://v:w@h2/%2f")
+    assert brokers.redacted() == "amqp://u:***@h/%2f,amqp://v:***@h2/%2f"
     with pytest.raises(ShoalError, match="no broker URL"):
         Client(" , ", declare="none", connect_timeout=5)
 

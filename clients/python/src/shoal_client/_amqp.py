@@ -102,8 +102,13 @@ class Link:
                     raise ValueError("not an amqp:// or amqps:// URL")
                 pika.URLParameters(one)
             except Exception as e:  # pika's words may quote the URL
-                why = self._brokers.scrub(str(e) or type(e).__name__)
-                raise ShoalError(f"broker URL {i + 1} ({self._brokers.redacted(i)}): {why}") from None
+                # Neither the URL nor words quoting it are shown: a piece of
+                # a password split at a comma is not a password scrub knows.
+                why = self._brokers.scrub((str(e) or type(e).__name__).replace(one, "<the URL>"))
+                raise ShoalError(
+                    f"broker URL {i + 1} is not an AMQP URL ({why}); a comma, '@' or ':' inside a "
+                    "user name or password must be written %2C, %40 or %3A"
+                ) from None
         self._topology = topology
         self._declare = declare
         self.reply_queue = reply_queue
@@ -605,9 +610,12 @@ class _Brokers:
     def __init__(self, given: str | Iterable[str]) -> None:
         entries = [given] if isinstance(given, str) else list(given)
         #: The URLs, credentials included: for connecting only.
-        self.urls = [url.strip() for entry in entries for url in str(entry).split(",") if url.strip()]
+        self.urls = [url for entry in entries for url in _split_urls(str(entry))]
         secrets = set()
-        for url in self.urls:
+        # The passwords of the URLs, and of each entry whole: a comma
+        # written inside a password (it must be %2C) splits it across two
+        # "URLs", neither of which holds the whole password.
+        for url in self.urls + [str(entry) for entry in entries]:
             span = _password_span(url)
             if span is not None:
                 written = url[span[0] : span[1]]
@@ -636,6 +644,28 @@ class _Brokers:
 
     def __repr__(self) -> str:
         return f"<_Brokers {self.redacted()}>"
+
+
+def _split_urls(entry: str) -> list[str]:
+    """The URLs of a comma-separated entry. A comma inside a user name or
+    password (which should be ``%2C``) does not split: a piece that ends
+    before its URL's ``@`` takes the next piece back, so no password is cut
+    into pieces that could be shown whole."""
+    urls: list[str] = []
+    for piece in entry.split(","):
+        if not piece.strip():
+            continue
+        if urls and _cut_in_userinfo(urls[-1]) and "@" in piece and "://" not in piece:
+            urls[-1] += "," + piece
+        else:
+            urls.append(piece)
+    return [url.strip() for url in urls]
+
+
+def _cut_in_userinfo(url: str) -> bool:
+    """``scheme://user...`` with no ``@`` yet: cut before its host."""
+    scheme = url.find("://")
+    return scheme >= 0 and "@" not in url[scheme + 3 :] and "/" not in url[scheme + 3 :]
 
 
 def _password_span(url: str) -> tuple[int, int] | None:
