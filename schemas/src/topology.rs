@@ -162,9 +162,9 @@ pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Con
     Ok((name, consumer))
 }
 
-/// Queue arguments as AMQP field values.
+/// Queue arguments as AMQP field values, as [`Topology::declare`] sends them.
 #[cfg(feature = "amqp")]
-fn field_table(arguments: Vec<(&'static str, ArgumentValue)>) -> FieldTable {
+pub fn field_table(arguments: Vec<(&'static str, ArgumentValue)>) -> FieldTable {
     let mut table = FieldTable::default();
     for (name, value) in arguments {
         let value = match value {

@@ -57,7 +57,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 use shoal_schemas::topology::{PUBLISHED_MS_HEADER, PUBLISHED_US_HEADER, Topology};
 use shoal_worker::config::Brokers;
 use std::collections::HashMap;
@@ -165,54 +165,32 @@ struct InboxState {
 /// Makes connections to the first broker URL that answers, starting from
 /// the one that answered last: with a cluster's nodes listed, a lost node
 /// is skipped and the pool refills from the others.
-struct Connections {
-    brokers: Brokers,
-    next: AtomicUsize,
-    name: String,
+pub(crate) struct Connections {
+    pub(crate) brokers: Brokers,
+    pub(crate) next: AtomicUsize,
+    pub(crate) name: String,
 }
-
-/// How long one broker URL may take to accept a connection before the next
-/// is tried.
-const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 
 /// No broker URL answered; the words of each, passwords replaced.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct ConnectError(String);
+pub(crate) struct ConnectError(String);
 
 impl Connections {
-    async fn connect(&self) -> Result<lapin::Connection, ConnectError> {
-        let count = self.brokers.len();
+    pub(crate) async fn connect(&self) -> Result<lapin::Connection, ConnectError> {
         let first = self.next.load(Ordering::Relaxed);
-        let mut refused = Vec::new();
-        for i in (first..first + count).map(|i| i % count) {
-            // A node whose address no longer answers at all (a host gone)
-            // would otherwise hold the connect for the kernel's SYN timeout.
-            let connected = tokio::time::timeout(
-                CONNECT_WITHIN,
-                lapin::Connection::connect(
-                    self.brokers.url(i),
-                    ConnectionProperties::default().with_connection_name(self.name.clone().into()),
-                ),
-            )
-            .await;
-            let why = match connected {
-                Ok(Ok(connection)) => {
-                    self.next.store(i, Ordering::Relaxed);
-                    return Ok(connection);
-                }
-                Ok(Err(e)) => self.brokers.scrub(&e.to_string()),
-                Err(_) => format!("no answer within {} s", CONNECT_WITHIN.as_secs()),
-            };
-            refused.push(if count == 1 {
-                why
-            } else {
-                format!("{}: {why}", self.brokers.redacted(i))
-            });
+        match self.brokers.connect_first(first, None, &self.name).await {
+            Ok(connected) => {
+                self.next.store(connected.index, Ordering::Relaxed);
+                Ok(connected.connection)
+            }
+            Err(none) => {
+                // The next try starts past the first that refused.
+                self.next
+                    .store((first + 1) % self.brokers.len(), Ordering::Relaxed);
+                Err(ConnectError(none.reason()))
+            }
         }
-        // The next try starts past the first that refused.
-        self.next.store((first + 1) % count, Ordering::Relaxed);
-        Err(ConnectError(refused.join("; ")))
     }
 
     /// A connection was lost: the next one starts at the following URL, so
@@ -659,7 +637,7 @@ const HOUSEKEEPING_WITHIN: Duration = Duration::from_secs(3);
 
 /// Reply and marker queues: durable (RabbitMQ 4.3 refuses transient
 /// queues that are not exclusive), removed by `x-expires` when unused.
-const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
+pub(crate) const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
     passive: false,
     durable: true,
     exclusive: false,

@@ -13,14 +13,15 @@
 //! temporary queue from before the old queue is unbound until the new one
 //! is bound. One arriving in the instant between two bindings may be kept
 //! twice (a duplicate in the dead-letter queue, never a loss).
+use crate::client::DURABLE;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use shoal_schemas::topology::{ArgumentValue, Topology};
-use shoal_worker::config::Brokers;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use shoal_schemas::topology::{Topology, field_table};
+use shoal_worker::config::{Brokers, NoBrokerAnswered};
 
 /// What the migration found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,20 +53,14 @@ fn staging_name(topology: &Topology) -> String {
 }
 
 fn quorum(topology: &Topology) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    for (name, value) in topology.dead_letter_queue_arguments() {
-        let value = match value {
-            ArgumentValue::LongString(s) => AMQPValue::LongString(s.as_str().into()),
-            ArgumentValue::Int(n) => AMQPValue::LongInt(n),
-        };
-        arguments.insert(ShortString::from(name), value);
-    }
-    arguments
+    field_table(topology.dead_letter_queue_arguments())
 }
 
 /// A step that failed: the broker's error, or a moved message it refused.
 #[derive(Debug, thiserror::Error)]
 enum StepError {
+    #[error(transparent)]
+    Connect(#[from] NoBrokerAnswered),
     #[error(transparent)]
     Broker(#[from] lapin::Error),
     #[error(
@@ -73,14 +68,6 @@ enum StepError {
     )]
     Refused,
 }
-
-const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
-    passive: false,
-    durable: true,
-    exclusive: false,
-    auto_delete: false,
-    nowait: false,
-};
 
 /// Rebuilds `topology.dead_letter` as a quorum queue, moving every message.
 /// Safe to run any number of times, with workers running: a worker that
@@ -90,24 +77,20 @@ pub async fn migrate_dead_letter_queue(
     topology: &Topology,
 ) -> Result<Migration, MigrateError> {
     let queue = topology.dead_letter.clone();
-    let fail = |doing: &'static str| {
-        let queue = queue.clone();
-        move |e: lapin::Error| MigrateError {
-            queue: queue.clone(),
-            doing,
-            said: brokers.scrub(&StepError::from(e).to_string()),
-        }
+    let step = Steps {
+        queue: &topology.dead_letter,
+        brokers,
     };
-    let connection = connect(brokers).await.map_err(|refused| MigrateError {
-        queue: queue.clone(),
-        doing: "connecting",
-        said: refused.to_string(),
-    })?;
+    let connection = brokers
+        .connect_first(0, None, "shoal-migrate")
+        .await
+        .map_err(step.fail("connecting"))?
+        .connection;
     // A declare that fails closes its channel: each probe gets its own.
     let probe = connection
         .create_channel()
         .await
-        .map_err(fail("opening a channel"))?;
+        .map_err(step.fail("opening a channel"))?;
     let classic = match probe
         .queue_declare(queue.as_str().into(), DURABLE, quorum(topology))
         .await
@@ -116,17 +99,17 @@ pub async fn migrate_dead_letter_queue(
         // Only the queue type differing makes it the classic queue of old;
         // a quorum queue declared with other arguments is not ours to move.
         Err(e) if inequivalent(&e) && e.to_string().contains("x-queue-type") => true,
-        Err(e) => return Err(fail("declaring the quorum queue")(e)),
+        Err(e) => return Err(step.fail("declaring the quorum queue")(e)),
     };
     let staging = staging_name(topology);
     let channel = connection
         .create_channel()
         .await
-        .map_err(fail("opening a channel"))?;
+        .map_err(step.fail("opening a channel"))?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
-        .map_err(fail("enabling confirms"))?;
+        .map_err(step.fail("enabling confirms"))?;
     let staging_left = channel
         .queue_declare(
             staging.as_str().into(),
@@ -145,11 +128,11 @@ pub async fn migrate_dead_letter_queue(
         let channel = connection
             .create_channel()
             .await
-            .map_err(fail("opening a channel"))?;
+            .map_err(step.fail("opening a channel"))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(fail("enabling confirms"))?;
+            .map_err(step.fail("enabling confirms"))?;
         channel
     };
     if !classic && !staging_left {
@@ -158,7 +141,7 @@ pub async fn migrate_dead_letter_queue(
         topology
             .declare(&channel)
             .await
-            .map_err(fail("declaring the topology"))?;
+            .map_err(step.fail("declaring the topology"))?;
         let _ = connection.close(200, "nothing to migrate".into()).await;
         return Ok(Migration::AlreadyQuorum);
     }
@@ -167,10 +150,10 @@ pub async fn migrate_dead_letter_queue(
         channel
             .queue_declare(staging.as_str().into(), DURABLE, quorum(topology))
             .await
-            .map_err(fail("declaring the temporary queue"))?;
+            .map_err(step.fail("declaring the temporary queue"))?;
         bind(&channel, &staging, &topology.dead_letter)
             .await
-            .map_err(fail("binding the temporary queue"))?;
+            .map_err(step.fail("binding the temporary queue"))?;
         // 2. … and then only it; the classic queue empties into it.
         channel
             .queue_unbind(
@@ -180,10 +163,10 @@ pub async fn migrate_dead_letter_queue(
                 FieldTable::default(),
             )
             .await
-            .map_err(fail("unbinding the classic queue"))?;
+            .map_err(step.fail("unbinding the classic queue"))?;
         drain(&channel, &queue, &staging)
             .await
-            .map_err(|e| moved_fail(&queue, "moving the classic queue's messages", brokers, e))?;
+            .map_err(step.fail("moving the classic queue's messages"))?;
         channel
             .queue_delete(
                 queue.as_str().into(),
@@ -196,7 +179,7 @@ pub async fn migrate_dead_letter_queue(
                 },
             )
             .await
-            .map_err(fail("deleting the emptied classic queue"))?;
+            .map_err(step.fail("deleting the emptied classic queue"))?;
     }
     // 3. The quorum queue under the old name, bound; the temporary queue
     // unbound and emptied into it, then deleted. On a fresh channel: one
@@ -207,18 +190,18 @@ pub async fn migrate_dead_letter_queue(
     let channel = connection
         .create_channel()
         .await
-        .map_err(fail("opening a channel"))?;
+        .map_err(step.fail("opening a channel"))?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
-        .map_err(fail("enabling confirms"))?;
+        .map_err(step.fail("enabling confirms"))?;
     channel
         .queue_declare(queue.as_str().into(), DURABLE, quorum(topology))
         .await
-        .map_err(fail("declaring the quorum queue"))?;
+        .map_err(step.fail("declaring the quorum queue"))?;
     bind(&channel, &queue, &topology.dead_letter)
         .await
-        .map_err(fail("binding the quorum queue"))?;
+        .map_err(step.fail("binding the quorum queue"))?;
     channel
         .queue_unbind(
             staging.as_str().into(),
@@ -227,12 +210,12 @@ pub async fn migrate_dead_letter_queue(
             FieldTable::default(),
         )
         .await
-        .map_err(fail("unbinding the temporary queue"))?;
+        .map_err(step.fail("unbinding the temporary queue"))?;
     // Every dead letter ends here: the old queue's, and any that reached
     // the temporary one meanwhile (or in an earlier, interrupted run).
     let moved = drain(&channel, &staging, &queue)
         .await
-        .map_err(|e| moved_fail(&queue, "moving the temporary queue's messages", brokers, e))?;
+        .map_err(step.fail("moving the temporary queue's messages"))?;
     // Quorum queues refuse `if-empty` deletes: it is checked here instead.
     // Nothing routes to it any more, so it stays empty once drained.
     let left = channel
@@ -245,7 +228,7 @@ pub async fn migrate_dead_letter_queue(
             FieldTable::default(),
         )
         .await
-        .map_err(fail("checking the temporary queue is empty"))?
+        .map_err(step.fail("checking the temporary queue is empty"))?
         .message_count();
     if left > 0 {
         return Err(MigrateError {
@@ -257,45 +240,28 @@ pub async fn migrate_dead_letter_queue(
     channel
         .queue_delete(staging.as_str().into(), QueueDeleteOptions::default())
         .await
-        .map_err(fail("deleting the emptied temporary queue"))?;
+        .map_err(step.fail("deleting the emptied temporary queue"))?;
     let _ = connection.close(200, "migrated".into()).await;
     Ok(Migration::Migrated { moved })
 }
 
-fn moved_fail(queue: &str, doing: &'static str, brokers: &Brokers, e: StepError) -> MigrateError {
-    MigrateError {
-        queue: queue.to_owned(),
-        doing,
-        said: brokers.scrub(&e.to_string()),
-    }
+/// The migration's queue, for naming a failed step with it.
+struct Steps<'a> {
+    queue: &'a str,
+    brokers: &'a Brokers,
 }
 
-/// The first broker that answers; else every broker's refusal, each URL
-/// named with its password replaced.
-async fn connect(brokers: &Brokers) -> Result<Connection, Refused> {
-    let mut refused = Vec::new();
-    for i in 0..brokers.len() {
-        match Connection::connect(
-            brokers.url(i),
-            ConnectionProperties::default().with_connection_name("shoal-migrate".into()),
-        )
-        .await
-        {
-            Ok(connection) => return Ok(connection),
-            Err(e) => refused.push(format!(
-                "{}: {}",
-                brokers.redacted(i),
-                brokers.scrub(&e.to_string())
-            )),
+impl Steps<'_> {
+    /// Maps a failed step to the error naming the queue and the step, the
+    /// broker's words with passwords replaced.
+    fn fail<E: Into<StepError>>(&self, doing: &'static str) -> impl FnOnce(E) -> MigrateError + '_ {
+        move |e| MigrateError {
+            queue: self.queue.to_owned(),
+            doing,
+            said: self.brokers.scrub(&e.into().to_string()),
         }
     }
-    Err(Refused(refused.join("; ")))
 }
-
-/// Every broker refused; each named, passwords replaced.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Refused(String);
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str) -> lapin::Result<()> {
     channel

@@ -10,7 +10,9 @@
 //! passed through them goes through [`Brokers::scrub`], which knows each
 //! URL's password in both its written and its percent-decoded form.
 use lapin::uri::AMQPUri;
+use lapin::{Connection, ConnectionProperties};
 use std::str::FromStr;
+use std::time::Duration;
 
 /// The broker used when neither `amqp.url` nor `amqp.urls` is set.
 pub const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -146,6 +148,86 @@ impl Brokers {
             }
         }
         out
+    }
+}
+
+/// How long one broker URL may take to accept a connection before the next
+/// is tried: a host that no longer answers at all would otherwise hold the
+/// caller for the kernel's SYN timeout (minutes) per attempt.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// A connection to the first broker URL that answered.
+pub struct Connected {
+    /// The connection.
+    pub connection: Connection,
+    /// Which URL it is.
+    pub index: usize,
+    /// The URLs tried before it, each with why it refused (passwords replaced).
+    pub skipped: Vec<String>,
+}
+
+/// No broker URL answered: each one, with why (passwords replaced).
+#[derive(Debug, thiserror::Error)]
+#[error("no broker answered: {}", .refused.iter().map(|(url, why)| format!("{url}: {why}")).collect::<Vec<_>>().join("; "))]
+pub struct NoBrokerAnswered {
+    refused: Vec<(String, String)>,
+}
+
+impl NoBrokerAnswered {
+    /// The refusal alone when there was one URL (callers that name the
+    /// broker already), else the whole message.
+    pub fn reason(&self) -> String {
+        match self.refused.as_slice() {
+            [(_, why)] => why.clone(),
+            _ => self.to_string(),
+        }
+    }
+}
+
+impl Brokers {
+    /// Connects to the first URL that answers, trying each once, from
+    /// `first` on (modulo the count), each within [`CONNECT_WITHIN`]; with
+    /// `heartbeat_secs`, asks for that heartbeat. The one place workers,
+    /// the client and `submit admin` connect, so that all of them skip a
+    /// dead node alike and never show a password when none answers.
+    pub async fn connect_first(
+        &self,
+        first: usize,
+        heartbeat_secs: Option<u16>,
+        name: &str,
+    ) -> Result<Connected, NoBrokerAnswered> {
+        let count = self.len();
+        let mut refused = Vec::new();
+        for i in (first..first + count).map(|i| i % count) {
+            let uri = match heartbeat_secs {
+                Some(secs) => self.url_with(i, "heartbeat", &secs.to_string()),
+                None => self.url(i).to_owned(),
+            };
+            let connected = tokio::time::timeout(
+                CONNECT_WITHIN,
+                Connection::connect(
+                    &uri,
+                    ConnectionProperties::default().with_connection_name(name.into()),
+                ),
+            )
+            .await;
+            let why = match connected {
+                Ok(Ok(connection)) => {
+                    return Ok(Connected {
+                        connection,
+                        index: i,
+                        skipped: refused
+                            .into_iter()
+                            .map(|(url, why)| format!("{url}: {why}"))
+                            .collect(),
+                    });
+                }
+                Ok(Err(e)) => self.scrub(&e.to_string()),
+                Err(_) => format!("no answer within {} s", CONNECT_WITHIN.as_secs()),
+            };
+            refused.push((self.redacted(i), why));
+        }
+        Err(NoBrokerAnswered { refused })
     }
 }
 

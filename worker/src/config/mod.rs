@@ -10,7 +10,9 @@
 mod brokers;
 mod cidr;
 
-pub use brokers::{BrokerUrlError, Brokers, DEFAULT_BROKER};
+pub use brokers::{
+    BrokerUrlError, Brokers, CONNECT_WITHIN, Connected, DEFAULT_BROKER, NoBrokerAnswered,
+};
 pub use cidr::CidrError;
 pub(crate) use cidr::{Cidr, parse_allow_list};
 use serde::Deserialize;

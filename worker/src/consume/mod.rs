@@ -22,7 +22,7 @@
 //! worker while another is idle (docs/CONFIG.md).
 mod settle;
 
-use crate::config::{AmqpSection, Brokers};
+use crate::config::{AmqpSection, Brokers, Connected};
 use crate::error::{Cause, InfraError};
 use crate::job::{Job, Refusal, valid_id};
 use crate::metrics::METRICS;
@@ -33,7 +33,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, message::Delivery};
+use lapin::{BasicProperties, Channel, message::Delivery};
 use settle::{Disposition, Processed, RetryPolicy};
 use shoal_schemas::topology::{
     PUBLISHED_MS_HEADER, PUBLISHED_US_HEADER, result_routing_key, state_routing_key,
@@ -122,49 +122,6 @@ struct Reached {
     consumed: bool,
 }
 
-/// How long one broker URL may take to accept a connection before the next
-/// is tried: a host that no longer answers at all would otherwise hold the
-/// worker for the kernel's SYN timeout (minutes) per attempt.
-const CONNECT_WITHIN: Duration = Duration::from_secs(10);
-
-/// Connects to the first broker URL that answers, starting at `first`;
-/// returns the connection and which URL it is. Every URL is tried once;
-/// the error, when none answers, names each (passwords replaced).
-async fn connect(
-    brokers: &Brokers,
-    first: usize,
-    heartbeat_secs: u16,
-    name: &str,
-) -> Result<(Connection, usize), InfraError> {
-    let mut refused = Vec::new();
-    for i in (first..first + brokers.len()).map(|i| i % brokers.len()) {
-        let uri = brokers.url_with(i, "heartbeat", &heartbeat_secs.to_string());
-        let connected = tokio::time::timeout(
-            CONNECT_WITHIN,
-            Connection::connect(
-                &uri,
-                ConnectionProperties::default().with_connection_name(name.into()),
-            ),
-        )
-        .await;
-        let why = match connected {
-            Ok(Ok(conn)) => {
-                if !refused.is_empty() {
-                    tracing::info!(broker = %brokers.redacted(i), skipped = %refused.join("; "), "connected to another broker node");
-                }
-                return Ok((conn, i));
-            }
-            Ok(Err(e)) => brokers.scrub(&e.to_string()),
-            Err(_) => format!("no answer within {} s", CONNECT_WITHIN.as_secs()),
-        };
-        refused.push(format!("{}: {why}", brokers.redacted(i)));
-    }
-    Err(InfraError::Broker(Cause::from(format!(
-        "no broker answered: {}",
-        refused.join("; ")
-    ))))
-}
-
 /// A queue or exchange that exists on the broker with other arguments than
 /// ours, as RabbitMQ reports it ("PRECONDITION_FAILED - inequivalent arg
 /// 'x-queue-type' for queue 'shoal.jobs' in vhost '/': received … but
@@ -245,7 +202,17 @@ async fn session(
             brokers.scrub(&e.to_string())
         )))
     };
-    let (conn, at) = connect(brokers, first, amqp.heartbeat_secs, pipeline.worker_name()).await?;
+    let Connected {
+        connection: conn,
+        index: at,
+        skipped,
+    } = brokers
+        .connect_first(first, Some(amqp.heartbeat_secs), pipeline.worker_name())
+        .await
+        .map_err(|e| InfraError::Broker(Cause::from(e.to_string())))?;
+    if !skipped.is_empty() {
+        tracing::info!(broker = %brokers.redacted(at), skipped = %skipped.join("; "), "connected to another broker node");
+    }
     reached.connected = Some(at);
     let consume = conn.create_channel().await.map_err(broker)?;
     if let Err(e) = amqp.topology().declare(&consume).await {
