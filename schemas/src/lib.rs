@@ -11,12 +11,14 @@
 //! convert their own types to and from these at the edge.
 #![warn(missing_docs)]
 
+mod control;
 mod job;
 mod result;
 mod state;
 pub mod topology;
 mod validate;
 
+pub use control::{Action, Activity, ControlMessage, IndexEntry, InspectReply};
 pub use job::{ImportModule, Input, JobMessage, Limits, Location, OutputMount, Source, Unpack};
 pub use result::{
     Durations, ErrorInfo, ErrorKind, FileEntry, OutputResult, ResultMessage, SkipReason, Skipped,
@@ -33,6 +35,14 @@ pub const JOB_SCHEMA: &str = "shoal.job/v1";
 pub const RESULT_SCHEMA: &str = "shoal.result/v1";
 /// Version tag of state messages this crate speaks.
 pub const STATE_SCHEMA: &str = "shoal.state/v1";
+/// Version tag of control messages (cancel, inspect, follow).
+pub const CONTROL_SCHEMA: &str = "shoal.control/v1";
+/// Version tag of a worker's answer to `inspect`.
+pub const INSPECT_SCHEMA: &str = "shoal.inspect/v1";
+/// Version tag of the store's job index entries.
+pub const INDEX_SCHEMA: &str = "shoal.index/v1";
+/// Type of the messages that carry a followed job's output (`log.<id>`).
+pub const LOG_SCHEMA: &str = "shoal.log/v1";
 /// The job message JSON Schema (2020-12), as shipped in `schemas/job.schema.json`.
 pub const JOB_SCHEMA_JSON: &str = include_str!("../job.schema.json");
 /// The AMQP topology (exchanges, queues, their exact arguments) for

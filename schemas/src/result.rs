@@ -97,6 +97,9 @@ pub enum Status {
     Error,
     /// The message was not a valid job.
     Rejected,
+    /// An operator cancelled it (`submit cancel`), before or while it ran;
+    /// never retried.
+    Cancelled,
 }
 
 impl Status {
@@ -107,6 +110,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Error => "error",
             Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -153,11 +157,13 @@ pub enum ErrorKind {
     OutputLimit,
     /// A bug or an infrastructure failure on our side.
     Internal,
+    /// An operator cancelled the job (status `cancelled`).
+    Cancelled,
 }
 
 impl ErrorKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::NonzeroExit,
         ErrorKind::Trap,
         ErrorKind::OutOfFuel,
@@ -172,6 +178,7 @@ impl ErrorKind {
         ErrorKind::Integrity,
         ErrorKind::OutputLimit,
         ErrorKind::Internal,
+        ErrorKind::Cancelled,
     ];
 
     /// The wire name.
@@ -191,6 +198,7 @@ impl ErrorKind {
             ErrorKind::Integrity => "integrity",
             ErrorKind::OutputLimit => "output_limit",
             ErrorKind::Internal => "internal",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }

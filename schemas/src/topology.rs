@@ -34,6 +34,10 @@ pub struct Topology {
     /// Fanout exchange and durable quorum queue of messages that could not
     /// be processed.
     pub dead_letter: String,
+    /// Fanout exchange of control messages (cancel, inspect, follow): every
+    /// worker binds a queue of its own to it, so one message reaches the
+    /// whole fleet at once.
+    pub control_exchange: String,
     /// Deliveries after which the broker itself dead-letters a message that
     /// no worker could settle (a worker that crashes on it each time).
     pub delivery_limit: u32,
@@ -45,6 +49,7 @@ impl Default for Topology {
             job_queue: "shoal.jobs".into(),
             results_exchange: "shoal.results".into(),
             dead_letter: "shoal.dead".into(),
+            control_exchange: "shoal.control".into(),
             delivery_limit: 10,
         }
     }
@@ -78,6 +83,20 @@ pub const PUBLISHED_MS_HEADER: &str = "x-shoal-published-ms";
 /// mostly rounding; clients set both, for workers of earlier versions.
 pub const PUBLISHED_US_HEADER: &str = "x-shoal-published-us";
 
+/// The routing key of a followed job's output on the results exchange.
+pub fn log_routing_key(job_id: &str) -> String {
+    format!("log.{job_id}")
+}
+
+/// Headers of a followed job's output message: which stream (`stdout` or
+/// `stderr`), the offset of the body's first byte in that stream, and, on
+/// the last message of a follow (empty body), `x-shoal-end` = true.
+pub const LOG_STREAM_HEADER: &str = "x-shoal-stream";
+/// See [`LOG_STREAM_HEADER`].
+pub const LOG_OFFSET_HEADER: &str = "x-shoal-offset";
+/// See [`LOG_STREAM_HEADER`].
+pub const LOG_END_HEADER: &str = "x-shoal-end";
+
 /// The routing key of a job's state messages on the results exchange.
 pub fn state_routing_key(job_id: &str) -> String {
     format!("state.{job_id}")
@@ -85,8 +104,11 @@ pub fn state_routing_key(job_id: &str) -> String {
 
 /// Type of the dead-letter exchange: every dead letter goes to its queue.
 pub const DEAD_LETTER_EXCHANGE_TYPE: &str = "fanout";
-/// Type of the results exchange: routing keys `job.<id>` and `state.<id>`.
+/// Type of the results exchange: routing keys `job.<id>`, `state.<id>`
+/// and `log.<id>`.
 pub const RESULTS_EXCHANGE_TYPE: &str = "topic";
+/// Type of the control exchange: every worker's queue gets every message.
+pub const CONTROL_EXCHANGE_TYPE: &str = "fanout";
 
 #[cfg(feature = "amqp")]
 fn exchange_kind(kind: &str) -> ExchangeKind {
@@ -219,6 +241,14 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        channel
+            .exchange_declare(
+                ShortString::from(self.control_exchange.as_str()),
+                exchange_kind(CONTROL_EXCHANGE_TYPE),
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
         let args = field_table(self.job_queue_arguments());
         channel
             .queue_declare(
@@ -244,7 +274,11 @@ impl Topology {
                 )
                 .await?;
         }
-        for exchange in [&self.results_exchange, &self.dead_letter] {
+        for exchange in [
+            &self.results_exchange,
+            &self.dead_letter,
+            &self.control_exchange,
+        ] {
             channel
                 .exchange_delete(
                     ShortString::from(exchange.as_str()),

@@ -249,7 +249,9 @@ fn error_kinds_in_schema_match_the_enum() {
 /// argument with its AMQP type.
 #[test]
 fn topology_json_is_what_the_rust_side_declares() {
-    use shoal_schemas::topology::{DEAD_LETTER_EXCHANGE_TYPE, RESULTS_EXCHANGE_TYPE, Topology};
+    use shoal_schemas::topology::{
+        CONTROL_EXCHANGE_TYPE, DEAD_LETTER_EXCHANGE_TYPE, RESULTS_EXCHANGE_TYPE, Topology,
+    };
     let spec: Value = serde_json::from_str(TOPOLOGY_JSON).unwrap();
     let ours = Topology::default();
     assert_eq!(spec["protocol"], 1);
@@ -268,7 +270,10 @@ fn topology_json_is_what_the_rust_side_declares() {
     let results = by_role("exchanges", "results");
     assert_eq!(results["name"], ours.results_exchange.as_str());
     assert_eq!(results["type"], RESULTS_EXCHANGE_TYPE);
-    for exchange in [&dead, &results] {
+    let control = by_role("exchanges", "control");
+    assert_eq!(control["name"], ours.control_exchange.as_str());
+    assert_eq!(control["type"], CONTROL_EXCHANGE_TYPE);
+    for exchange in [&dead, &results, &control] {
         assert_eq!(exchange["durable"], true);
         assert_eq!(exchange["auto_delete"], false);
         assert_eq!(exchange["arguments"], serde_json::json!({}));

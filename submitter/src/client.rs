@@ -129,6 +129,11 @@ pub struct ClientOptions {
     /// The connection name the broker shows (management UI,
     /// `rabbitmqctl list_connections`), to tell services apart.
     pub connection_name: String,
+    /// The fleet's store (`shoal_submitter::local::open_store`), to record
+    /// each job in its index once the broker confirmed it: `submit list`
+    /// then shows it while it is queued, and `submit cancel` knows it.
+    /// Without it a job appears in the index once it ends.
+    pub index: Option<Arc<dyn object_store::ObjectStore>>,
 }
 
 impl Default for ClientOptions {
@@ -139,6 +144,7 @@ impl Default for ClientOptions {
             wait_for_channel: Duration::from_secs(30),
             reply_keep: Duration::from_secs(15 * 60),
             connection_name: "shoal-submitter".into(),
+            index: None,
         }
     }
 }
@@ -276,6 +282,7 @@ impl managed::Manager for ConfirmChannels {
 /// submit from as many tasks as you like.
 pub struct Client {
     channels: managed::Pool<ConfirmChannels>,
+    index: Option<Arc<dyn object_store::ObjectStore>>,
     topology: Topology,
     /// The reply queue's name, shared with the listener, which names a new
     /// one when the node holding it is lost.
@@ -365,6 +372,7 @@ impl Client {
         let listener = tokio::spawn(replies.listen(connection, consumer, inbox.clone(), stopped));
         Ok(Client {
             channels,
+            index: options.index,
             topology,
             reply_queue,
             inbox,
@@ -454,8 +462,11 @@ impl Client {
             message: self.brokers.scrub(&message),
         };
         let channel = self.channels.get().await.map_err(|e| err(e.to_string()))?;
-        let mut confirms: Vec<(String, PublisherConfirm)> = Vec::with_capacity(bodies.len());
+        let mut confirms: Vec<(String, u64, PublisherConfirm)> = Vec::with_capacity(bodies.len());
         for (id, body) in bodies {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             let confirm = channel
                 .basic_publish(
                     ShortString::from(""),
@@ -467,14 +478,16 @@ impl Client {
                         ..BasicPublishOptions::default()
                     },
                     &body,
-                    self.properties(&id),
+                    self.properties(&id, now),
                 )
                 .await
                 .map_err(|e| err(format!("publishing job {id}: {e}")))?;
-            confirms.push((id, confirm));
+            let now_us = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
+            confirms.push((id, now_us, confirm));
         }
         let mut handles = Vec::with_capacity(confirms.len());
-        for (id, confirm) in confirms {
+        let mut submitted = Vec::with_capacity(confirms.len());
+        for (id, now_us, confirm) in confirms {
             let confirm = confirm
                 .await
                 .map_err(|e| err(format!("confirming job {id}: {e}")))?;
@@ -487,15 +500,46 @@ impl Client {
                     self.topology.job_queue
                 )));
             }
+            submitted.push((id.clone(), now_us));
             handles.push(JobHandle { id });
+        }
+        if let Some(store) = &self.index {
+            // Under the publish-time header's microseconds, so the worker's
+            // entry for the job's end lands beside this one. Best effort:
+            // the jobs are queued whatever the store says.
+            let written = futures::stream::iter(submitted.iter().map(|(id, us)| {
+                shoal_worker::store::index::put_submitted(store.as_ref(), id, *us)
+            }))
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+            if let Some(Err(e)) = written.into_iter().find(Result::is_err) {
+                tracing::warn!(error = %e, "could not record submitted jobs in the store's index; they appear there once they end");
+            }
         }
         Ok(handles)
     }
 
-    fn properties(&self, id: &str) -> BasicProperties {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+    /// Cancels `job_id` across the fleet (`submit cancel`): recorded in
+    /// `store`, the fleet's store, so a worker that takes it later skips
+    /// it, and sent to every worker, so one running it stops it within a
+    /// second. It ends with a `cancelled` result, which a waiting client
+    /// receives as usual. A finished job is left as it is; a job nothing
+    /// knows of is an error unless `force`.
+    pub async fn cancel(
+        &self,
+        store: Arc<dyn object_store::ObjectStore>,
+        job_id: &str,
+        force: bool,
+    ) -> Result<crate::operate::Cancelled, crate::operate::OperateError> {
+        let mut operator =
+            crate::operate::Operator::connect(&self.brokers, self.topology.clone(), store).await?;
+        let cancelled = operator.cancel(job_id, force).await;
+        operator.close().await;
+        cancelled
+    }
+
+    fn properties(&self, id: &str, now: Duration) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(
             ShortString::from(PUBLISHED_MS_HEADER),

@@ -23,6 +23,8 @@ pub mod client;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod migrate;
+#[cfg(feature = "local")]
+pub mod operate;
 
 pub use client::{Client, ClientError, ClientOptions, JobHandle};
 pub use shoal_schemas::topology::Topology;
@@ -40,12 +42,14 @@ pub fn validate(body: &[u8]) -> Result<JobMessage, Vec<SchemaError>> {
 /// the guest's own status when it exited; 124 for a timeout; 125 for any
 /// other failure without an exit status (a trap, a limit, a bad module, a
 /// missing input, outputs over their limit); 126 when the job was rejected
-/// as invalid; 127 when the infrastructure gave up.
+/// as invalid; 127 when the infrastructure gave up; 130 when it was
+/// cancelled (as a shell reports a command stopped by Ctrl-C).
 pub fn exit_code_of(result: &ResultMessage) -> i32 {
     let kind = result.error.as_ref().map(|e| e.kind);
     match (result.status, result.exit_code, kind) {
         (Status::Rejected, _, _) => 126,
         (Status::Error, _, _) => 127,
+        (Status::Cancelled, _, _) => 130,
         (_, _, Some(ErrorKind::Timeout)) => 124,
         (_, Some(code), None | Some(ErrorKind::NonzeroExit)) => {
             // Shells see only the low 8 bits; never let a failure look like success.

@@ -24,6 +24,10 @@ async fn the_batch_example_gets_each_of_1000_jobs_its_own_result() {
             "SHOAL_AMQP_DEAD_LETTER".into(),
             format!("batch.dead.{suffix}"),
         ),
+        (
+            "SHOAL_AMQP_CONTROL_EXCHANGE".into(),
+            format!("batch.control.{suffix}"),
+        ),
     ];
     let config = shoal_worker::Config::load_from(None, env).unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);

@@ -1,60 +1,9 @@
 //! The `submit` binary itself: what a person types and sees.
+mod common;
+
+use common::{Cli, InProcessWorker, path, repo, submit_command, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-struct Cli {
-    cache: tempfile::TempDir,
-    work: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new() -> Cli {
-        Cli {
-            cache: tempfile::tempdir().unwrap(),
-            work: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn submit(&self, args: &[&str]) -> Output {
-        self.submit_with(args, &[])
-    }
-
-    /// `submit` with more settings in its environment.
-    fn submit_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        submit_command()
-            .args(args)
-            .current_dir(self.work.path())
-            .env("SHOAL_CACHE_DIR", self.cache.path())
-            .env("HOST_ONLY_SECRET", "must-not-leak")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
-    }
-}
-
-/// The `submit` binary, without the store and worker settings of the shell
-/// running the tests (`SHOAL_CACHE_*`, `SHOAL_WORKER_*`): each test names
-/// its own store, and one exported by hand (the S3 bucket, say) would
-/// otherwise send the CLI to a store the test's worker does not read.
-fn submit_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_submit"));
-    // Reading the test's own environment, to keep it from the child.
-    #[allow(clippy::disallowed_methods)]
-    for (key, _) in std::env::vars_os() {
-        let name = key.to_string_lossy();
-        if name.starts_with("SHOAL_CACHE_") || name.starts_with("SHOAL_WORKER_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd
-}
+use std::process::Command;
 
 /// The root CID of a fixture CAR, from `tests/fixtures/ipfs/cids.txt`.
 fn fixture_cid(car: &str) -> String {
@@ -64,14 +13,6 @@ fn fixture_cid(car: &str) -> String {
         .and_then(|rest| rest.split('\t').next())
         .unwrap()
         .to_owned()
-}
-
-fn path(rel: &str) -> String {
-    repo().join(rel).display().to_string()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
@@ -283,80 +224,6 @@ fn bad_arguments_say_what_to_type() {
         "{}",
         text(&out.stderr)
     );
-}
-
-/// A fleet worker in this test's process, on queues of its own, sharing the
-/// test's cache folder with `submit`.
-struct InProcessWorker {
-    runtime: tokio::runtime::Runtime,
-    stop: tokio::sync::watch::Sender<bool>,
-    worker: tokio::task::JoinHandle<Result<(), shoal_worker::error::InfraError>>,
-    config: shoal_worker::Config,
-    /// What makes this worker's queue names unique.
-    suffix: String,
-}
-
-impl InProcessWorker {
-    /// Starts the worker; returns it and the environment `submit` needs to
-    /// reach it (the cache folder, the queues, and `extra`).
-    fn start(
-        prefix: &str,
-        cache: &Path,
-        extra: &[(&str, &str)],
-    ) -> (InProcessWorker, Vec<(String, String)>) {
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let mut env: Vec<(String, String)> = vec![
-            ("SHOAL_CACHE_DIR".into(), cache.display().to_string()),
-            (
-                "SHOAL_AMQP_JOB_QUEUE".into(),
-                format!("{prefix}.jobs.{suffix}"),
-            ),
-            (
-                "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
-                format!("{prefix}.results.{suffix}"),
-            ),
-            (
-                "SHOAL_AMQP_DEAD_LETTER".into(),
-                format!("{prefix}.dead.{suffix}"),
-            ),
-        ];
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let config = shoal_worker::Config::load_from(None, env.clone()).unwrap();
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let pipeline =
-            shoal_worker::pipeline::Pipeline::new(config.clone(), config.limits.ceiling).unwrap();
-        let worker = runtime.spawn(shoal_worker::consume::run(
-            pipeline,
-            config.amqp.clone(),
-            2,
-            rx,
-        ));
-        let worker = InProcessWorker {
-            runtime,
-            stop,
-            worker,
-            config,
-            suffix,
-        };
-        (worker, env)
-    }
-
-    /// Drains the worker and removes its queues from the shared broker.
-    fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.runtime.block_on(self.worker).unwrap().unwrap();
-        let amqp = self.config.amqp;
-        self.runtime.block_on(async {
-            let brokers = amqp.brokers().unwrap();
-            let conn =
-                lapin::Connection::connect(brokers.url(0), lapin::ConnectionProperties::default())
-                    .await
-                    .unwrap();
-            let channel = conn.create_channel().await.unwrap();
-            amqp.topology().delete(&channel).await.unwrap();
-        });
-    }
 }
 
 /// `submit run` without `--local`: through a real RabbitMQ to a worker
@@ -1329,6 +1196,10 @@ fn migrate_dead_letters_makes_the_classic_queue_a_quorum_one_losing_nothing() {
             "SHOAL_AMQP_RESULTS_EXCHANGE",
             format!("test.migrate.results.{suffix}"),
         ),
+        (
+            "SHOAL_AMQP_CONTROL_EXCHANGE",
+            format!("test.migrate.control.{suffix}"),
+        ),
     ];
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let quorum = || {
@@ -1493,6 +1364,7 @@ fn migrate_dead_letters_makes_the_classic_queue_a_quorum_one_losing_nothing() {
             job_queue: env[1].1.to_owned(),
             results_exchange: env[2].1.to_owned(),
             dead_letter: dead.clone(),
+            control_exchange: env[3].1.to_owned(),
             delivery_limit: 10,
         };
         topology.delete(&channel).await.unwrap();

@@ -24,6 +24,7 @@ fn topology() -> Topology {
         job_queue: format!("test.jobs.{suffix}"),
         results_exchange: format!("test.results.{suffix}"),
         dead_letter: format!("test.dead.{suffix}"),
+        control_exchange: format!("test.control.{suffix}"),
         ..Topology::default()
     }
 }

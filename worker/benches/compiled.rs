@@ -68,6 +68,7 @@ fn spec(module: &ModuleBytes, artifact: Option<Bytes>, want: bool) -> RunSpec {
         want_artifact: want,
         compiled: None,
         imports: Vec::new(),
+        live: Default::default(),
     }
 }
 

@@ -41,6 +41,7 @@ fn spec(module: &ModuleBytes, args: &[&str], fuel: u64) -> RunSpec {
         want_artifact: false,
         compiled: None,
         imports: Vec::new(),
+        live: Default::default(),
     }
 }
 

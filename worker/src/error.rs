@@ -38,6 +38,7 @@ impl JobError {
     pub fn status(&self) -> Status {
         match self.kind {
             ErrorKind::InvalidJob => Status::Rejected,
+            ErrorKind::Cancelled => Status::Cancelled,
             _ => Status::Failed,
         }
     }

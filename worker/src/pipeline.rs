@@ -15,7 +15,7 @@
 use crate::config::{Config, LimitValues, LimitsSection};
 use crate::error::{Error, InfraError, JobError};
 use crate::execute::artifacts::Artifacts;
-use crate::execute::{Executor, ExecutorConfig, Mount, Outcome, Report, RunLimits, RunSpec};
+use crate::execute::{Executor, ExecutorConfig, Live, Mount, Outcome, Report, RunLimits, RunSpec};
 use crate::job::{Job, Refusal};
 use crate::metrics::METRICS;
 use crate::paths::GuestPath;
@@ -250,6 +250,7 @@ impl Pipeline {
                 destination,
                 &options.extra_mounts,
                 &on_state,
+                &Live::default(),
             )
             .await?;
         Ok((result, dir))
@@ -257,6 +258,7 @@ impl Pipeline {
 
     /// Stage → execute → publish: one job to its result at `destination`.
     /// `extra_mounts` are `--mount` preopens of a local run (none in a fleet).
+    /// `live` cancels the job wherever it is (it ends `cancelled`).
     pub(crate) async fn process(
         &self,
         job: Job,
@@ -264,9 +266,10 @@ impl Pipeline {
         destination: Destination,
         extra_mounts: &[Mount],
         on_state: &OnState,
+        live: &Live,
     ) -> Result<ResultMessage, InfraError> {
         let span = tracing::info_span!("job", job_id = %job.id, attempt = delivered.attempt);
-        self.process_job(job, delivered, destination, extra_mounts, on_state)
+        self.process_job(job, delivered, destination, extra_mounts, on_state, live)
             .instrument(span)
             .await
     }
@@ -278,8 +281,9 @@ impl Pipeline {
         destination: Destination,
         extra_mounts: &[Mount],
         on_state: &OnState,
+        live: &Live,
     ) -> Result<ResultMessage, InfraError> {
-        let executed = match self.execute(&job, extra_mounts, on_state).await {
+        let executed = match self.execute(&job, extra_mounts, on_state, live).await {
             Ok(executed) => executed,
             Err(Error::Job(e)) => {
                 let mut result =
@@ -327,7 +331,11 @@ impl Pipeline {
         job: &Job,
         extra_mounts: &[Mount],
         on_state: &OnState,
+        live: &Live,
     ) -> Result<Executed, Error> {
+        if live.is_cancelled() {
+            return Err(cancelled("before it started").into());
+        }
         on_state(JobState::Staging).await;
         let mut scratch = self.scratch.take().await?;
         let stage_started = Instant::now();
@@ -343,7 +351,12 @@ impl Pipeline {
         let staging = self
             .stager
             .stage(job, scratch.path(), held.as_ref().map(|(sha, _)| *sha));
-        let staged = match tokio::time::timeout(deadline, staging).await {
+        let staged = tokio::select! {
+            staged = tokio::time::timeout(deadline, staging) => staged,
+            // Like a timeout, the scratch folder is not reused.
+            () = live.cancelled() => return Err(cancelled("while staging").into()),
+        };
+        let staged = match staged {
             Ok(staged) => staged?,
             // The scratch folder is not reused: an unpacking thread of the
             // abandoned staging may still write into it.
@@ -391,6 +404,7 @@ impl Pipeline {
             env: job.env.clone(),
             mounts,
             limits: run_limits(&job.limits),
+            live: live.clone(),
         };
         on_state(JobState::Running).await;
         let outputs = staged.outputs;
@@ -444,6 +458,14 @@ impl Pipeline {
     }
 }
 
+/// A job cancelled before its guest ran: its own end, never retried.
+fn cancelled(when: &str) -> JobError {
+    JobError::new(
+        ErrorKind::Cancelled,
+        format!("cancelled by an operator {when} (submit cancel)"),
+    )
+}
+
 fn download_dir(id: &str, options: &LocalOptions) -> PathBuf {
     options
         .download
@@ -468,7 +490,7 @@ pub(crate) fn executor_fault(outcome: &Outcome) -> Option<InfraError> {
 fn quiet(outcome: &Outcome) -> bool {
     !matches!(
         outcome,
-        Outcome::TimedOut | Outcome::DiskLimit(_) | Outcome::Internal(_)
+        Outcome::TimedOut | Outcome::DiskLimit(_) | Outcome::Internal(_) | Outcome::Cancelled
     )
 }
 

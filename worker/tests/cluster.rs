@@ -193,6 +193,7 @@ async fn lose_a_node(cluster: &Cluster, lose_leader: bool) -> Figures {
         job_queue: format!("test.cluster.jobs.{suffix}"),
         results_exchange: format!("test.cluster.results.{suffix}"),
         dead_letter: format!("test.cluster.dead.{suffix}"),
+        control_exchange: format!("test.cluster.control.{suffix}"),
         delivery_limit: 10,
     };
     // Declared from node 1: quorum queues start with their leader on the
@@ -228,6 +229,7 @@ async fn lose_a_node(cluster: &Cluster, lose_leader: bool) -> Figures {
             .env("SHOAL_AMQP_JOB_QUEUE", &topology.job_queue)
             .env("SHOAL_AMQP_RESULTS_EXCHANGE", &topology.results_exchange)
             .env("SHOAL_AMQP_DEAD_LETTER", &topology.dead_letter)
+            .env("SHOAL_AMQP_CONTROL_EXCHANGE", &topology.control_exchange)
             .env("SHOAL_AMQP_MAX_ATTEMPTS", "5")
             .env("SHOAL_AMQP_RECONNECT_MAX_MS", "1000")
             .env("SHOAL_AMQP_HEARTBEAT_SECS", "5")
@@ -453,6 +455,7 @@ async fn a_client_whose_reply_node_is_lost_moves_its_replies(cluster: &Cluster) 
         job_queue: format!("test.cluster.jobs.{suffix}"),
         results_exchange: format!("test.cluster.results.{suffix}"),
         dead_letter: format!("test.cluster.dead.{suffix}"),
+        control_exchange: format!("test.cluster.control.{suffix}"),
         delivery_limit: 10,
     };
     let cache = tempfile::tempdir().unwrap();
@@ -477,6 +480,7 @@ async fn a_client_whose_reply_node_is_lost_moves_its_replies(cluster: &Cluster) 
         .env("SHOAL_AMQP_JOB_QUEUE", &topology.job_queue)
         .env("SHOAL_AMQP_RESULTS_EXCHANGE", &topology.results_exchange)
         .env("SHOAL_AMQP_DEAD_LETTER", &topology.dead_letter)
+        .env("SHOAL_AMQP_CONTROL_EXCHANGE", &topology.control_exchange)
         .env("SHOAL_AMQP_RECONNECT_MAX_MS", "1000")
         .env("SHOAL_METRICS_LISTEN", "")
         .stdin(Stdio::null())

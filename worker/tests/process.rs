@@ -48,6 +48,7 @@ impl Bench {
             job_queue: format!("test.jobs.{suffix}"),
             results_exchange: format!("test.results.{suffix}"),
             dead_letter: format!("test.dead.{suffix}"),
+            control_exchange: format!("test.control.{suffix}"),
             delivery_limit: 10,
         };
         let cache = tempfile::tempdir().unwrap();
@@ -115,6 +116,10 @@ impl Bench {
                 &self.topology.results_exchange,
             )
             .env("SHOAL_AMQP_DEAD_LETTER", &self.topology.dead_letter)
+            .env(
+                "SHOAL_AMQP_CONTROL_EXCHANGE",
+                &self.topology.control_exchange,
+            )
             .env("SHOAL_AMQP_RECONNECT_MAX_MS", "1000")
             .env("SHOAL_WORKER_NAME", name)
             .env("SHOAL_WORKER_CONCURRENCY", "1")

@@ -4,6 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use shoal_submitter::args::{self, InputSpec, MountSpec};
 use shoal_submitter::local::{Config, LimitValues, LocalOptions, Mount, Pipeline, Stager};
+use shoal_submitter::operate::Operator;
 use shoal_submitter::{
     Input, JobMessage, JobState, Location, OutputMount, ResultMessage, Source, StateMessage,
 };
@@ -39,6 +40,78 @@ enum Command {
     Upload(UploadArgs),
     /// Operator tasks on the fleet's broker topology.
     Admin(AdminArgs),
+    /// Cancel jobs: a queued one never runs, a running one stops within a
+    /// second wherever it runs; each ends with status `cancelled`. Exits 0
+    /// when every job was (or had been) cancelled, 1 when one had finished
+    /// or is unknown.
+    Cancel(CancelArgs),
+    /// The most recent jobs, newest first: id, status, worker, submit time, duration.
+    List(ListArgs),
+    /// Where a job is now: queued, staging/running/publishing on a worker, or finished.
+    Describe(DescribeArgs),
+    /// A job's stdout (or stderr); with -f, as the guest writes it, ending
+    /// when the job ends, with its exit code.
+    Logs(LogsArgs),
+}
+
+#[derive(Args)]
+struct CancelArgs {
+    /// Job ids.
+    #[arg(required = true, value_name = "ID")]
+    ids: Vec<String>,
+    /// Record the cancel even for a job nothing knows of (submitted by a
+    /// client that records no index entry, and not yet taken by a worker).
+    #[arg(long)]
+    force: bool,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Only jobs with this status: queued, running, succeeded, failed, error, rejected, cancelled (repeatable, or comma-separated).
+    #[arg(long, value_name = "STATUS", value_delimiter = ',')]
+    status: Vec<String>,
+    /// Only jobs submitted within this long, e.g. 1h, 30m, 2d.
+    #[arg(long, value_parser = args::duration, value_name = "DURATION")]
+    since: Option<std::time::Duration>,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print a JSON array of objects with id, status, worker, submitted_at, finished_at.
+    #[arg(long)]
+    json: bool,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DescribeArgs {
+    /// The job id.
+    id: String,
+    /// Print a JSON object with id, state, status, worker, attempt, since.
+    #[arg(long)]
+    json: bool,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    /// The job id.
+    id: String,
+    /// Follow a running or queued job's output until it ends; exit with its code.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Stderr instead of stdout.
+    #[arg(long)]
+    stderr: bool,
+    /// A configuration file (TOML; see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -192,6 +265,10 @@ fn main() -> ExitCode {
         Command::Cache(cache) => runtime.block_on(cache_command(cache)),
         Command::Upload(upload) => runtime.block_on(upload_command(upload)),
         Command::Admin(admin) => runtime.block_on(admin_command(admin)),
+        Command::Cancel(cancel) => runtime.block_on(cancel_command(cancel)),
+        Command::List(list) => runtime.block_on(list_command(list)),
+        Command::Describe(describe) => runtime.block_on(describe_command(describe)),
+        Command::Logs(logs) => runtime.block_on(logs_command(logs)),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -382,7 +459,10 @@ async fn run_on_fleet(
     let client = shoal_submitter::Client::connect_to(
         brokers,
         amqp.topology(),
-        shoal_submitter::ClientOptions::default(),
+        shoal_submitter::ClientOptions {
+            index: Some(stager.store().clone()),
+            ..shoal_submitter::ClientOptions::default()
+        },
     )
     .await
     .context("connecting to the fleet (set SHOAL_AMQP_URL, or use --local)")?;
@@ -475,6 +555,249 @@ async fn admin_command(admin: AdminArgs) -> Result<u8> {
         ),
     }
     Ok(0)
+}
+
+/// The store and, when it answers, the fleet, for the operating commands.
+async fn operate(
+    config: Option<&Path>,
+) -> Result<(
+    Arc<dyn object_store::ObjectStore>,
+    Result<Operator, shoal_submitter::operate::OperateError>,
+)> {
+    let mut config = Config::load(config).context("loading configuration")?;
+    config.log.filter = "warn".into();
+    let store = shoal_submitter::local::open_store(&config.cache).map_err(anyhow::Error::msg)?;
+    let brokers = config.amqp.brokers()?;
+    let operator = Operator::connect(&brokers, config.amqp.topology(), store.clone()).await;
+    Ok((store, operator))
+}
+
+async fn cancel_command(cancel: CancelArgs) -> Result<u8> {
+    use shoal_submitter::operate::{Cancelled, OperateError};
+    let (_, operator) = operate(cancel.config.as_deref()).await?;
+    let mut operator =
+        operator.context("connecting to the fleet to cancel (set SHOAL_AMQP_URL)")?;
+    let mut code = 0;
+    for id in &cancel.ids {
+        match operator.cancel(id, cancel.force).await {
+            Ok(Cancelled::Stopping { worker }) => {
+                println!("{id}: cancelled; stopping on {worker}")
+            }
+            Ok(Cancelled::WillNotRun) => {
+                println!("{id}: cancelled; it will end `cancelled` without running")
+            }
+            Ok(Cancelled::Already) => println!("{id}: already cancelled"),
+            Ok(Cancelled::Finished(status)) => {
+                println!(
+                    "{id}: already finished ({}); nothing changed",
+                    status.as_str()
+                );
+                code = 1;
+            }
+            Err(e @ OperateError::Unknown(_)) => {
+                eprintln!("submit: {e}");
+                code = 1;
+            }
+            Err(e) => {
+                operator.close().await;
+                return Err(e).with_context(|| format!("cancelling {id}"));
+            }
+        }
+    }
+    operator.close().await;
+    Ok(code)
+}
+
+async fn list_command(list: ListArgs) -> Result<u8> {
+    use shoal_submitter::operate::{ListFilter, ListStatus};
+    let mut statuses = Vec::new();
+    for name in &list.status {
+        statuses.push(ListStatus::parse(name.trim()).with_context(|| {
+            format!("--status {name}: one of queued, running, succeeded, failed, error, rejected, cancelled")
+        })?);
+    }
+    let filter = ListFilter {
+        statuses,
+        since: list.since.map(|d| std::time::SystemTime::now() - d),
+        limit: list.limit,
+    };
+    let (store, operator) = operate(list.config.as_deref()).await?;
+    let rows = match operator {
+        Ok(mut operator) => {
+            let rows = operator.list(&filter).await;
+            operator.close().await;
+            rows?
+        }
+        Err(e) => {
+            eprintln!(
+                "submit: the fleet did not answer ({e}); unfinished jobs are shown as queued"
+            );
+            shoal_submitter::operate::list_jobs(store.as_ref(), &filter, &Default::default())
+                .await?
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if list.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "{:<38} {:<10} {:<24} {:<20} {:>10}",
+        "ID", "STATUS", "WORKER", "SUBMITTED", "DURATION"
+    )?;
+    for row in rows {
+        let status = match row.state {
+            Some(state) if state != "running" => format!("{}/{state}", row.status),
+            _ => row.status.clone(),
+        };
+        let submitted = row
+            .submitted_at
+            .as_deref()
+            .map(|t| t.get(..19).unwrap_or(t).replace('T', " "))
+            .unwrap_or_else(|| "-".into());
+        let duration = row
+            .duration_secs
+            .map(|s| {
+                format!(
+                    "{}",
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        (s * 1000.0) as u64
+                    ))
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<38} {:<10} {:<24} {:<20} {:>10}",
+            row.id,
+            status,
+            row.worker.as_deref().unwrap_or("-"),
+            submitted,
+            duration
+        )?;
+    }
+    Ok(0)
+}
+
+async fn describe_command(describe: DescribeArgs) -> Result<u8> {
+    let (_, operator) = operate(describe.config.as_deref()).await?;
+    let mut operator =
+        operator.context("connecting to the fleet to describe a job (set SHOAL_AMQP_URL)")?;
+    let described = operator.describe(&describe.id).await;
+    operator.close().await;
+    let d = match described {
+        Ok(d) => d,
+        Err(e @ shoal_submitter::operate::OperateError::Unknown(_)) => {
+            eprintln!("submit: {e}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if describe.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "job        {}", d.id)?;
+    let mut state = d.state.to_owned();
+    if let Some(status) = d.status {
+        state = format!("{state}: {}", status.as_str());
+    }
+    writeln!(out, "state      {state}")?;
+    if let Some(worker) = &d.worker {
+        writeln!(out, "worker     {worker}")?;
+    }
+    if let Some(attempt) = d.attempt {
+        writeln!(out, "attempt    {attempt}")?;
+    }
+    if let Some(since) = &d.since {
+        writeln!(out, "since      {since}")?;
+    }
+    if d.cancel_requested {
+        writeln!(out, "cancel     requested; it ends `cancelled`")?;
+    }
+    if let Some(result) = &d.result {
+        if let Some(code) = result.exit_code {
+            writeln!(out, "exit code  {code}")?;
+        }
+        if let Some(error) = &result.error {
+            writeln!(out, "error      {}: {}", error.kind.as_str(), error.message)?;
+        }
+        for (name, at) in [
+            ("submitted", &result.submitted_at),
+            ("started", &result.started_at),
+            ("finished", &result.finished_at),
+        ] {
+            if let Some(at) = at {
+                writeln!(out, "{name:<10} {at}")?;
+            }
+        }
+        let usage = &result.usage;
+        if let Some(fuel) = usage.fuel_consumed {
+            writeln!(out, "fuel       {fuel}")?;
+        }
+        if let Some(peak) = usage.peak_memory_bytes {
+            writeln!(out, "memory     {peak} bytes at peak")?;
+        }
+        if let Some(run) = usage.durations.run_secs {
+            writeln!(out, "ran        {:.1} ms", run * 1000.0)?;
+        }
+        for output in &result.outputs {
+            writeln!(
+                out,
+                "output     {} ({}): {} files",
+                output.name,
+                output.path,
+                output.files.len()
+            )?;
+            for file in &output.files {
+                writeln!(out, "             {} ({} bytes)", file.path, file.size)?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn logs_command(logs: LogsArgs) -> Result<u8> {
+    use shoal_submitter::operate::Piece;
+    let (store, operator) = operate(logs.config.as_deref()).await?;
+    if !logs.follow {
+        let Some(result) = shoal_submitter::local::stored_result(store.as_ref(), &logs.id)
+            .await
+            .map_err(anyhow::Error::msg)?
+        else {
+            bail!(
+                "job {} has not finished (or is unknown here): follow its output with `submit logs -f {}`",
+                logs.id,
+                logs.id
+            );
+        };
+        let bytes =
+            shoal_submitter::operate::stored_stream(store.as_ref(), &result, logs.stderr).await?;
+        std::io::stdout().write_all(&bytes)?;
+        return Ok(0);
+    }
+    let mut operator =
+        operator.context("connecting to the fleet to follow a job (set SHOAL_AMQP_URL)")?;
+    let followed = operator
+        .follow(&logs.id, logs.stderr, |piece| {
+            let mut out = std::io::stdout().lock();
+            match piece {
+                Piece::Bytes(bytes) => {
+                    let _ = out.write_all(bytes);
+                    let _ = out.flush();
+                }
+                Piece::Skipped(n) => {
+                    eprintln!("submit: [{n} bytes not streamed; `submit logs` shows them once the job ends]");
+                }
+            }
+        })
+        .await;
+    operator.close().await;
+    let result = followed?;
+    Ok(u8::try_from(shoal_submitter::exit_code_of(&result)).unwrap_or(1))
 }
 
 async fn cache_command(cache: CacheArgs) -> Result<u8> {

@@ -819,6 +819,7 @@ fn probe_spec(args: &[&str]) -> shoal_worker::execute::RunSpec {
         want_artifact: false,
         compiled: None,
         imports: Vec::new(),
+        live: Default::default(),
     }
 }
 

@@ -85,6 +85,8 @@ pub struct AmqpSection {
     pub results_exchange: String,
     /// Dead-letter exchange and queue.
     pub dead_letter: String,
+    /// Control exchange (cancel, inspect, follow), a fanout every worker binds to.
+    pub control_exchange: String,
     /// Attempts before an infrastructure failure is final.
     pub max_attempts: u32,
     /// Retry backoff base, milliseconds.
@@ -152,6 +154,7 @@ impl AmqpSection {
             job_queue: self.job_queue.clone(),
             results_exchange: self.results_exchange.clone(),
             dead_letter: self.dead_letter.clone(),
+            control_exchange: self.control_exchange.clone(),
             // The broker's own limit is a backstop above ours, for messages
             // that crash the worker before it can settle them.
             delivery_limit: self.max_attempts.saturating_mul(2).max(2),
@@ -166,6 +169,7 @@ impl std::fmt::Debug for AmqpSection {
             .field("job_queue", &self.job_queue)
             .field("results_exchange", &self.results_exchange)
             .field("dead_letter", &self.dead_letter)
+            .field("control_exchange", &self.control_exchange)
             .field("max_attempts", &self.max_attempts)
             .field("retry_base_ms", &self.retry_base_ms)
             .field("retry_max_ms", &self.retry_max_ms)

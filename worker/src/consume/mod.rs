@@ -20,6 +20,7 @@
 //! the next job is already here when a guest ends. A fleet of long jobs
 //! sets the prefetch to the concurrency, so that no job waits on a busy
 //! worker while another is idle (docs/CONFIG.md).
+mod control;
 mod settle;
 
 use crate::config::{AmqpSection, Brokers, Connected};
@@ -27,6 +28,7 @@ use crate::error::{Cause, InfraError};
 use crate::job::{Job, Refusal, valid_id};
 use crate::metrics::METRICS;
 use crate::pipeline::{Delivered, OnState, Pipeline};
+use control::{Held, Holding};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -66,6 +68,8 @@ pub async fn run(
         .set(i64::try_from(concurrency).unwrap_or(i64::MAX));
     let mut failures: u32 = 0;
     let mut next = 0;
+    // Outlives a session: a cancel learnt before a reconnection still holds.
+    let held = Held::default();
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -78,6 +82,7 @@ pub async fn run(
             next,
             &mut reached,
             concurrency,
+            &held,
             &mut shutdown,
         )
         .await
@@ -181,11 +186,14 @@ struct Session {
     amqp: Arc<AmqpSection>,
     brokers: Brokers,
     publish: Channel,
+    held: Held,
 }
 
 /// One connection's life: connect (from URL `first` on), declare, consume
 /// until the connection is lost (`Err`) or `shutdown` (drained, `Ok`).
 /// `reached` records the URL connected to, and whether consuming started.
+/// `held` outlives it: the jobs and cancels the control exchange acts on.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     pipeline: &Pipeline,
     amqp: &Arc<AmqpSection>,
@@ -193,6 +201,7 @@ async fn session(
     first: usize,
     reached: &mut Reached,
     concurrency: usize,
+    held: &Held,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), InfraError> {
     // The broker's words may quote a vhost or a URL: never with a password.
@@ -230,6 +239,14 @@ async fn session(
         return Err(broker(e));
     }
     METRICS.topology_declared();
+    // The control queue is bound before the store's cancel requests are
+    // read: a cancel recorded after the reading arrives on the queue.
+    let control_channel = conn.create_channel().await.map_err(broker)?;
+    let mut control = control::subscribe(&control_channel, &amqp.control_exchange)
+        .await
+        .map_err(broker)?;
+    let cancels = crate::store::index::cancel_requests(pipeline.stager().store().as_ref()).await?;
+    held.load_cancels(cancels);
     let prefetch = amqp.prefetch_for(concurrency);
     consume
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -257,8 +274,14 @@ async fn session(
         pipeline: pipeline.clone(),
         amqp: amqp.clone(),
         brokers: brokers.clone(),
-        publish,
+        publish: publish.clone(),
+        held: held.clone(),
     });
+    let replies = control::Replies {
+        channel: publish,
+        results_exchange: amqp.results_exchange.clone(),
+        worker: pipeline.worker_name().to_owned(),
+    };
     let mut in_flight = JoinSet::new();
     let ended = loop {
         tokio::select! {
@@ -274,6 +297,13 @@ async fn session(
                 }
                 Some(Err(e)) => break Err(broker(e)),
                 None => break Err(InfraError::Broker("the broker cancelled the consumer".into())),
+            },
+            next = control.next() => match next {
+                Some(Ok(message)) => {
+                    control::handle(held, &replies, &message.data, &message.properties).await;
+                }
+                Some(Err(e)) => break Err(broker(e)),
+                None => break Err(InfraError::Broker("the broker cancelled the control consumer".into())),
             },
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 if let Err(e) = done {
@@ -331,9 +361,32 @@ impl Session {
         let props = &delivery.properties;
         let message_id = props.message_id().as_ref().map(|s| s.as_str().to_owned());
         let attempt = delivery_count(props).saturating_add(1);
+        // Held until the delivery is settled, for cancel, inspect, follow.
+        let mut holding = None;
         let processed = match self.pipeline.admit(&delivery.data, message_id.as_deref()) {
             Err(refusal) => Processed::Refused(refusal),
-            Ok(job) => self.process(job, attempt, props, started).await,
+            Ok(job) => match self.held.take(&job.id, attempt, started) {
+                None => {
+                    self.skip_cancelled(&job.id, attempt, props, started)
+                        .await?
+                }
+                Some(held) => {
+                    let processed = self.process(job, attempt, props, started, &held).await;
+                    holding = Some(held);
+                    processed
+                }
+            },
+        };
+        // Our failure after a cancel: the job is over all the same.
+        let processed = match processed {
+            Processed::Failed { job_id, error }
+                if holding.as_ref().is_some_and(|h| h.live().is_cancelled()) =>
+            {
+                tracing::info!(job_id = %job_id, error = %error, "cancelled job failed on our side; ending it cancelled");
+                self.skip_cancelled(&job_id, attempt, props, started)
+                    .await?
+            }
+            other => other,
         };
         match settle::disposition(processed, attempt, self.retry_policy()) {
             Disposition::Publish(result) => {
@@ -390,12 +443,41 @@ impl Session {
 
     /// Stage, execute and publish a valid job, with its progress published
     /// as state messages meanwhile.
+    /// The result of a job cancelled before it ran (or whose attempt failed
+    /// on our side after its cancel), stored like any other, never run.
+    async fn skip_cancelled(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        props: &BasicProperties,
+        started: SystemTime,
+    ) -> Result<Processed, InfraError> {
+        tracing::info!(job_id, attempt, "skipping a cancelled job");
+        let mut result = ResultMessage::failure(
+            job_id,
+            Status::Cancelled,
+            ErrorKind::Cancelled,
+            "cancelled by an operator before it ran (submit cancel)",
+            self.pipeline.worker_name(),
+        );
+        result.attempt = attempt;
+        result.usage.durations.queue_secs = queue_secs(props);
+        crate::publish::stamp(&mut result, submitted(props), started);
+        crate::publish::store::put_result_if_absent(
+            self.pipeline.stager().store().as_ref(),
+            &result,
+        )
+        .await?;
+        Ok(Processed::Done(Box::new(result)))
+    }
+
     async fn process(
         &self,
         job: Job,
         attempt: u32,
         props: &BasicProperties,
         started: SystemTime,
+        holding: &Holding,
     ) -> Processed {
         let id = job.id.clone();
         let delivered = Delivered {
@@ -404,11 +486,16 @@ impl Session {
             submitted: submitted(props),
             started,
         };
-        let (on_state, states) = self.state_sink(&id, attempt, props);
+        let (to_broker, states) = self.state_sink(&id, attempt, props);
+        let set_state = holding.state_setter();
+        let on_state: OnState = Arc::new(move |state: JobState| {
+            set_state(state);
+            to_broker(state)
+        });
         let destination = self.pipeline.store_destination(&id);
         let processed = self
             .pipeline
-            .process(job, delivered, destination, &[], &on_state)
+            .process(job, delivered, destination, &[], &on_state, holding.live())
             .await;
         drop(on_state);
         let _ = states.await;

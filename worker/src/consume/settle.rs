@@ -179,6 +179,7 @@ mod tests {
             (Outcome::DiskLimit("full".into()), publish()),
             (Outcome::InvalidModule("bad".into()), publish()),
             (Outcome::MissingExport("_start".into()), publish()),
+            (Outcome::Cancelled, publish()),
             (
                 Outcome::Internal("the instance pool is full".into()),
                 retry(1),
@@ -219,7 +220,7 @@ mod tests {
         for e in ours() {
             table.push((format!("{e} (last attempt)"), failed(e), "give up".into()));
         }
-        assert_eq!(table.len(), 13 + 10 + 2 + 15, "every case is in the table");
+        assert_eq!(table.len(), 14 + 11 + 2 + 15, "every case is in the table");
         for (name, processed, want) in table {
             let attempt = if name.contains("last") {
                 3

@@ -16,6 +16,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 struct Inner {
     kept: BytesMut,
     truncated: bool,
+    /// What [`CappedPipe::take`] took, still readable by a follower that
+    /// has not sent it all yet (a reference, not a copy).
+    taken: Bytes,
 }
 
 /// A stdout/stderr sink that keeps at most `cap` bytes and drops the rest.
@@ -33,7 +36,7 @@ impl CappedPipe {
         }
     }
 
-    fn push(&self, bytes: &[u8]) {
+    pub(super) fn push(&self, bytes: &[u8]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let room = self.cap.saturating_sub(inner.kept.len());
         if bytes.len() > room {
@@ -43,10 +46,21 @@ impl CappedPipe {
         inner.kept.extend_from_slice(&bytes[..take]);
     }
 
+    /// A copy of the kept bytes from `offset` on, for a follower while
+    /// the guest runs.
+    pub(super) fn read_from(&self, offset: usize) -> Bytes {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.kept.is_empty() {
+            return inner.taken.slice(offset.min(inner.taken.len())..);
+        }
+        Bytes::copy_from_slice(inner.kept.get(offset..).unwrap_or_default())
+    }
+
     /// The kept bytes and whether anything was dropped.
     pub(crate) fn take(&self) -> (Bytes, bool) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let kept = std::mem::take(&mut inner.kept).freeze();
+        inner.taken = kept.clone();
         (kept, inner.truncated)
     }
 }

@@ -18,6 +18,9 @@
 //! interruption alone cannot reach.
 pub mod artifacts;
 mod capture;
+mod live;
+
+pub use live::Live;
 
 use bytes::Bytes;
 use capture::CappedPipe;
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolConcurrencyLimitError, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
-    WasmBacktrace,
+    UpdateDeadline, WasmBacktrace,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -185,6 +188,8 @@ pub struct RunSpec {
     /// Import modules, instantiated in this order in the job's store and
     /// registered under their names before the entry module.
     pub imports: Vec<(String, ModuleBytes)>,
+    /// Cancels the run, and shows its output so far to followers.
+    pub live: Live,
 }
 
 /// How the guest ended.
@@ -206,6 +211,9 @@ pub enum Outcome {
     InvalidModule(String),
     /// The entrypoint is not an exported `() -> ()` function.
     MissingExport(String),
+    /// An operator cancelled the job ([`Live::cancel`]) before or while
+    /// the guest ran.
+    Cancelled,
     /// Our side failed, not the job: the instance pool was full, a mount
     /// could not be opened, the guest's thread panicked or its runtime did
     /// not start, fuel could not be set. The pipeline retries the job
@@ -570,8 +578,15 @@ impl Executor {
         // worker lost the broker) frees its slot at once for the next
         // session's jobs, while its guest runs on to its deadline in the
         // pool's spare stores (`pool_stores` is twice the slots for that).
+        // A job cancelled while it waits for its slot never starts.
+        let live = spec.live.clone();
         let guest = match &self.inner.guests {
-            Some(guests) => guests.clone().acquire_owned().await.ok(),
+            Some(guests) => tokio::select! {
+                permit = guests.clone().acquire_owned() => permit.ok(),
+                () = live.cancelled() => {
+                    return (Report::early(Outcome::Cancelled, Duration::ZERO, false), None);
+                }
+            },
             None => None,
         };
         // A store for every job the pool has room for: a guest whose job
@@ -823,6 +838,7 @@ impl Inner {
         let mut argv = Vec::with_capacity(spec.args.len() + 1);
         argv.push(spec.argv0.as_str());
         argv.extend(spec.args.iter().map(String::as_str));
+        spec.live.attach(&stdout, &stderr);
         builder
             .args(&argv)
             .stdout(stdout.clone())
@@ -879,8 +895,22 @@ impl Inner {
         let ticks = u64::try_from(limits.timeout.as_nanos().div_ceil(tick))
             .unwrap_or(u64::MAX / 2)
             .saturating_add(1);
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        // Every tick, the epoch callback looks for a cancel, so a guest
+        // spinning in its own code stops within a tick of one; past the
+        // wall-clock limit it traps as before (`Trap::Interrupt`).
+        let live = spec.live.clone();
+        let mut left = ticks;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if live.is_cancelled() {
+                return Err(wasmtime::Error::new(CancelledTrap));
+            }
+            left = left.saturating_sub(1);
+            if left == 0 {
+                return Err(Trap::Interrupt.into());
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
 
         let started = Instant::now();
         let writable: Vec<PathBuf> = spec
@@ -892,6 +922,8 @@ impl Inner {
         let ended = tokio::select! {
             ended = tokio::time::timeout(limits.timeout, call(&pre, &self.linker, &mut store, &spec.entrypoint)) => ended,
             why = disk_watch(writable, limits.max_disk_bytes, limits.max_disk_files) => Ok(Err(CallError::Disk(why))),
+            // A guest waiting in a host call (a sleep) is cut here.
+            () = spec.live.cancelled() => Ok(Err(CallError::Cancelled)),
         };
         let run = started.elapsed();
         let outcome = match ended {
@@ -899,6 +931,7 @@ impl Inner {
             Ok(Ok(())) => Outcome::Exited(0),
             Ok(Err(CallError::MissingExport(msg))) => Outcome::MissingExport(msg),
             Ok(Err(CallError::Disk(why))) => Outcome::DiskLimit(why),
+            Ok(Err(CallError::Cancelled)) => Outcome::Cancelled,
             // Linking failed: an import nothing provides, unless the cause
             // is a limit or a trap in a start function.
             Ok(Err(CallError::Link(e)))
@@ -944,6 +977,7 @@ impl Inner {
 enum CallError {
     MissingExport(String),
     Disk(String),
+    Cancelled,
     Link(wasmtime::Error),
     Wasm(wasmtime::Error),
 }
@@ -1034,8 +1068,23 @@ async fn call(
         .map_err(CallError::Wasm)
 }
 
+/// What the epoch callback stops a cancelled guest with.
+#[derive(Debug)]
+struct CancelledTrap;
+
+impl std::fmt::Display for CancelledTrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled by an operator")
+    }
+}
+
+impl std::error::Error for CancelledTrap {}
+
 /// Classifies a failed instantiation or call once, by what caused it.
 fn classify(error: wasmtime::Error, limiter: &JobLimiter) -> Outcome {
+    if error.downcast_ref::<CancelledTrap>().is_some() {
+        return Outcome::Cancelled;
+    }
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return Outcome::Exited(exit.0);
     }

@@ -131,8 +131,14 @@ impl Destination {
     pub(crate) async fn result(self, result: &ResultMessage) -> Result<(), InfraError> {
         match self {
             Destination::Folder(dir) => local::write_result(&dir, result),
+            // The index entry beside the result, at the same time: it only
+            // names the result, and a retry writes both again.
             Destination::Store { store, earlier } => {
-                store::put_result(store.as_ref(), result, earlier).await
+                let (stored, indexed) = futures::join!(
+                    store::put_result(store.as_ref(), result, earlier),
+                    crate::store::index::put_ended(store.as_ref(), result)
+                );
+                stored.and(indexed)
             }
         }
     }

@@ -33,6 +33,14 @@ pub(crate) fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<Error
         Outcome::InvalidModule(msg) => fail(ErrorKind::InvalidModule, msg.clone()),
         Outcome::MissingExport(msg) => fail(ErrorKind::MissingExport, msg.clone()),
         Outcome::DiskLimit(msg) => fail(ErrorKind::OutputLimit, msg.clone()),
+        Outcome::Cancelled => (
+            Status::Cancelled,
+            None,
+            Some(ErrorInfo {
+                kind: ErrorKind::Cancelled,
+                message: "cancelled by an operator while it ran (submit cancel)".into(),
+            }),
+        ),
         // Not the job's: the pipeline retries these before a result is
         // made (`pipeline::executor_fault`); only a caller of the executor
         // that has no retry (a benchmark, a test) ever reports one.

@@ -107,7 +107,8 @@ pub(crate) async fn put_result_if_absent(
     }
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| InfraError::Store(Cause::new("encoding result", e)))?;
-    put(store, &key, json).await
+    put(store, &key, json).await?;
+    store::index::put_ended(store, result).await
 }
 
 /// Writes `results/<id>/result.json`. When the id had a result before (a

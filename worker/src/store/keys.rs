@@ -11,10 +11,16 @@
 //! results/<job id>/stdout|stderr             streams above limits.inline_stream_bytes
 //! results/<job id>/<mount>/<path>            a job's output files
 //! health/readyz                              the readiness probe's object
+//! jobs/by-time/<hour>/<µs>-<id>.json         a job as submitted (index; both numbers inverted)
+//! jobs/by-time/<hour>/<µs>-<id>@<status>.json  the same job once it ended
+//! jobs/by-id/<id>.json                       when a job was submitted (its by-time key)
+//! cancel/<id>.json                           an operator's request to cancel a job
 //! ```
 //!
 //! `cache/` may be emptied at any time (everything in it is fetched or
-//! compiled again); `results/` is the record of jobs (docs/PROTOCOL.md).
+//! compiled again); `results/` is the record of jobs (docs/PROTOCOL.md);
+//! `jobs/` indexes them by time, newest first, for `submit list`; `cancel/`
+//! is what stops a job no worker holds yet.
 use object_store::path::Path as StorePath;
 use sha2::{Digest, Sha256};
 
@@ -82,6 +88,65 @@ pub fn health() -> StorePath {
     StorePath::from("health/readyz")
 }
 
+/// The job index, by time (newest first) and by id.
+pub fn jobs_by_time() -> StorePath {
+    StorePath::from("jobs/by-time")
+}
+
+/// Inverted so that a plain ascending listing, which is all S3 offers,
+/// gives the newest first: 8 digits of hours, 16 of microseconds since the
+/// epoch (enough until the year 2286).
+const HOURS_TOP: u64 = 99_999_999;
+const MICROS_TOP: u64 = 9_999_999_999_999_999;
+
+/// The index folder of the hour holding `submitted_us` (µs since the epoch).
+pub fn jobs_hour(submitted_us: u64) -> StorePath {
+    let hour = submitted_us / 3_600_000_000;
+    StorePath::from(format!(
+        "jobs/by-time/{:08}",
+        HOURS_TOP - hour.min(HOURS_TOP)
+    ))
+}
+
+/// A job's entry in the by-time index: without a status as submitted, with
+/// it once ended. The status follows an `@`, which no job id holds, so the
+/// two sort side by side and neither can be mistaken for the other.
+pub fn job_entry(submitted_us: u64, job_id: &str, status: Option<&str>) -> StorePath {
+    let us = MICROS_TOP - submitted_us.min(MICROS_TOP);
+    let ended = status.map(|s| format!("@{s}")).unwrap_or_default();
+    StorePath::from(format!(
+        "{}/{us:016}-{job_id}{ended}.json",
+        jobs_hour(submitted_us)
+    ))
+}
+
+/// What a by-time index key says: when, which job, and how it ended.
+pub fn parse_job_entry(key: &str) -> Option<(u64, String, Option<String>)> {
+    let name = key.rsplit('/').next()?.strip_suffix(".json")?;
+    let (us, rest) = name.split_once('-')?;
+    let us = MICROS_TOP.checked_sub(us.parse::<u64>().ok()?)?;
+    let (id, status) = match rest.split_once('@') {
+        Some((id, status)) => (id, Some(status.to_owned())),
+        None => (rest, None),
+    };
+    Some((us, id.to_owned(), status))
+}
+
+/// When a job was submitted, by its id.
+pub fn job_by_id(job_id: &str) -> StorePath {
+    StorePath::from(format!("jobs/by-id/{job_id}.json"))
+}
+
+/// Every cancel request.
+pub fn cancels() -> StorePath {
+    StorePath::from("cancel")
+}
+
+/// An operator's request to cancel a job.
+pub fn cancel(job_id: &str) -> StorePath {
+    StorePath::from(format!("cancel/{job_id}.json"))
+}
+
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -106,5 +171,31 @@ mod tests {
         assert_eq!(stream("j1", "stdout").as_ref(), "results/j1/stdout");
         assert_eq!(output_prefix("j1", "outputs"), "results/j1/outputs/");
         assert!(result("j1").prefix_matches(&results("j1")));
+    }
+
+    #[test]
+    fn the_job_index_sorts_newest_first_and_reads_back() {
+        let older = job_entry(1_764_600_000_000_000, "a.b-c", None);
+        let newer = job_entry(1_764_600_000_000_001, "a.b-c", Some("failed"));
+        assert!(newer.as_ref() < older.as_ref(), "{newer} {older}");
+        // An hour later sorts before, in a folder of its own.
+        let later = job_entry(1_764_603_600_000_000, "z", None);
+        assert!(later.as_ref() < newer.as_ref());
+        assert!(later.prefix_matches(&jobs_hour(1_764_603_600_000_000)));
+        assert!(later.prefix_matches(&jobs_by_time()));
+        assert_eq!(
+            parse_job_entry(newer.as_ref()),
+            Some((1_764_600_000_000_001, "a.b-c".into(), Some("failed".into())))
+        );
+        assert_eq!(
+            parse_job_entry(older.as_ref()),
+            Some((1_764_600_000_000_000, "a.b-c".into(), None))
+        );
+        // The same job submitted and ended: side by side.
+        let ended = job_entry(1_764_600_000_000_000, "a.b-c", Some("succeeded"));
+        assert!(older.as_ref() < ended.as_ref());
+        assert_eq!(parse_job_entry("jobs/by-time/x/nonsense"), None);
+        assert_eq!(cancel("j1").as_ref(), "cancel/j1.json");
+        assert!(cancel("j1").prefix_matches(&cancels()));
     }
 }

@@ -12,8 +12,10 @@
 //! - content-addressed writes ([`put_content`], [`cache_file`]: upload to a
 //!   temporary key, then commit under the hash) so readers never see a torn
 //!   object;
-//! - [`Uploads`]: cache copies a job's guest run overlaps.
+//! - [`Uploads`]: cache copies a job's guest run overlaps;
+//! - [`index`]: the job index (`submit list`) and cancel requests.
 mod files;
+pub mod index;
 pub mod keys;
 mod objects;
 mod open;

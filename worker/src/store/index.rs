@@ -1,0 +1,289 @@
+//! The job index and cancel requests: what `submit list`, `describe` and
+//! `cancel` read without a server of their own.
+//!
+//! A job has an entry under `jobs/by-time/` keyed by when it was submitted,
+//! inverted so that S3's ascending listing gives the newest first, one
+//! folder per hour so that the newest jobs are found without listing the
+//! older ones. A client writes the entry without a status when it submits
+//! (and `jobs/by-id/<id>.json`, to find it by id); the worker that ends the
+//! job writes a second one beside it with the status in its name, so a
+//! listing filtered by status reads only names. Both are written after the
+//! fact they record; a job whose client wrote nothing (another language's
+//! client without store access) appears once it ends.
+use super::{get_if_present, keys, put};
+use crate::error::{Cause, InfraError};
+use futures::TryStreamExt as _;
+use object_store::ObjectStore;
+use shoal_schemas::{IndexEntry, ResultMessage, Status};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+/// Microseconds since the epoch.
+pub fn micros(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The time of `micros` microseconds since the epoch.
+pub fn at_micros(micros: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_micros(micros)
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339(text).ok()
+}
+
+fn encode(entry: &impl serde::Serialize) -> Result<Vec<u8>, InfraError> {
+    serde_json::to_vec(entry)
+        .map_err(|e| InfraError::Store(Cause::new("encoding an index entry", e)))
+}
+
+/// Records a job as submitted at `submitted_us` (the publish-time header's
+/// value, so the worker's entry lands beside it): its by-time and by-id
+/// entries, written together.
+pub async fn put_submitted(
+    store: &dyn ObjectStore,
+    job_id: &str,
+    submitted_us: u64,
+) -> Result<(), InfraError> {
+    let entry = IndexEntry {
+        schema: shoal_schemas::INDEX_SCHEMA.to_owned(),
+        job_id: job_id.to_owned(),
+        status: None,
+        worker: None,
+        attempt: None,
+        submitted_at: rfc3339(at_micros(submitted_us)),
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+        error_kind: None,
+    };
+    let body = encode(&entry)?;
+    let (time_key, id_key) = (
+        keys::job_entry(submitted_us, job_id, None),
+        keys::job_by_id(job_id),
+    );
+    let by_time = put(store, &time_key, body.clone());
+    let by_id = put(store, &id_key, body);
+    let (a, b) = futures::join!(by_time, by_id);
+    a.and(b)
+}
+
+/// Records how a job ended, beside its submitted entry. A result without a
+/// submit time (a message that said nothing of it) is indexed by when its
+/// attempt started.
+pub async fn put_ended(store: &dyn ObjectStore, result: &ResultMessage) -> Result<(), InfraError> {
+    let Some(submitted) = [&result.submitted_at, &result.started_at]
+        .into_iter()
+        .flatten()
+        .find_map(|t| parse_rfc3339(t))
+    else {
+        return Ok(());
+    };
+    let entry = IndexEntry {
+        schema: shoal_schemas::INDEX_SCHEMA.to_owned(),
+        job_id: result.job_id.clone(),
+        status: Some(result.status),
+        worker: Some(result.worker.clone()),
+        attempt: Some(result.attempt),
+        submitted_at: rfc3339(submitted),
+        started_at: result.started_at.clone(),
+        finished_at: result.finished_at.clone(),
+        exit_code: result.exit_code,
+        error_kind: result.error.as_ref().map(|e| e.kind.as_str().to_owned()),
+    };
+    let key = keys::job_entry(
+        micros(submitted),
+        &result.job_id,
+        Some(result.status.as_str()),
+    );
+    put(store, &key, encode(&entry)?).await
+}
+
+/// A job's submitted entry, found by id.
+pub async fn submitted(
+    store: &dyn ObjectStore,
+    job_id: &str,
+) -> Result<Option<IndexEntry>, InfraError> {
+    let key = keys::job_by_id(job_id);
+    match get_if_present(store, &key).await? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| InfraError::Store(Cause::new(format!("{key} is not an index entry"), e))),
+    }
+}
+
+/// One job as the by-time index names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The job's id.
+    pub job_id: String,
+    /// When it was submitted, µs since the epoch.
+    pub submitted_us: u64,
+    /// How it ended, when it did, and the key of that entry.
+    pub ended: Option<(Status, object_store::path::Path)>,
+}
+
+/// Which jobs [`newest`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Only jobs submitted at or after this (µs since the epoch).
+    pub since_us: Option<u64>,
+    /// Only jobs that ended with one of these, or (`unfinished`) have not.
+    pub statuses: Vec<Status>,
+    /// Also jobs that have not ended (when `statuses` is not empty).
+    pub unfinished: bool,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl Query {
+    fn wants(&self, listed: &Listed) -> bool {
+        if self.statuses.is_empty() && !self.unfinished {
+            return true;
+        }
+        match &listed.ended {
+            Some((status, _)) => self.statuses.contains(status),
+            None => self.unfinished,
+        }
+    }
+}
+
+/// The newest jobs in the index that `query` wants, newest first. Lists an
+/// hour's folder at a time, newest hour first, and stops at the first hour
+/// that fills the limit or is older than `since_us`: the cost grows with
+/// the jobs of the hours it reads, not with the whole index.
+pub async fn newest(store: &dyn ObjectStore, query: &Query) -> Result<Vec<Listed>, InfraError> {
+    let root = keys::jobs_by_time();
+    let listing = store
+        .list_with_delimiter(Some(&root))
+        .await
+        .map_err(|e| InfraError::Store(Cause::new(format!("listing {root}"), e)))?;
+    let mut hours = listing.common_prefixes;
+    hours.sort();
+    let mut found = Vec::new();
+    for hour in hours {
+        let mut names: Vec<_> = store
+            .list(Some(&hour))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| InfraError::Store(Cause::new(format!("listing {hour}"), e)))?;
+        names.sort();
+        // A job's two entries, grouped; kept in the listing's order.
+        let mut order: Vec<(u64, String)> = Vec::new();
+        let mut by_job: HashMap<(u64, String), Listed> = HashMap::new();
+        let mut older = false;
+        for name in names {
+            let Some((us, id, status)) = keys::parse_job_entry(name.as_ref()) else {
+                continue;
+            };
+            if query.since_us.is_some_and(|since| us < since) {
+                older = true;
+                continue;
+            }
+            let slot = by_job.entry((us, id.clone())).or_insert_with(|| {
+                order.push((us, id.clone()));
+                Listed {
+                    job_id: id.clone(),
+                    submitted_us: us,
+                    ended: None,
+                }
+            });
+            if let Some(status) = status.as_deref().and_then(status_named) {
+                slot.ended = Some((status, name.clone()));
+            }
+        }
+        for key in order {
+            if let Some(listed) = by_job.remove(&key)
+                && query.wants(&listed)
+            {
+                found.push(listed);
+                if found.len() >= query.limit {
+                    return Ok(found);
+                }
+            }
+        }
+        if older {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+/// An ended entry's contents.
+pub async fn ended_entry(
+    store: &dyn ObjectStore,
+    key: &object_store::path::Path,
+) -> Result<Option<IndexEntry>, InfraError> {
+    match get_if_present(store, key).await? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| InfraError::Store(Cause::new(format!("{key} is not an index entry"), e))),
+    }
+}
+
+fn status_named(name: &str) -> Option<Status> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+}
+
+/// A cancel request as stored (`cancel/<id>.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CancelRequest {
+    /// The job's id.
+    pub job_id: String,
+    /// When it was asked (RFC 3339, UTC).
+    pub requested_at: String,
+}
+
+/// Records a request to cancel `job_id`; `false` when one was there.
+pub async fn request_cancel(store: &dyn ObjectStore, job_id: &str) -> Result<bool, InfraError> {
+    let key = keys::cancel(job_id);
+    if super::exists(store, &key).await? {
+        return Ok(false);
+    }
+    let request = CancelRequest {
+        job_id: job_id.to_owned(),
+        requested_at: rfc3339(SystemTime::now()),
+    };
+    put(store, &key, encode(&request)?).await?;
+    Ok(true)
+}
+
+/// Whether `job_id` was asked to be cancelled.
+pub async fn cancel_requested(
+    store: &dyn ObjectStore,
+    job_id: &str,
+) -> Result<Option<CancelRequest>, InfraError> {
+    let key = keys::cancel(job_id);
+    match get_if_present(store, &key).await? {
+        None => Ok(None),
+        Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+    }
+}
+
+/// The ids of every job asked to be cancelled: what a worker loads when it
+/// (re)connects, after binding its control queue, so that no request falls
+/// between the two.
+pub async fn cancel_requests(store: &dyn ObjectStore) -> Result<HashSet<String>, InfraError> {
+    let root = keys::cancels();
+    store
+        .list(Some(&root))
+        .try_filter_map(|meta| async move {
+            Ok(meta
+                .location
+                .filename()
+                .and_then(|name| name.strip_suffix(".json"))
+                .map(str::to_owned))
+        })
+        .try_collect()
+        .await
+        .map_err(|e| InfraError::Store(Cause::new(format!("listing {root}"), e)))
+}
