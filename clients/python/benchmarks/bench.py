@@ -356,6 +356,7 @@ class ShoalSide:
             "job_queue": f"shoal-bench.{run}.jobs",
             "results_exchange": f"shoal-bench.{run}.results",
             "dead_letter": f"shoal-bench.{run}.dead",
+            "control_exchange": f"shoal-bench.{run}.control",
         }
         self.proc: subprocess.Popen | None = None
         self.client = None
@@ -367,6 +368,7 @@ class ShoalSide:
             "SHOAL_AMQP_JOB_QUEUE": self.names["job_queue"],
             "SHOAL_AMQP_RESULTS_EXCHANGE": self.names["results_exchange"],
             "SHOAL_AMQP_DEAD_LETTER": self.names["dead_letter"],
+            "SHOAL_AMQP_CONTROL_EXCHANGE": self.names["control_exchange"],
         }
 
     def start(self, round_no: int) -> None:
@@ -489,7 +491,7 @@ class ShoalSide:
         delete_broker_objects(
             self.opts.amqp_url,
             queues=[n["job_queue"], n["dead_letter"]],
-            exchanges=[n["results_exchange"], n["dead_letter"]],
+            exchanges=[n["results_exchange"], n["dead_letter"], n["control_exchange"]],
         )
 
 

@@ -70,8 +70,9 @@ def delete_topology(names: dict[str, str]) -> None:
     try:
         for queue in (names["job_queue"], names["dead_letter"]):
             ch.queue_delete(queue)
-        for exchange in (names["results_exchange"], names["dead_letter"]):
-            ch.exchange_delete(exchange)
+        for exchange in (names["results_exchange"], names["dead_letter"], names.get("control_exchange")):
+            if exchange:
+                ch.exchange_delete(exchange)
     finally:
         if conn.is_open:
             conn.close()
@@ -83,6 +84,7 @@ def topology_names(prefix: str = "pytest") -> dict[str, Any]:
         "job_queue": f"{prefix}.jobs.{suffix}",
         "results_exchange": f"{prefix}.results.{suffix}",
         "dead_letter": f"{prefix}.dead.{suffix}",
+        "control_exchange": f"{prefix}.control.{suffix}",
     }
 
 
@@ -112,11 +114,19 @@ def close_connections(name: str) -> int:
 
 
 class Fleet:
-    """One ``shoal-worker serve`` process with its own topology and store."""
+    """One ``shoal-worker serve`` process with its own topology (``names``,
+    else fresh ones) and store."""
 
-    def __init__(self, label: str, workdir: Path, store_env: dict[str, str], client_store: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        label: str,
+        workdir: Path,
+        store_env: dict[str, str],
+        client_store: dict[str, Any],
+        names: dict[str, Any] | None = None,
+    ) -> None:
         self.label = label
-        self.names = topology_names()
+        self.names = names if names is not None else topology_names()
         self.store_env = store_env
         self.client_store = client_store
         self.log_path = workdir / f"worker-{label}.log"
@@ -128,6 +138,7 @@ class Fleet:
             "SHOAL_AMQP_JOB_QUEUE": self.names["job_queue"],
             "SHOAL_AMQP_RESULTS_EXCHANGE": self.names["results_exchange"],
             "SHOAL_AMQP_DEAD_LETTER": self.names["dead_letter"],
+            "SHOAL_AMQP_CONTROL_EXCHANGE": self.names["control_exchange"],
             "SHOAL_AMQP_RECONNECT_MAX_MS": "1000",
             "SHOAL_WORKER_NAME": unique(f"pytest-{label}"),
             "SHOAL_WORKER_CONCURRENCY": "2",
@@ -199,6 +210,7 @@ class Fleet:
             "SHOAL_AMQP_JOB_QUEUE": self.names["job_queue"],
             "SHOAL_AMQP_RESULTS_EXCHANGE": self.names["results_exchange"],
             "SHOAL_AMQP_DEAD_LETTER": self.names["dead_letter"],
+            "SHOAL_AMQP_CONTROL_EXCHANGE": self.names["control_exchange"],
             **self.store_env,
         }
 

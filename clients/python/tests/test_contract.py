@@ -44,7 +44,12 @@ def _declared_as_json(topology: Topology) -> dict:
         return out
 
     exchanges, queues = [], []
-    roles = {topology.dead_letter: "dead_letter", topology.results_exchange: "results", topology.job_queue: "jobs"}
+    roles = {
+        topology.dead_letter: "dead_letter",
+        topology.results_exchange: "results",
+        topology.control_exchange: "control",
+        topology.job_queue: "jobs",
+    }
     for method, kw in topology.declarations():
         if method == "exchange_declare":
             exchanges.append(
@@ -87,9 +92,10 @@ def test_the_declared_topology_is_exactly_topology_json() -> None:
 
 def test_a_renamed_topology_changes_names_only() -> None:
     spec = json.loads((REPO / "schemas/topology.json").read_text())
-    renamed = Topology(job_queue="j", results_exchange="r", dead_letter="d")
+    renamed = Topology(job_queue="j", results_exchange="r", dead_letter="d", control_exchange="c")
     declared = _declared_as_json(renamed)
-    assert [e["name"] for e in declared["exchanges"]] == ["d", "r"]
+    assert [e["name"] for e in declared["exchanges"]] == ["d", "r", "c"]
+    assert [e["type"] for e in declared["exchanges"]] == [e["type"] for e in spec["exchanges"]]
     assert [q["name"] for q in declared["queues"]] == ["d", "j"]
     jobs = declared["queues"][1]["arguments"]
     assert jobs["x-dead-letter-exchange"] == {"type": "longstr", "value": "d"}
@@ -111,6 +117,35 @@ def test_passive_declarations_only_check_existence() -> None:
     assert all(kw.get("passive") is True for _, kw in steps)
     assert [m for m, _ in steps] == ["exchange_declare", "queue_declare", "exchange_declare", "queue_declare"]
     assert all("arguments" not in kw for _, kw in steps)
+    # Not the control exchange: workers from before cancel lack it, and
+    # submitting needs nothing of it. Cancelling checks it on its own.
+    assert "shoal.control" not in [kw.get("exchange") for _, kw in steps]
+    assert Topology().control_declaration(passive=True) == (
+        "exchange_declare",
+        {"exchange": "shoal.control", "passive": True},
+    )
+    assert Topology(control_exchange="c").control_declaration() == (
+        "exchange_declare",
+        {"exchange": "c", "exchange_type": "fanout", "durable": True, "auto_delete": False, "arguments": {}},
+    )
+
+
+def test_statuses_and_error_kinds_are_the_result_schemas() -> None:
+    schema = json.loads((REPO / "schemas/result.schema.json").read_text())
+    assert list(contract.STATUSES) == schema["properties"]["status"]["enum"]
+    kinds = schema["properties"]["error"]["properties"]["kind"]["enum"]
+    assert list(contract.ERROR_KINDS) == kinds
+    assert "cancelled" in contract.STATUSES and "cancelled" in contract.ERROR_KINDS
+    # A cancelled result: no exit code, error kind cancelled.
+    cancelled = {
+        "schema": "shoal.result/v1",
+        "job_id": "j1",
+        "status": "cancelled",
+        "error": {"kind": "cancelled", "message": "cancelled by an operator before it ran (submit cancel)"},
+        "worker": "w",
+        "attempt": 1,
+    }
+    assert contract.result_errors(cancelled) == []
 
 
 def test_job_properties_are_the_rust_clients() -> None:

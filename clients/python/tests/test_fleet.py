@@ -361,6 +361,8 @@ def test_the_broker_holds_exactly_what_topology_json_says_after_a_full_declare()
             assert refused.value.reply_code == 406
             (results,) = [e for e in spec["exchanges"] if e["role"] == "results"]
             conn.channel().exchange_declare(names["results_exchange"], exchange_type=results["type"], durable=True)
+            (control,) = [e for e in spec["exchanges"] if e["role"] == "control"]
+            conn.channel().exchange_declare(names["control_exchange"], exchange_type=control["type"], durable=True)
         finally:
             conn.close()
         # And a worker's own declaration agrees: a client can connect passively.
@@ -377,13 +379,16 @@ def test_from_env_reads_the_workers_variables(local_fleet: Fleet) -> None:
     env = dict(local_fleet.env())
     with Client.from_env(env, connection_name=unique("pytest-env")) as client:
         assert client.topology.job_queue == local_fleet.names["job_queue"]
+        assert client.topology.control_exchange == local_fleet.names["control_exchange"]
         assert client.run(PROBE, ["exit", "0"], timeout=60).status == "succeeded"
     defaults = Client.from_env({"SHOAL_AMQP_URL": AMQP_URL}, declare="none")
     try:
-        assert (defaults.topology.job_queue, defaults.topology.results_exchange, defaults.topology.dead_letter) == (
+        topology = defaults.topology
+        assert (topology.job_queue, topology.results_exchange, topology.dead_letter, topology.control_exchange) == (
             "shoal.jobs",
             "shoal.results",
             "shoal.dead",
+            "shoal.control",
         )
         assert defaults.topology.delivery_limit == 10
         assert isinstance(defaults.store, LocalStore) and str(defaults.store.root) == "shoal-cache"
@@ -393,16 +398,16 @@ def test_from_env_reads_the_workers_variables(local_fleet: Fleet) -> None:
         Client.from_env({"SHOAL_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2f"}, connect_timeout=5)
 
 
-def test_closing_deletes_the_reply_queue_and_cancel_is_not_supported(local_fleet: Fleet) -> None:
+def test_closing_deletes_the_reply_queue(local_fleet: Fleet) -> None:
     client = local_fleet.client()
     with client:
         queue = client.reply_queue
         assert queue_depth(queue) == 0
-        with pytest.raises(ShoalError, match="not supported"):
-            client.cancel("anything")
     assert queue_depth(queue) is None
     with pytest.raises(ShoalError, match="closed"):
         client.submit(PROBE)
+    with pytest.raises(ShoalError, match="closed"):
+        client.cancel("anything")
 
 
 def test_the_batch_example_checks_every_result(local_fleet: Fleet) -> None:

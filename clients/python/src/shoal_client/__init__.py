@@ -6,8 +6,8 @@
 ...     print(result.status, result.stdout)
 """
 
-from .client import Client, job_properties
-from .contract import JOB_SCHEMA, RESULT_SCHEMA, STATE_SCHEMA
+from .client import CancelOutcome, Client, job_properties
+from .contract import CONTROL_SCHEMA, INDEX_SCHEMA, JOB_SCHEMA, RESULT_SCHEMA, STATE_SCHEMA
 from .errors import BrokerUnavailable, JobRejected, ShoalError, Timeout, Unroutable
 from .result import Result
 from .store import LocalStore, S3Store, Store
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "CancelOutcome",
     "job_properties",
     "Result",
     "ShoalError",
@@ -33,4 +34,6 @@ __all__ = [
     "JOB_SCHEMA",
     "RESULT_SCHEMA",
     "STATE_SCHEMA",
+    "CONTROL_SCHEMA",
+    "INDEX_SCHEMA",
 ]

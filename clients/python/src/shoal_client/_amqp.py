@@ -162,6 +162,59 @@ class Link:
             raise ShoalError("the client is closed")
         self._loop.add_callback_threadsafe(lambda: self._enqueue(messages))
 
+    def publish_control(self, body: bytes, properties: pika.BasicProperties, *, declare: str, timeout: float) -> bool:
+        """Publishes a control message to the fleet's control exchange
+        (routing key ``""``) and waits for the broker's confirm, blocking
+        the caller's thread, on a short-lived connection of its own: control
+        messages are rare, and a channel error on one (an exchange that does
+        not exist) must not close the channel jobs are published on, failing
+        their confirms. Tries the broker URLs in order.
+
+        With ``declare="full"`` the exchange is declared first, as
+        topology.json says. Otherwise it is only checked, and False returned
+        when it does not exist: every worker that understands control
+        messages declares it when it connects, so none ever connected to
+        this broker and none is there to hear (what stops a job then is the
+        cancel record in the store, which workers load when they connect)."""
+        method, kwargs = self._topology.control_declaration(passive=declare != "full")
+        exchange = self._topology.control_exchange
+        failed: list[str] = []
+        for i in range(len(self._brokers.urls)):
+            params = self._params(i)
+            params.socket_timeout = timeout
+            params.stack_timeout = timeout
+            params.blocked_connection_timeout = timeout
+            try:
+                conn = pika.BlockingConnection(params)
+            except Exception as e:
+                failed.append(f"{self._brokers.redacted(i)}: {self._why(e)}")
+                continue
+            try:
+                ch = conn.channel()
+                try:
+                    getattr(ch, method)(**kwargs)
+                except pika.exceptions.ChannelClosedByBroker as e:
+                    if e.reply_code == 404 and declare != "full":
+                        return False
+                    raise
+                ch.confirm_delivery()
+                # Not mandatory: a fanout exchange no worker's queue is bound
+                # to (none running) is not a failure; the store has the rest.
+                ch.basic_publish(exchange=exchange, routing_key="", body=body, properties=properties)
+                return True
+            except Exception as e:
+                raise BrokerUnavailable(
+                    f"publishing a control message to exchange {exchange!r} on "
+                    f"{self._brokers.redacted(i)}: {self._why(e)}"
+                ) from None
+            finally:
+                try:
+                    if conn.is_open:
+                        conn.close()
+                except Exception:
+                    pass
+        raise BrokerUnavailable("no broker answered: " + "; ".join(failed))
+
     def close(self, delete_reply_queue: bool = True, timeout: float = 5.0) -> None:
         """Deletes the reply queue (when connected), closes both
         connections and stops the IO thread."""

@@ -16,7 +16,7 @@ import time
 import uuid
 import weakref
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, Literal, Union
 from collections.abc import Iterable, Mapping, Sequence
 
 import pika
@@ -26,7 +26,20 @@ from . import contract
 from ._amqp import Link, Message, _Brokers, _redact
 from .errors import BrokerUnavailable, JobRejected, ShoalError, Timeout
 from .result import Result
-from .store import HashingReader, LocalStore, S3Store, Store, file_sha256, result_key, sha256_key
+from .store import (
+    HashingReader,
+    LocalStore,
+    S3Store,
+    Store,
+    cancel_key,
+    cancel_request,
+    file_sha256,
+    index_entry,
+    job_by_id_key,
+    job_entry_key,
+    result_key,
+    sha256_key,
+)
 from .tarball import write_dir
 from .topology import DEFAULT_MAX_ATTEMPTS, PUBLISHED_MS_HEADER, PUBLISHED_US_HEADER, Topology, delivery_limit
 
@@ -39,6 +52,10 @@ SourceSpec = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 #: An input: ``(source, guest_path)`` (``guest_path`` None for the default
 #: ``/inputs/<name>``), a bare source, or an input dict as in the schema.
 InputSpec = Union[SourceSpec, Sequence[Any]]
+#: What :meth:`Client.cancel` did: ``"requested"`` (recorded and sent now),
+#: ``"already"`` (a cancel was requested before, or the job ended
+#: cancelled), ``"finished"`` (it had ended otherwise; nothing changed).
+CancelOutcome = Literal["requested", "already", "finished"]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
 #: ``cache.dir``'s default (docs/CONFIG.md): relative to the working
@@ -47,6 +64,8 @@ DEFAULT_CACHE_DIR = "shoal-cache"
 DEFAULT_REGION = "us-east-1"
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: job.schema.json's ``id`` pattern: what is safe in an object key.
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _URL = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://")
 
 #: Results kept after ``wait`` returned them, for ``download``.
@@ -55,6 +74,9 @@ _TAKEN_KEEP = 1024
 #: and for jobs this client did not submit (seconds).
 _POLL_DOWN = 2.0
 _POLL_UNKNOWN = 1.0
+#: Index objects written at once after a batch is confirmed (as the Rust
+#: client's ``buffer_unordered(16)``).
+_INDEX_WRITERS = 16
 
 
 def _is_cid(s: str) -> bool:
@@ -90,7 +112,16 @@ class Client:
     ``max_attempts`` (the fleet's ``amqp.max_attempts``, default 5: any
     other value than the workers' makes the broker refuse the declaration);
     ``"none"`` touches nothing. Jobs are published ``mandatory``: one that
-    no queue takes raises :class:`Unroutable`.
+    no queue takes raises :class:`Unroutable`. The control exchange
+    (``control_exchange``, for :meth:`cancel`) is declared with ``"full"``
+    only; passively it is checked when cancelling, not when connecting,
+    so that the client still submits to workers from before cancel.
+
+    With a store and ``index`` (default), every job is recorded in the
+    store's job index once the broker confirmed it (``jobs/by-time/…`` and
+    ``jobs/by-id/<id>.json``, two small objects per job): ``submit list``
+    then shows it while it is queued, and ``submit cancel`` knows it. Best
+    effort: a failure is logged, and the job is queued all the same.
 
     Thread-safe: submit and wait from as many threads as you like. Use it
     as a context manager, or call :meth:`close`, so that the reply queue is
@@ -110,10 +141,12 @@ class Client:
         job_queue: str = "shoal.jobs",
         results_exchange: str = "shoal.results",
         dead_letter: str = "shoal.dead",
+        control_exchange: str = "shoal.control",
         s3_virtual_hosted: bool = False,
         store: Store | None = None,
         declare: str = "passive",
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        index: bool = True,
         reply_keep: float = 15 * 60.0,
         connection_name: str = "shoal-client",
         connect_timeout: float = 15.0,
@@ -125,6 +158,7 @@ class Client:
             job_queue=job_queue,
             results_exchange=results_exchange,
             dead_letter=dead_letter,
+            control_exchange=control_exchange,
             delivery_limit=delivery_limit(max_attempts),
         )
         if store is not None:
@@ -147,6 +181,10 @@ class Client:
         self.broker = _redact(urls)
         self.connection_name = connection_name
         self.publish_timeout = publish_timeout
+        self._declare = declare
+        #: Whether confirmed jobs are recorded in the store's job index.
+        self.index = index and self.store is not None
+        self._index_pool: concurrent.futures.ThreadPoolExecutor | None = None
         #: The queue results come back on (every job's ``reply_to``).
         self.reply_queue = f"shoal.reply.{uuid.uuid4()}"
 
@@ -190,7 +228,8 @@ class Client:
         URL, or several comma-separated: a cluster's nodes) or
         ``SHOAL_AMQP_URLS`` (the same; setting both is an error),
         ``SHOAL_AMQP_JOB_QUEUE``, ``SHOAL_AMQP_RESULTS_EXCHANGE``,
-        ``SHOAL_AMQP_DEAD_LETTER``, ``SHOAL_CACHE_S3_BUCKET``,
+        ``SHOAL_AMQP_DEAD_LETTER``, ``SHOAL_AMQP_CONTROL_EXCHANGE``,
+        ``SHOAL_CACHE_S3_BUCKET``,
         ``SHOAL_CACHE_S3_ENDPOINT``, ``SHOAL_CACHE_S3_REGION``,
         ``SHOAL_CACHE_S3_ACCESS_KEY_ID``, ``SHOAL_CACHE_S3_SECRET_ACCESS_KEY``,
         ``SHOAL_CACHE_S3_VIRTUAL_HOSTED``, ``SHOAL_CACHE_DIR`` and
@@ -218,6 +257,7 @@ class Client:
             "job_queue": get("SHOAL_AMQP_JOB_QUEUE", "shoal.jobs"),
             "results_exchange": get("SHOAL_AMQP_RESULTS_EXCHANGE", "shoal.results"),
             "dead_letter": get("SHOAL_AMQP_DEAD_LETTER", "shoal.dead"),
+            "control_exchange": get("SHOAL_AMQP_CONTROL_EXCHANGE", "shoal.control"),
         }
         attempts = get("SHOAL_AMQP_MAX_ATTEMPTS")
         if attempts is not None:
@@ -247,6 +287,9 @@ class Client:
         self._finalizer()
         with self._cond:
             self._cond.notify_all()
+            pool, self._index_pool = self._index_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def __enter__(self) -> Client:
         return self
@@ -520,6 +563,9 @@ class Client:
                 pass
             except ShoalError as e:
                 failure = failure or e
+        if self.index and confirmed:
+            done = set(confirmed)
+            self._record_submitted([m for m in prepared if m.job_id in done])
         if failure is not None:
             with self._cond:
                 for job_id in set(ids) - set(confirmed):
@@ -527,6 +573,47 @@ class Client:
             failure.confirmed = confirmed  # type: ignore[attr-defined]
             raise failure
         return ids
+
+    def _record_submitted(self, messages: Sequence[Message]) -> None:
+        """Writes each confirmed job's two index objects, all at once on a
+        few threads (a batch's cost is then about one store round trip, not
+        two per job). The by-time key uses the very microseconds of the
+        job's ``x-shoal-published-us`` header: the worker keys its entry for
+        the job's end by the same value, and the two must sort side by side.
+        Best effort: the jobs are queued whatever the store says."""
+        store = self.store
+        if store is None:
+            return
+        writes: list[tuple[str, bytes]] = []
+        for m in messages:
+            us = int(m.properties.headers[PUBLISHED_US_HEADER])
+            body = index_entry(m.job_id, us)
+            writes += [(job_entry_key(us, m.job_id), body), (job_by_id_key(m.job_id), body)]
+        with self._cond:
+            if self._index_pool is None and not self._closed:
+                self._index_pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=_INDEX_WRITERS, thread_name_prefix="shoal-client-index"
+                )
+            pool = self._index_pool
+        errors: list[BaseException] = []
+        if pool is None:  # closed meanwhile: one at a time, here
+            for key, body in writes:
+                try:
+                    store.put_bytes(key, body)
+                except Exception as e:
+                    errors.append(e)
+        else:
+            futures = [pool.submit(store.put_bytes, key, body) for key, body in writes]
+            errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if errors:
+            log.warning(
+                "shoal client: could not record %d of %d submitted jobs' index objects in %s (%s); "
+                "they appear in the index once they end",
+                len(errors),
+                len(writes),
+                store.describe(),
+                errors[0],
+            )
 
     # ------------------------------------------------------------ results
 
@@ -598,8 +685,8 @@ class Client:
 
     def wait(self, job_id: str, timeout: float | None = None) -> Result:
         """Waits for the result of a job, whatever its status (succeeded,
-        failed, error, rejected), and returns it; raises :class:`Timeout`
-        when ``timeout`` seconds pass first (None: no limit).
+        failed, error, rejected, cancelled), and returns it; raises
+        :class:`Timeout` when ``timeout`` seconds pass first (None: no limit).
 
         Results come on the client's reply queue; other jobs' results that
         arrive meanwhile are kept for their own ``wait``. When the broker
@@ -673,11 +760,60 @@ class Client:
         job_id = self.submit(module, *args, **kwargs)
         return self.wait(job_id, timeout=timeout)
 
-    def cancel(self, job_id: str) -> None:
-        """Not available: the fleet cannot cancel a job yet (there is no
-        cancel message in the protocol; a queued job runs, and a running one
-        runs to its limits). Always raises :class:`ShoalError`."""
-        raise ShoalError("cancel is not supported by this fleet yet")
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancels a job across the fleet, as ``submit cancel`` does: it
+        ends with a ``cancelled`` result (error kind ``cancelled``, no exit
+        code), which :meth:`wait` returns as usual. A queued job never
+        runs; a running one is stopped within about a second.
+
+        Two steps, in this order. First the request is recorded in the
+        store (``cancel/<id>.json``, unless one is there): that is what
+        stops a job no worker holds yet, since every worker loads the
+        records when it connects and skips those jobs, however the timing
+        falls. Then a ``shoal.control/v1`` message goes to the control
+        exchange, which every worker hears, to stop the job where it runs.
+        Hence the store is needed (:class:`ShoalError` without one).
+
+        Returns ``"finished"`` when the job had ended otherwise (its result
+        is in the store; nothing is changed), ``"already"`` when it ended
+        cancelled or a cancel was requested before (the message is sent
+        again all the same: harmless, and it reaches a worker that took the
+        job since), else ``"requested"``. Unlike ``submit cancel``, a job
+        nothing knows of is not refused: the record is written anyway.
+        Raises :class:`BrokerUnavailable` when the message could not be
+        sent (the record is written by then: a retry says ``"already"``)."""
+        if self._closed:
+            raise ShoalError("the client is closed")
+        store = self._need_store("cancelling")
+        if not _JOB_ID.match(job_id):
+            raise ShoalError(f"{job_id!r} is not a job id (letters, digits, '.', '_' and '-', at most 128)")
+        try:
+            raw = store.get(result_key(job_id))
+            if raw is not None:
+                return "already" if json.loads(raw).get("status") == "cancelled" else "finished"
+            key = cancel_key(job_id)
+            new = store.size(key) is None
+            if new:
+                store.put_bytes(key, cancel_request(job_id, time.time_ns() // 1000))
+        except ShoalError:
+            raise
+        except Exception as e:
+            raise ShoalError(f"cancelling job {job_id}: {store.describe()}: {e}") from e
+        message = {"schema": contract.CONTROL_SCHEMA, "action": "cancel", "job_ids": [job_id]}
+        heard = self._link.publish_control(
+            json.dumps(message, separators=(",", ":")).encode("utf-8"),
+            pika.BasicProperties(content_type="application/json", type=contract.CONTROL_SCHEMA),
+            declare=self._declare,
+            timeout=self.publish_timeout,
+        )
+        if not heard:
+            log.info(
+                "shoal client: no control exchange %r: no worker is there to stop job %s now; "
+                "its cancel record stops it when a worker takes it",
+                self.topology.control_exchange,
+                job_id,
+            )
+        return "requested" if new else "already"
 
     # ------------------------------------------------------------ downloads
 

@@ -14,6 +14,33 @@ import jsonschema
 JOB_SCHEMA = "shoal.job/v1"
 RESULT_SCHEMA = "shoal.result/v1"
 STATE_SCHEMA = "shoal.state/v1"
+#: Control messages to every worker (``schemas/src/control.rs``): the
+#: message's ``schema`` and its AMQP ``type``.
+CONTROL_SCHEMA = "shoal.control/v1"
+#: Entries of the store's job index (``jobs/``).
+INDEX_SCHEMA = "shoal.index/v1"
+
+#: Every ``status`` of ``result.schema.json``: ``cancelled`` is an
+#: operator's cancel (:meth:`shoal_client.Client.cancel`), never retried.
+STATUSES = ("succeeded", "failed", "error", "rejected", "cancelled")
+#: Every ``error.kind`` (docs/ERRORS.md); a cancelled job's is ``cancelled``.
+ERROR_KINDS = (
+    "nonzero_exit",
+    "trap",
+    "out_of_fuel",
+    "memory_limit",
+    "timeout",
+    "invalid_module",
+    "missing_export",
+    "invalid_job",
+    "input_unavailable",
+    "input_too_large",
+    "input_refused",
+    "integrity",
+    "output_limit",
+    "internal",
+    "cancelled",
+)
 
 #: Files shipped in ``shoal_client/schemas/``.
 SCHEMA_FILES = ("job.schema.json", "result.schema.json", "state.schema.json", "topology.json")

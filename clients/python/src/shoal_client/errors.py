@@ -13,7 +13,8 @@ class JobRejected(ShoalError):
     A job the worker refuses for reasons the schema cannot express (an
     output mount over ``/inputs``, a limit above the worker's ceiling) is
     not this: it is published and comes back as a :class:`Result` whose
-    ``status`` is ``"rejected"``.
+    ``status`` is ``"rejected"``. (A job that was cancelled is not an error
+    either: its :class:`Result` has ``status`` ``"cancelled"``.)
     """
 
     def __init__(self, message: str, errors: list[str] | None = None) -> None:

@@ -30,7 +30,8 @@ class Result:
 
     @property
     def status(self) -> str:
-        """``succeeded``, ``failed``, ``error`` or ``rejected`` (docs/ERRORS.md)."""
+        """``succeeded``, ``failed``, ``error``, ``rejected`` or
+        ``cancelled`` (docs/ERRORS.md)."""
         return str(self.raw["status"])
 
     @property
@@ -38,9 +39,16 @@ class Result:
         return self.status == "succeeded"
 
     @property
+    def cancelled(self) -> bool:
+        """An operator cancelled the job (:meth:`Client.cancel`, ``submit
+        cancel``) before or while it ran: ``error_kind`` is ``cancelled``
+        too, and there is no exit code and no output."""
+        return self.status == "cancelled"
+
+    @property
     def exit_code(self) -> int | None:
         """The guest's exit status; None when it did not exit (a trap, a
-        limit, a rejected job)."""
+        limit, a rejected or cancelled job)."""
         code = self.raw.get("exit_code")
         return int(code) if code is not None else None
 

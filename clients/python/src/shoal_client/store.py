@@ -1,15 +1,19 @@
-"""The store the fleet shares: content cache (``cache/sha256/<hex>``) and
-results (``results/<job id>/…``), in an S3 bucket or a local folder. The
-key layout is the same in both; in a folder a key is a file path below it
-(as the worker's ``object_store`` local backend lays it out)."""
+"""The store the fleet shares: content cache (``cache/sha256/<hex>``),
+results (``results/<job id>/…``), the job index (``jobs/…``) and cancel
+requests (``cancel/<job id>.json``), in an S3 bucket or a local folder. The
+key layout is the same in both (worker/src/store/keys.rs); in a folder a
+key is a file path below it (as the worker's ``object_store`` local backend
+lays it out)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -22,6 +26,65 @@ def sha256_key(hex_digest: str) -> str:
 def result_key(job_id: str) -> str:
     """The key of a job's result message."""
     return f"results/{job_id}/result.json"
+
+
+#: The job index's keys count down, so that a plain ascending listing (all
+#: S3 offers) gives the newest first: 8 digits of hours and 16 of
+#: microseconds since the epoch, subtracted from these (keys.rs).
+_HOURS_TOP = 99_999_999
+_MICROS_TOP = 9_999_999_999_999_999
+_MICROS_PER_HOUR = 3_600_000_000
+
+
+def jobs_hour(submitted_us: int) -> str:
+    """The index folder of the hour holding ``submitted_us`` (microseconds
+    since the epoch): ``jobs/by-time/<8 digits>``."""
+    hour = max(0, submitted_us) // _MICROS_PER_HOUR
+    return f"jobs/by-time/{_HOURS_TOP - min(hour, _HOURS_TOP):08d}"
+
+
+def job_entry_key(submitted_us: int, job_id: str, status: str | None = None) -> str:
+    """A job's entry in the by-time index, as the worker names it: without
+    a status as submitted (the client's), with ``@<status>`` once it ended
+    (the worker's). ``submitted_us`` must be the job's
+    ``x-shoal-published-us`` header, so the two entries sort side by side."""
+    us = _MICROS_TOP - min(max(0, submitted_us), _MICROS_TOP)
+    ended = f"@{status}" if status else ""
+    return f"{jobs_hour(submitted_us)}/{us:016d}-{job_id}{ended}.json"
+
+
+def job_by_id_key(job_id: str) -> str:
+    """The job's submitted entry, found by id."""
+    return f"jobs/by-id/{job_id}.json"
+
+
+def cancel_key(job_id: str) -> str:
+    """An operator's request to cancel the job, which workers load when
+    they connect and skip the job for."""
+    return f"cancel/{job_id}.json"
+
+
+def rfc3339_micros(us: int) -> str:
+    """``us`` microseconds since the epoch as the worker writes times in
+    the index (``humantime``'s RFC 3339 with microseconds, UTC):
+    ``2025-12-01T14:40:00.000000Z``. Integer arithmetic, no float rounding."""
+    at = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def index_entry(job_id: str, submitted_us: int) -> bytes:
+    """A submitted job's index entry (``shoal.index/v1``, no status), the
+    body of both its by-time and by-id objects."""
+    from .contract import INDEX_SCHEMA
+
+    entry = {"schema": INDEX_SCHEMA, "job_id": job_id, "submitted_at": rfc3339_micros(submitted_us)}
+    return json.dumps(entry, separators=(",", ":")).encode("utf-8")
+
+
+def cancel_request(job_id: str, requested_us: int) -> bytes:
+    """The body of ``cancel/<id>.json``."""
+    request = {"job_id": job_id, "requested_at": rfc3339_micros(requested_us)}
+    return json.dumps(request, separators=(",", ":")).encode("utf-8")
 
 
 def _check_key(key: str) -> str:

@@ -82,6 +82,23 @@ class Queue:
     bindings: tuple[tuple[str, str], ...] = ()
 
 
+def _exchange_step(e: Exchange, passive: bool) -> tuple[str, dict[str, Any]]:
+    """The ``exchange_declare`` call for ``e``: exactly as declared, or a
+    passive check that it exists."""
+    if passive:
+        return ("exchange_declare", {"exchange": e.name, "passive": True})
+    return (
+        "exchange_declare",
+        {
+            "exchange": e.name,
+            "exchange_type": e.type,
+            "durable": e.durable,
+            "auto_delete": e.auto_delete,
+            "arguments": {k: a.for_pika() for k, a in e.arguments.items()},
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Topology:
     """Queue and exchange names; a fleet may rename them (``amqp.*`` in
@@ -90,6 +107,10 @@ class Topology:
     job_queue: str = "shoal.jobs"
     results_exchange: str = "shoal.results"
     dead_letter: str = "shoal.dead"
+    #: Fanout exchange of control messages (cancel, inspect, follow): every
+    #: worker binds a queue of its own to it, so one message reaches the
+    #: whole fleet.
+    control_exchange: str = "shoal.control"
     #: ``x-delivery-limit``: twice the fleet's ``amqp.max_attempts``.
     delivery_limit: int = DELIVERY_LIMIT
 
@@ -97,6 +118,7 @@ class Topology:
         return [
             Exchange(role="dead_letter", name=self.dead_letter, type="fanout"),
             Exchange(role="results", name=self.results_exchange, type="topic"),
+            Exchange(role="control", name=self.control_exchange, type="fanout"),
         ]
 
     def queues(self) -> list[Queue]:
@@ -124,24 +146,16 @@ class Topology:
     def declarations(self, passive: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """The channel calls that declare everything, in the order the Rust
         side uses (dead-letter exchange, its queue and binding, results
-        exchange, job queue): ``(pika channel method, keyword arguments)``.
-        Passively, only existence is checked (no binding is made)."""
-        dead, results = self.exchanges()
+        exchange, control exchange, job queue): ``(pika channel method,
+        keyword arguments)``. Passively, only existence is checked (no
+        binding is made), and not of the control exchange: workers from
+        before cancel do not declare it, and submitting to them needs
+        nothing of it (:meth:`control_declaration` is for cancelling)."""
+        dead, results, control = self.exchanges()
         dead_queue, jobs = self.queues()
 
         def exchange(e: Exchange) -> tuple[str, dict[str, Any]]:
-            if passive:
-                return ("exchange_declare", {"exchange": e.name, "passive": True})
-            return (
-                "exchange_declare",
-                {
-                    "exchange": e.name,
-                    "exchange_type": e.type,
-                    "durable": e.durable,
-                    "auto_delete": e.auto_delete,
-                    "arguments": {k: a.for_pika() for k, a in e.arguments.items()},
-                },
-            )
+            return _exchange_step(e, passive)
 
         def queue(q: Queue) -> tuple[str, dict[str, Any]]:
             if passive:
@@ -161,8 +175,17 @@ class Topology:
         if not passive:
             for ex, key in dead_queue.bindings:
                 steps.append(("queue_bind", {"queue": dead_queue.name, "exchange": ex, "routing_key": key}))
-        steps += [exchange(results), queue(jobs)]
+        steps.append(exchange(results))
+        if not passive:
+            steps.append(exchange(control))
+        steps.append(queue(jobs))
         return steps
+
+    def control_declaration(self, passive: bool = False) -> tuple[str, dict[str, Any]]:
+        """The channel call that declares the control exchange alone (as
+        :meth:`declarations` does), or checks that it exists."""
+        (control,) = [e for e in self.exchanges() if e.role == "control"]
+        return _exchange_step(control, passive)
 
     def as_json(self) -> dict[str, Any]:
         """This topology in the shape of ``schemas/topology.json`` (without
