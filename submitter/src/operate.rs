@@ -201,95 +201,13 @@ impl Operator {
     /// is [`OperateError::Unknown`] unless `force`.
     pub async fn cancel(&mut self, job_id: &str, force: bool) -> Result<Cancelled, OperateError> {
         let store = self.store.clone();
-        if let Some(result) = crate::local::stored_result(store.as_ref(), job_id).await? {
-            return Ok(match result.status {
-                Status::Cancelled => Cancelled::Already,
-                status => Cancelled::Finished(status),
-            });
-        }
-        let running = self.held(job_id).await?;
-        let known = running.is_some()
-            || force
-            || index::submitted(store.as_ref(), job_id).await?.is_some()
-            || index::cancel_requested(store.as_ref(), job_id)
-                .await?
-                .is_some();
-        if !known {
-            return Err(OperateError::Unknown(job_id.to_owned()));
-        }
-        let new = index::request_cancel(store.as_ref(), job_id).await?;
-        // Sent again on a repeated cancel: harmless, and it reaches a
-        // worker that took the job since.
-        self.control(
-            &ControlMessage::new(Action::Cancel, vec![job_id.to_owned()]),
-            None,
-        )
-        .await?;
-        Ok(match running {
-            Some((worker, _)) => Cancelled::Stopping { worker },
-            None if new => Cancelled::WillNotRun,
-            None => Cancelled::Already,
-        })
+        cancel(store.as_ref(), Some(self), job_id, force).await
     }
 
     /// Where `job_id` is now.
     pub async fn describe(&mut self, job_id: &str) -> Result<Description, OperateError> {
         let store = self.store.clone();
-        let finished = |result: ResultMessage| Description {
-            id: result.job_id.clone(),
-            state: "finished",
-            status: Some(result.status),
-            worker: Some(result.worker.clone()),
-            attempt: Some(result.attempt),
-            since: result.finished_at.clone(),
-            cancel_requested: false,
-            result: Some(Box::new(result)),
-        };
-        if let Some(result) = crate::local::stored_result(store.as_ref(), job_id).await? {
-            return Ok(finished(result));
-        }
-        let cancel_requested = index::cancel_requested(store.as_ref(), job_id)
-            .await?
-            .is_some();
-        if let Some((worker, activity)) = self.held(job_id).await? {
-            return Ok(Description {
-                id: job_id.to_owned(),
-                state: state_name(activity.state),
-                status: None,
-                worker: Some(worker),
-                attempt: Some(activity.attempt),
-                since: Some(activity.since),
-                cancel_requested: cancel_requested || activity.cancelling,
-                result: None,
-            });
-        }
-        // It may have ended while the workers were asked.
-        if let Some(result) = crate::local::stored_result(store.as_ref(), job_id).await? {
-            return Ok(finished(result));
-        }
-        match index::submitted(store.as_ref(), job_id).await? {
-            Some(entry) => Ok(Description {
-                id: job_id.to_owned(),
-                state: "queued",
-                status: None,
-                worker: None,
-                attempt: None,
-                since: Some(entry.submitted_at),
-                cancel_requested,
-                result: None,
-            }),
-            None if cancel_requested => Ok(Description {
-                id: job_id.to_owned(),
-                state: "queued",
-                status: None,
-                worker: None,
-                attempt: None,
-                since: None,
-                cancel_requested,
-                result: None,
-            }),
-            None => Err(OperateError::Unknown(job_id.to_owned())),
-        }
+        describe(store.as_ref(), Some(self), job_id).await
     }
 
     /// The newest jobs, newest first, as `submit list` shows them: the
@@ -312,6 +230,119 @@ impl Operator {
         };
         let store = self.store.clone();
         list_jobs(store.as_ref(), filter, &held).await
+    }
+}
+
+/// [`Operator::cancel`], or with the store alone when the fleet cannot be
+/// reached (`fleet` is `None`): then the record is all that is done, which
+/// is enough in the end, since every worker reads the records again when
+/// it reconnects and stops a job it holds that has one
+/// ([`Cancelled::Recorded`]).
+pub async fn cancel(
+    store: &dyn ObjectStore,
+    mut fleet: Option<&mut Operator>,
+    job_id: &str,
+    force: bool,
+) -> Result<Cancelled, OperateError> {
+    if let Some(result) = crate::local::stored_result(store, job_id).await? {
+        return Ok(match result.status {
+            Status::Cancelled => Cancelled::Already,
+            status => Cancelled::Finished(status),
+        });
+    }
+    let running = match fleet.as_deref_mut() {
+        Some(fleet) => fleet.held(job_id).await?,
+        None => None,
+    };
+    let known = running.is_some()
+        || force
+        || index::submitted(store, job_id).await?.is_some()
+        || index::cancel_requested(store, job_id).await?.is_some();
+    if !known {
+        return Err(OperateError::Unknown(job_id.to_owned()));
+    }
+    let new = index::request_cancel(store, job_id).await?;
+    let Some(fleet) = fleet else {
+        return Ok(if new {
+            Cancelled::Recorded
+        } else {
+            Cancelled::Already
+        });
+    };
+    // Sent again on a repeated cancel: harmless, and it reaches a worker
+    // that took the job since.
+    fleet
+        .control(
+            &ControlMessage::new(Action::Cancel, vec![job_id.to_owned()]),
+            None,
+        )
+        .await?;
+    Ok(match running {
+        Some((worker, _)) => Cancelled::Stopping { worker },
+        None if new => Cancelled::WillNotRun,
+        None => Cancelled::Already,
+    })
+}
+
+/// [`Operator::describe`], or from the store alone when the fleet cannot
+/// be reached (`fleet` is `None`): a job that has not finished is then
+/// `queued` as far as the store knows, and [`Description::workers_asked`]
+/// is false.
+pub async fn describe(
+    store: &dyn ObjectStore,
+    fleet: Option<&mut Operator>,
+    job_id: &str,
+) -> Result<Description, OperateError> {
+    let finished = |result: ResultMessage| Description {
+        id: result.job_id.clone(),
+        state: "finished",
+        status: Some(result.status),
+        worker: Some(result.worker.clone()),
+        attempt: Some(result.attempt),
+        since: result.finished_at.clone(),
+        cancel_requested: false,
+        workers_asked: true,
+        result: Some(Box::new(result)),
+    };
+    if let Some(result) = crate::local::stored_result(store, job_id).await? {
+        return Ok(finished(result));
+    }
+    let cancel_requested = index::cancel_requested(store, job_id).await?.is_some();
+    let workers_asked = fleet.is_some();
+    if let Some(fleet) = fleet {
+        if let Some((worker, activity)) = fleet.held(job_id).await? {
+            return Ok(Description {
+                id: job_id.to_owned(),
+                state: state_name(activity.state),
+                status: None,
+                worker: Some(worker),
+                attempt: Some(activity.attempt),
+                since: Some(activity.since),
+                cancel_requested: cancel_requested || activity.cancelling,
+                workers_asked,
+                result: None,
+            });
+        }
+        // It may have ended while the workers were asked.
+        if let Some(result) = crate::local::stored_result(store, job_id).await? {
+            return Ok(finished(result));
+        }
+    }
+    let queued = |since| Description {
+        id: job_id.to_owned(),
+        state: "queued",
+        status: None,
+        worker: None,
+        attempt: None,
+        since,
+        cancel_requested,
+        workers_asked,
+        result: None,
+    };
+    match index::submitted(store, job_id).await? {
+        Some(entry) => Ok(queued(Some(entry.submitted_at))),
+        None if cancel_requested => Ok(queued(None)),
+        None => Err(OperateError::Unknown(job_id.to_owned())),
     }
 }
 
@@ -534,6 +565,9 @@ pub enum Cancelled {
     },
     /// Queued: it will end `cancelled` without running.
     WillNotRun,
+    /// Recorded in the store only, the fleet not answering: a queued job
+    /// will not run, and a running one stops when its worker reconnects.
+    Recorded,
     /// A cancel was requested before, or it ended cancelled already.
     Already,
     /// It had finished; nothing changed.
@@ -561,6 +595,9 @@ pub struct Description {
     pub since: Option<String>,
     /// A cancel was requested and has not ended it yet.
     pub cancel_requested: bool,
+    /// The workers were asked (false: the fleet did not answer, and a
+    /// `queued` job may be running).
+    pub workers_asked: bool,
     /// The result, once finished.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<ResultMessage>>,

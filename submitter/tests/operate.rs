@@ -31,6 +31,17 @@ impl Fleet {
             .unwrap()
     }
 
+    /// `submit` while the broker is unreachable: what the store alone can do.
+    fn submit_without_broker(&self, args: &[&str]) -> Output {
+        submit_command()
+            .args(args)
+            .current_dir(self.cli.work.path())
+            .envs(self.env.iter().cloned())
+            .env("SHOAL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .output()
+            .unwrap()
+    }
+
     fn worker(&self, name: &str) -> InProcessWorker {
         InProcessWorker::join(&self.env, &self.suffix, Some(name))
     }
@@ -145,6 +156,21 @@ fn a_queued_job_cancelled_before_any_worker_is_up_never_runs() {
     assert_eq!(d["id"], id.as_str());
     assert!(d.get("since").is_some(), "{d}");
     assert!(fleet.listed(&[]).contains(&(id.clone(), "queued".into())));
+
+    // With the broker down, the store still describes and lists.
+    let out = fleet.submit_without_broker(&["describe", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["state"], "queued", "{d}");
+    assert_eq!(d["workers_asked"], false, "{d}");
+    assert!(
+        text(&out.stderr).contains("did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = fleet.submit_without_broker(&["list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&id));
 
     let out = fleet.submit(&["cancel", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -313,8 +339,11 @@ fn a_redelivered_job_that_was_cancelled_is_skipped() {
         );
         conn
     });
-    let out = fleet.submit(&["cancel", &id]);
+    // Cancelled while the broker cannot be reached: the store's record
+    // is enough.
+    let out = fleet.submit_without_broker(&["cancel", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), format!("{id}: cancel recorded"));
     runtime.block_on(async { conn.close(200, "dying".into()).await.unwrap() });
     let worker = fleet.worker("w-after");
     let (result, code) = fleet.result(&id);
@@ -379,7 +408,13 @@ fn logs_follow_shows_a_guests_lines_as_it_prints_them() {
 
 #[test]
 fn list_shows_jobs_of_every_status_newest_first_filtered() {
-    let fleet = Fleet::new("list", &[]);
+    let fleet = Fleet::new(
+        "list",
+        &[
+            ("SHOAL_AMQP_MAX_ATTEMPTS", "1"),
+            ("SHOAL_STAGING_URL_ALLOW", "127.0.0.0/8"),
+        ],
+    );
     let worker = fleet.worker("w-list");
     let ok = fleet.id("ok");
     fleet.detach(&ok, &["args", "x"]);
@@ -406,6 +441,58 @@ fn list_shows_jobs_of_every_status_newest_first_filtered() {
     );
     assert_eq!(fleet.listed(&["--status", "succeeded,failed"]).len(), 2);
     assert!(fleet.listed(&["--status", "rejected"]).is_empty());
+
+    // Rejected: a message with an id that is not a valid job. Error: an
+    // origin that never answers, past the fleet's one attempt.
+    let rejected = fleet.id("rejected");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let conn = lapin::Connection::connect(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .basic_publish(
+                "".into(),
+                fleet.env[1].1.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                br#"{"schema": "shoal.job/v1", "module": 7}"#,
+                lapin::BasicProperties::default().with_message_id(rejected.as_str().into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        conn.close(200, "sent".into()).await.unwrap();
+    });
+    assert_eq!(fleet.result(&rejected).0["status"], "rejected");
+    let error = fleet.id("error");
+    let probe = path("tests/fixtures/probe.wasm");
+    let out = fleet.submit(&[
+        "run",
+        "--detach",
+        "--id",
+        &error,
+        "-i",
+        "http://127.0.0.1:1/never",
+        &probe,
+        "--",
+        "args",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(fleet.result(&error).0["status"], "error");
+    let statuses: Vec<String> = fleet.listed(&[]).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(statuses, ["error", "rejected", "failed", "succeeded"]);
+    assert_eq!(
+        fleet.listed(&["--status", "error,rejected"]),
+        vec![
+            (error.clone(), "error".into()),
+            (rejected.clone(), "rejected".into())
+        ]
+    );
     std::thread::sleep(Duration::from_secs(3));
     let late = fleet.id("late");
     fleet.detach(&late, &["args", "y"]);
@@ -422,7 +509,7 @@ fn list_shows_jobs_of_every_status_newest_first_filtered() {
     let out = fleet.submit(&["list"]);
     assert_eq!(out.status.code(), Some(0));
     let table = text(&out.stdout);
-    for id in [&ok, &failed, &late] {
+    for id in [&ok, &failed, &rejected, &error, &late] {
         assert!(table.contains(id.as_str()), "{table}");
     }
     assert!(

@@ -21,7 +21,7 @@ from shoal_client.store import (
     index_entry,
     job_by_id_key,
     job_entry_key,
-    jobs_hour,
+    jobs_minute,
     rfc3339_micros,
 )
 from shoal_client.topology import PUBLISHED_US_HEADER
@@ -34,9 +34,10 @@ _RFC3339_MICROS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 def _expected_entry_key(us: int, job_id: str, status: str | None = None) -> str:
     """The by-time key as docs/PROTOCOL.md and keys.rs spell it, worked out
     here rather than with the client's own function."""
-    hours = "%08d" % (99999999 - us // 3600000000)
+    days = "%06d" % (999999 - us // 86_400_000_000)
+    minutes = "%04d" % (1439 - (us // 60_000_000) % 1440)
     micros = "%016d" % (9999999999999999 - us)
-    return f"jobs/by-time/{hours}/{micros}-{job_id}{'@' + status if status else ''}.json"
+    return f"jobs/by-time/{days}/{minutes}/{micros}-{job_id}{'@' + status if status else ''}.json"
 
 
 def _micros_of(text: str) -> int:
@@ -80,13 +81,15 @@ def _check_index(store_get: Any, job_id: str, us: int) -> None:
 
 def test_index_keys_count_down_as_the_worker_writes_them() -> None:
     us = 1_764_600_000_000_000
-    assert jobs_hour(us) == "jobs/by-time/99509833"
-    assert job_entry_key(us, "j1") == "jobs/by-time/99509833/8235399999999999-j1.json"
-    assert job_entry_key(us, "j1", "cancelled") == "jobs/by-time/99509833/8235399999999999-j1@cancelled.json"
+    # 2025-12-01T14:40:00Z: day 20423, minute 880 of the day (keys.rs's test).
+    assert jobs_minute(us) == "jobs/by-time/979576/0559"
+    assert job_entry_key(us, "j1") == "jobs/by-time/979576/0559/8235399999999999-j1.json"
+    assert job_entry_key(us, "j1", "cancelled") == "jobs/by-time/979576/0559/8235399999999999-j1@cancelled.json"
     assert job_entry_key(us, "a.b-c") == _expected_entry_key(us, "a.b-c")
     # Newest first in an ascending listing; a job's end sorts right after it.
     assert job_entry_key(us + 1, "j1") < job_entry_key(us, "j1") < job_entry_key(us, "j1", "succeeded")
-    assert job_entry_key(us + 3_600_000_000, "z") < job_entry_key(us + 1, "j1")
+    assert job_entry_key(us + 60_000_000, "z") < job_entry_key(us + 1, "j1")
+    assert job_entry_key(us + 86_400_000_000, "z") < job_entry_key(us + 60_000_000, "z")
     assert job_by_id_key("j1") == "jobs/by-id/j1.json"
     assert cancel_key("j1") == "cancel/j1.json"
     # humantime's format_rfc3339_micros: always six digits, Z.

@@ -574,18 +574,29 @@ async fn operate(
 
 async fn cancel_command(cancel: CancelArgs) -> Result<u8> {
     use shoal_submitter::operate::{Cancelled, OperateError};
-    let (_, operator) = operate(cancel.config.as_deref()).await?;
-    let mut operator =
-        operator.context("connecting to the fleet to cancel (set SHOAL_AMQP_URL)")?;
+    let (store, operator) = operate(cancel.config.as_deref()).await?;
+    let mut fleet = match operator {
+        Ok(operator) => Some(operator),
+        Err(e) => {
+            eprintln!(
+                "submit: the fleet did not answer ({e}); recording the cancels in the store only: a queued job will not run, a running one stops when its worker reconnects"
+            );
+            None
+        }
+    };
     let mut code = 0;
     for id in &cancel.ids {
-        match operator.cancel(id, cancel.force).await {
+        let done =
+            shoal_submitter::operate::cancel(store.as_ref(), fleet.as_mut(), id, cancel.force)
+                .await;
+        match done {
             Ok(Cancelled::Stopping { worker }) => {
                 println!("{id}: cancelled; stopping on {worker}")
             }
             Ok(Cancelled::WillNotRun) => {
                 println!("{id}: cancelled; it will end `cancelled` without running")
             }
+            Ok(Cancelled::Recorded) => println!("{id}: cancel recorded"),
             Ok(Cancelled::Already) => println!("{id}: already cancelled"),
             Ok(Cancelled::Finished(status)) => {
                 println!(
@@ -599,12 +610,16 @@ async fn cancel_command(cancel: CancelArgs) -> Result<u8> {
                 code = 1;
             }
             Err(e) => {
-                operator.close().await;
+                if let Some(fleet) = fleet {
+                    fleet.close().await;
+                }
                 return Err(e).with_context(|| format!("cancelling {id}"));
             }
         }
     }
-    operator.close().await;
+    if let Some(fleet) = fleet {
+        fleet.close().await;
+    }
     Ok(code)
 }
 
@@ -682,11 +697,18 @@ async fn list_command(list: ListArgs) -> Result<u8> {
 }
 
 async fn describe_command(describe: DescribeArgs) -> Result<u8> {
-    let (_, operator) = operate(describe.config.as_deref()).await?;
-    let mut operator =
-        operator.context("connecting to the fleet to describe a job (set SHOAL_AMQP_URL)")?;
-    let described = operator.describe(&describe.id).await;
-    operator.close().await;
+    let (store, operator) = operate(describe.config.as_deref()).await?;
+    let described = match operator {
+        Ok(mut operator) => {
+            let described = operator.describe(&describe.id).await;
+            operator.close().await;
+            described
+        }
+        Err(e) => {
+            eprintln!("submit: the fleet did not answer ({e}); describing from the store alone");
+            shoal_submitter::operate::describe(store.as_ref(), None, &describe.id).await
+        }
+    };
     let d = match described {
         Ok(d) => d,
         Err(e @ shoal_submitter::operate::OperateError::Unknown(_)) => {
@@ -704,6 +726,9 @@ async fn describe_command(describe: DescribeArgs) -> Result<u8> {
     let mut state = d.state.to_owned();
     if let Some(status) = d.status {
         state = format!("{state}: {}", status.as_str());
+    }
+    if !d.workers_asked && d.state == "queued" {
+        state.push_str(" (or running: the workers could not be asked)");
     }
     writeln!(out, "state      {state}")?;
     if let Some(worker) = &d.worker {

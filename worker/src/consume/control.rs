@@ -70,7 +70,12 @@ impl Holding {
 }
 
 impl Drop for Holding {
+    /// Also stops the guest, if any still runs: a job dropped before it
+    /// was settled (its session lost the broker) goes back to the queue, and
+    /// its orphaned guest would otherwise run on to its deadline, holding a
+    /// store of the instance pool.
     fn drop(&mut self) {
+        self.live.cancel();
         let mut held = self.held.lock();
         if held
             .jobs

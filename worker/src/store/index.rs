@@ -2,9 +2,9 @@
 //! `cancel` read without a server of their own.
 //!
 //! A job has an entry under `jobs/by-time/` keyed by when it was submitted,
-//! inverted so that S3's ascending listing gives the newest first, one
-//! folder per hour so that the newest jobs are found without listing the
-//! older ones. A client writes the entry without a status when it submits
+//! inverted so that S3's ascending listing gives the newest first, in a
+//! folder per day and minute so that the newest jobs are found without
+//! listing the older ones. A client writes the entry without a status when it submits
 //! (and `jobs/by-id/<id>.json`, to find it by id); the worker that ends the
 //! job writes a second one beside it with the status in its name, so a
 //! listing filtered by status reads only names. Both are written after the
@@ -155,66 +155,89 @@ impl Query {
     }
 }
 
-/// The newest jobs in the index that `query` wants, newest first. Lists an
-/// hour's folder at a time, newest hour first, and stops at the first hour
-/// that fills the limit or is older than `since_us`: the cost grows with
-/// the jobs of the hours it reads, not with the whole index.
+/// The newest jobs in the index that `query` wants, newest first. Lists a
+/// minute's folder at a time, newest first (the days, then each day's
+/// minutes, both sorted), and stops at the folder that fills the limit or
+/// the first older than `since_us`: the cost grows with the jobs of the
+/// minutes it reads, not with the whole index.
 pub async fn newest(store: &dyn ObjectStore, query: &Query) -> Result<Vec<Listed>, InfraError> {
-    let root = keys::jobs_by_time();
-    let listing = store
-        .list_with_delimiter(Some(&root))
-        .await
-        .map_err(|e| InfraError::Store(Cause::new(format!("listing {root}"), e)))?;
-    let mut hours = listing.common_prefixes;
-    hours.sort();
     let mut found = Vec::new();
-    for hour in hours {
-        let mut names: Vec<_> = store
-            .list(Some(&hour))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await
-            .map_err(|e| InfraError::Store(Cause::new(format!("listing {hour}"), e)))?;
-        names.sort();
-        // A job's two entries, grouped; kept in the listing's order.
-        let mut order: Vec<(u64, String)> = Vec::new();
-        let mut by_job: HashMap<(u64, String), Listed> = HashMap::new();
-        let mut older = false;
-        for name in names {
-            let Some((us, id, status)) = keys::parse_job_entry(name.as_ref()) else {
-                continue;
-            };
-            if query.since_us.is_some_and(|since| us < since) {
-                older = true;
-                continue;
+    for day in folders(store, &keys::jobs_by_time()).await? {
+        for minute in folders(store, &day).await? {
+            let (more, older) = read_minute(store, &minute, query, &mut found).await?;
+            if !more || older {
+                return Ok(found);
             }
-            let slot = by_job.entry((us, id.clone())).or_insert_with(|| {
-                order.push((us, id.clone()));
-                Listed {
-                    job_id: id.clone(),
-                    submitted_us: us,
-                    ended: None,
-                }
-            });
-            if let Some(status) = status.as_deref().and_then(status_named) {
-                slot.ended = Some((status, name.clone()));
-            }
-        }
-        for key in order {
-            if let Some(listed) = by_job.remove(&key)
-                && query.wants(&listed)
-            {
-                found.push(listed);
-                if found.len() >= query.limit {
-                    return Ok(found);
-                }
-            }
-        }
-        if older {
-            break;
         }
     }
     Ok(found)
+}
+
+/// The folders under `parent`, sorted (newest first, the names being inverted).
+async fn folders(
+    store: &dyn ObjectStore,
+    parent: &object_store::path::Path,
+) -> Result<Vec<object_store::path::Path>, InfraError> {
+    let listing = store
+        .list_with_delimiter(Some(parent))
+        .await
+        .map_err(|e| InfraError::Store(Cause::new(format!("listing {parent}"), e)))?;
+    let mut folders = listing.common_prefixes;
+    folders.sort();
+    Ok(folders)
+}
+
+/// Adds the jobs of one minute's folder that `query` wants to `found`, in
+/// order. Returns whether more are wanted, and whether the folder reached
+/// back past `since_us` (nothing older is).
+async fn read_minute(
+    store: &dyn ObjectStore,
+    minute: &object_store::path::Path,
+    query: &Query,
+    found: &mut Vec<Listed>,
+) -> Result<(bool, bool), InfraError> {
+    let mut names: Vec<_> = store
+        .list(Some(minute))
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await
+        .map_err(|e| InfraError::Store(Cause::new(format!("listing {minute}"), e)))?;
+    names.sort();
+    // A job's two entries, grouped; kept in the listing's order.
+    let mut order: Vec<(u64, String)> = Vec::new();
+    let mut by_job: HashMap<(u64, String), Listed> = HashMap::new();
+    let mut older = false;
+    for name in names {
+        let Some((us, id, status)) = keys::parse_job_entry(name.as_ref()) else {
+            continue;
+        };
+        if query.since_us.is_some_and(|since| us < since) {
+            older = true;
+            continue;
+        }
+        let slot = by_job.entry((us, id.clone())).or_insert_with(|| {
+            order.push((us, id.clone()));
+            Listed {
+                job_id: id.clone(),
+                submitted_us: us,
+                ended: None,
+            }
+        });
+        if let Some(status) = status.as_deref().and_then(status_named) {
+            slot.ended = Some((status, name.clone()));
+        }
+    }
+    for key in order {
+        if let Some(listed) = by_job.remove(&key)
+            && query.wants(&listed)
+        {
+            found.push(listed);
+            if found.len() >= query.limit {
+                return Ok((false, older));
+            }
+        }
+    }
+    Ok((true, older))
 }
 
 /// An ended entry's contents.

@@ -11,8 +11,8 @@
 //! results/<job id>/stdout|stderr             streams above limits.inline_stream_bytes
 //! results/<job id>/<mount>/<path>            a job's output files
 //! health/readyz                              the readiness probe's object
-//! jobs/by-time/<hour>/<µs>-<id>.json         a job as submitted (index; both numbers inverted)
-//! jobs/by-time/<hour>/<µs>-<id>@<status>.json  the same job once it ended
+//! jobs/by-time/<day>/<minute>/<µs>-<id>.json  a job as submitted (index; the numbers inverted)
+//! jobs/by-time/<day>/<minute>/<µs>-<id>@<status>.json  the same job once it ended
 //! jobs/by-id/<id>.json                       when a job was submitted (its by-time key)
 //! cancel/<id>.json                           an operator's request to cancel a job
 //! ```
@@ -94,17 +94,30 @@ pub fn jobs_by_time() -> StorePath {
 }
 
 /// Inverted so that a plain ascending listing, which is all S3 offers,
-/// gives the newest first: 8 digits of hours, 16 of microseconds since the
-/// epoch (enough until the year 2286).
-const HOURS_TOP: u64 = 99_999_999;
+/// gives the newest first: 6 digits of days since the epoch, 4 of the
+/// minute in the day, 16 of microseconds since the epoch (enough until the
+/// year 2286).
+const DAYS_TOP: u64 = 999_999;
+const MINUTES_TOP: u64 = 1439;
 const MICROS_TOP: u64 = 9_999_999_999_999_999;
+const MICROS_PER_MINUTE: u64 = 60_000_000;
 
-/// The index folder of the hour holding `submitted_us` (µs since the epoch).
-pub fn jobs_hour(submitted_us: u64) -> StorePath {
-    let hour = submitted_us / 3_600_000_000;
+/// The index folder of the day holding `submitted_us` (µs since the epoch).
+pub fn jobs_day(submitted_us: u64) -> StorePath {
+    let day = submitted_us / (1440 * MICROS_PER_MINUTE);
+    StorePath::from(format!("jobs/by-time/{:06}", DAYS_TOP - day.min(DAYS_TOP)))
+}
+
+/// The index folder of the minute holding `submitted_us`: one folder a
+/// minute keeps each listing short (a fleet finishing 100,000 jobs an hour
+/// puts under 3,400 entries in one), one a day above them keeps the list of
+/// minutes short.
+pub fn jobs_minute(submitted_us: u64) -> StorePath {
+    let minute = (submitted_us / MICROS_PER_MINUTE) % 1440;
     StorePath::from(format!(
-        "jobs/by-time/{:08}",
-        HOURS_TOP - hour.min(HOURS_TOP)
+        "{}/{:04}",
+        jobs_day(submitted_us),
+        MINUTES_TOP - minute
     ))
 }
 
@@ -116,7 +129,7 @@ pub fn job_entry(submitted_us: u64, job_id: &str, status: Option<&str>) -> Store
     let ended = status.map(|s| format!("@{s}")).unwrap_or_default();
     StorePath::from(format!(
         "{}/{us:016}-{job_id}{ended}.json",
-        jobs_hour(submitted_us)
+        jobs_minute(submitted_us)
     ))
 }
 
@@ -178,11 +191,21 @@ mod tests {
         let older = job_entry(1_764_600_000_000_000, "a.b-c", None);
         let newer = job_entry(1_764_600_000_000_001, "a.b-c", Some("failed"));
         assert!(newer.as_ref() < older.as_ref(), "{newer} {older}");
-        // An hour later sorts before, in a folder of its own.
-        let later = job_entry(1_764_603_600_000_000, "z", None);
-        assert!(later.as_ref() < newer.as_ref());
-        assert!(later.prefix_matches(&jobs_hour(1_764_603_600_000_000)));
-        assert!(later.prefix_matches(&jobs_by_time()));
+        // A minute later sorts before, in a folder of its own; a day
+        // later, in a day of its own.
+        for later_us in [1_764_600_060_000_000, 1_764_686_400_000_000] {
+            let later = job_entry(later_us, "z", None);
+            assert!(later.as_ref() < newer.as_ref());
+            assert!(later.prefix_matches(&jobs_minute(later_us)));
+            assert!(!later.prefix_matches(&jobs_minute(1_764_600_000_000_001)));
+            assert!(later.prefix_matches(&jobs_day(later_us)));
+            assert!(later.prefix_matches(&jobs_by_time()));
+        }
+        // 2025-12-01T14:40:00Z: day 20423, minute 880 of the day.
+        assert_eq!(
+            older.as_ref(),
+            "jobs/by-time/979576/0559/8235399999999999-a.b-c.json"
+        );
         assert_eq!(
             parse_job_entry(newer.as_ref()),
             Some((1_764_600_000_000_001, "a.b-c".into(), Some("failed".into())))

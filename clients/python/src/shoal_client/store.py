@@ -29,18 +29,23 @@ def result_key(job_id: str) -> str:
 
 
 #: The job index's keys count down, so that a plain ascending listing (all
-#: S3 offers) gives the newest first: 8 digits of hours and 16 of
-#: microseconds since the epoch, subtracted from these (keys.rs).
-_HOURS_TOP = 99_999_999
+#: S3 offers) gives the newest first: 6 digits of days since the epoch, 4
+#: of the minute in the day and 16 of microseconds since the epoch,
+#: subtracted from these (keys.rs).
+_DAYS_TOP = 999_999
+_MINUTES_TOP = 1439
 _MICROS_TOP = 9_999_999_999_999_999
-_MICROS_PER_HOUR = 3_600_000_000
+_MICROS_PER_MINUTE = 60_000_000
 
 
-def jobs_hour(submitted_us: int) -> str:
-    """The index folder of the hour holding ``submitted_us`` (microseconds
-    since the epoch): ``jobs/by-time/<8 digits>``."""
-    hour = max(0, submitted_us) // _MICROS_PER_HOUR
-    return f"jobs/by-time/{_HOURS_TOP - min(hour, _HOURS_TOP):08d}"
+def jobs_minute(submitted_us: int) -> str:
+    """The index folder of the minute holding ``submitted_us``
+    (microseconds since the epoch): ``jobs/by-time/<day>/<minute>``, a
+    folder a day and one a minute in it, both counting down."""
+    us = max(0, submitted_us)
+    day = us // (1440 * _MICROS_PER_MINUTE)
+    minute = (us // _MICROS_PER_MINUTE) % 1440
+    return f"jobs/by-time/{_DAYS_TOP - min(day, _DAYS_TOP):06d}/{_MINUTES_TOP - minute:04d}"
 
 
 def job_entry_key(submitted_us: int, job_id: str, status: str | None = None) -> str:
@@ -50,7 +55,7 @@ def job_entry_key(submitted_us: int, job_id: str, status: str | None = None) -> 
     ``x-shoal-published-us`` header, so the two entries sort side by side."""
     us = _MICROS_TOP - min(max(0, submitted_us), _MICROS_TOP)
     ended = f"@{status}" if status else ""
-    return f"{jobs_hour(submitted_us)}/{us:016d}-{job_id}{ended}.json"
+    return f"{jobs_minute(submitted_us)}/{us:016d}-{job_id}{ended}.json"
 
 
 def job_by_id_key(job_id: str) -> str:
