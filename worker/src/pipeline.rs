@@ -165,7 +165,12 @@ impl Pipeline {
     /// server's may not.
     pub(crate) fn store_destination(&self, job_id: &str) -> Destination {
         let local = self.config.cache.s3_bucket.is_empty();
-        Destination::store(self.stager.store().clone(), job_id, local)
+        Destination::store(
+            self.stager.store().clone(),
+            job_id,
+            local,
+            self.config.cache.index_jobs,
+        )
     }
 
     /// Validate: a message's bytes as a job, or why they are not one.

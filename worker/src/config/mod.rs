@@ -204,6 +204,8 @@ pub struct CacheSection {
     pub s3_retry_timeout_secs: u64,
     /// Share compiled modules through the store (`cache/compiled/…`).
     pub compiled_modules: bool,
+    /// Write each ended job's entry in the job index (`submit list`).
+    pub index_jobs: bool,
     /// Key of the compiled artifacts' HMAC tag (never printed); empty: SHA-256 only.
     pub compiled_key: String,
 }
@@ -225,6 +227,7 @@ impl std::fmt::Debug for CacheSection {
             .field("s3_virtual_hosted", &self.s3_virtual_hosted)
             .field("s3_retry_timeout_secs", &self.s3_retry_timeout_secs)
             .field("compiled_modules", &self.compiled_modules)
+            .field("index_jobs", &self.index_jobs)
             .field(
                 "compiled_key",
                 &if self.compiled_key.is_empty() {

@@ -428,6 +428,7 @@ impl Session {
                 if let Err(stored) = crate::publish::store::put_result_if_absent(
                     self.pipeline.stager().store().as_ref(),
                     &result,
+                    self.pipeline.config().cache.index_jobs,
                 )
                 .await
                 {
@@ -466,6 +467,7 @@ impl Session {
         crate::publish::store::put_result_if_absent(
             self.pipeline.stager().store().as_ref(),
             &result,
+            self.pipeline.config().cache.index_jobs,
         )
         .await?;
         Ok(Processed::Done(Box::new(result)))
@@ -626,6 +628,7 @@ impl Session {
             crate::publish::store::put_result_if_absent(
                 self.pipeline.stager().store().as_ref(),
                 &result,
+                self.pipeline.config().cache.index_jobs,
             )
             .await?;
             self.publish_result(&result, &delivery.properties).await?;

@@ -53,6 +53,8 @@ pub(crate) enum Destination {
         store: Arc<dyn ObjectStore>,
         /// Whether the job id had a result before, found out meanwhile.
         earlier: store::EarlierResult,
+        /// Whether to write the job's ended entry in the job index.
+        index: bool,
     },
 }
 
@@ -61,13 +63,20 @@ impl Destination {
     /// whether the id has a result already, so that overlaps the job.
     /// `create_only`: the store honours create-only writes (the local
     /// folder), which answer that question on the result's write.
+    /// `index`: also write the job's ended entry in the job index
+    /// (`cache.index_jobs`).
     pub(crate) fn store(
         store: Arc<dyn ObjectStore>,
         job_id: &str,
         create_only: bool,
+        index: bool,
     ) -> Destination {
         let earlier = store::EarlierResult::start(store.clone(), job_id, create_only);
-        Destination::Store { store, earlier }
+        Destination::Store {
+            store,
+            earlier,
+            index,
+        }
     }
 
     /// Stores each mount's kept files; returns each mount's location (a
@@ -133,11 +142,19 @@ impl Destination {
             Destination::Folder(dir) => local::write_result(&dir, result),
             // The index entry beside the result, at the same time: it only
             // names the result, and a retry writes both again.
-            Destination::Store { store, earlier } => {
-                let (stored, indexed) = futures::join!(
-                    store::put_result(store.as_ref(), result, earlier),
-                    crate::store::index::put_ended(store.as_ref(), result)
-                );
+            Destination::Store {
+                store,
+                earlier,
+                index,
+            } => {
+                let indexed = async {
+                    match index {
+                        true => crate::store::index::put_ended(store.as_ref(), result).await,
+                        false => Ok(()),
+                    }
+                };
+                let (stored, indexed) =
+                    futures::join!(store::put_result(store.as_ref(), result, earlier), indexed);
                 stored.and(indexed)
             }
         }

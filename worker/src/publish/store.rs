@@ -96,9 +96,11 @@ impl EarlierResult {
 /// job that did run never overwrites that job's result. Looked up first
 /// rather than written create-only, since S3-compatible servers do not all
 /// honour a create-only write.
+/// `index`: also write its ended entry in the job index (`cache.index_jobs`).
 pub(crate) async fn put_result_if_absent(
     store: &dyn ObjectStore,
     result: &ResultMessage,
+    index: bool,
 ) -> Result<(), InfraError> {
     let key = keys::result(&result.job_id);
     if exists(store, &key).await? {
@@ -108,7 +110,10 @@ pub(crate) async fn put_result_if_absent(
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| InfraError::Store(Cause::new("encoding result", e)))?;
     put(store, &key, json).await?;
-    store::index::put_ended(store, result).await
+    if index {
+        store::index::put_ended(store, result).await?;
+    }
+    Ok(())
 }
 
 /// Writes `results/<id>/result.json`. When the id had a result before (a
