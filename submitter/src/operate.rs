@@ -30,12 +30,23 @@ pub enum OperateError {
     /// The store failed.
     #[error("{0}")]
     Store(#[from] InfraError),
+    /// Not a job id: ids are what the job schema allows (letters, digits,
+    /// `.`, `_`, `-`, up to 128), so that no id reaches another key.
+    #[error("{0:?} is not a job id (letters, digits, '.', '_' and '-', at most 128)")]
+    InvalidId(String),
     /// Nothing knows of this job: no result, no index entry, no worker
     /// holding it.
     #[error(
         "no job {0} is known: no result in the store, no record of its submission, and no worker holds it (a mistyped id, another fleet's store, or a job submitted by a client that records nothing: `submit cancel --force` records the cancel anyway)"
     )]
     Unknown(String),
+}
+
+fn check_id(job_id: &str) -> Result<(), OperateError> {
+    match shoal_worker::store::keys::valid_job_id(job_id) {
+        true => Ok(()),
+        false => Err(OperateError::InvalidId(job_id.to_owned())),
+    }
 }
 
 fn broker(e: impl std::fmt::Display) -> OperateError {
@@ -53,6 +64,9 @@ pub struct Operator {
     store: Arc<dyn ObjectStore>,
     brokers: Brokers,
 }
+
+/// How long `follow` waits for a job nothing knows of to appear.
+const UNKNOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// How long workers get to answer an `inspect`.
 const ANSWER_WITHIN: Duration = Duration::from_millis(1500);
@@ -244,6 +258,7 @@ pub async fn cancel(
     job_id: &str,
     force: bool,
 ) -> Result<Cancelled, OperateError> {
+    check_id(job_id)?;
     if let Some(result) = crate::local::stored_result(store, job_id).await? {
         return Ok(match result.status {
             Status::Cancelled => Cancelled::Already,
@@ -293,6 +308,7 @@ pub async fn describe(
     fleet: Option<&mut Operator>,
     job_id: &str,
 ) -> Result<Description, OperateError> {
+    check_id(job_id)?;
     let finished = |result: ResultMessage| Description {
         id: result.job_id.clone(),
         state: "finished",
@@ -424,6 +440,14 @@ impl Operator {
         mut on_output: impl FnMut(Piece<'_>),
     ) -> Result<ResultMessage, OperateError> {
         let store = self.store.clone();
+        // A mistyped id would be waited for forever: one nothing knows of
+        // gets a while to appear (followed just before it was submitted),
+        // then is an error.
+        let mut unknown_until = match describe(store.as_ref(), Some(&mut *self), job_id).await {
+            Err(OperateError::Unknown(_)) => Some(Instant::now() + UNKNOWN_WAIT),
+            Err(e) => return Err(e),
+            Ok(_) => None,
+        };
         // Bound before anything is asked, so nothing sent after is missed.
         let queue = self
             .channel
@@ -465,19 +489,51 @@ impl Operator {
             .map_err(|e| self.broker(e))?;
         let want = if stderr { "stderr" } else { "stdout" };
         let mut shown = 0usize;
-        let mut streaming = false;
+        // When output last arrived: a stream silent for a while is asked
+        // for again (its worker may have died, and another taken the job).
+        let mut streamed_at: Option<Instant> = None;
         let mut ended_at: Option<Instant> = None;
+        // The result as published, for a result the store does not hold (a
+        // worker that gave up because the store failed publishes only).
+        let mut published: Option<ResultMessage> = None;
         let mut next_ask = Instant::now();
+        let mut next_look = Instant::now();
         loop {
-            if let Some(result) = crate::local::stored_result(store.as_ref(), job_id).await? {
-                let rest = stored_stream(store.as_ref(), &result, stderr).await?;
-                if rest.len() > shown {
-                    on_output(Piece::Bytes(&rest[shown..]));
+            if Instant::now() >= next_look || ended_at.is_some() {
+                next_look = Instant::now() + Duration::from_millis(500);
+                let stored = crate::local::stored_result(store.as_ref(), job_id).await?;
+                let late = ended_at.is_some_and(|at| at.elapsed() > Duration::from_secs(2));
+                let result = match (stored, published.take()) {
+                    (Some(result), _) => Some(result),
+                    (None, Some(result)) if late => Some(result),
+                    (None, kept) => {
+                        published = kept;
+                        None
+                    }
+                };
+                if let Some(result) = result {
+                    let rest = stored_stream(store.as_ref(), &result, stderr).await?;
+                    if rest.len() > shown {
+                        on_output(Piece::Bytes(&rest[shown..]));
+                    }
+                    return Ok(result);
                 }
-                return Ok(result);
+            }
+            if let Some(until) = unknown_until
+                && Instant::now() >= until
+            {
+                let known = streamed_at.is_some()
+                    || published.is_some()
+                    || index::submitted(store.as_ref(), job_id).await?.is_some()
+                    || self.held(job_id).await?.is_some();
+                if !known {
+                    return Err(OperateError::Unknown(job_id.to_owned()));
+                }
+                unknown_until = None;
             }
             // Asked again until a worker streams it: it may still be queued,
             // or the worker that had it died.
+            let streaming = streamed_at.is_some_and(|at| at.elapsed() < Duration::from_secs(3));
             if !streaming && Instant::now() >= next_ask && ended_at.is_none() {
                 self.control(
                     &ControlMessage::new(Action::Follow, vec![job_id.to_owned()]),
@@ -492,7 +548,7 @@ impl Operator {
                     // The stream ended but no result came: a worker that
                     // died after its end marker; ask again.
                     ended_at = None;
-                    streaming = false;
+                    streamed_at = None;
                 }
                 continue;
             };
@@ -512,6 +568,7 @@ impl Operator {
                 == Some(shoal_schemas::RESULT_SCHEMA)
             {
                 // The result: the stored copy is read at the top.
+                published = serde_json::from_slice(&delivery.data).ok();
                 ended_at = Some(Instant::now());
                 continue;
             }
@@ -519,7 +576,7 @@ impl Operator {
                 ended_at = Some(Instant::now());
                 continue;
             }
-            streaming = true;
+            streamed_at = Some(Instant::now());
             let Some(AMQPValue::LongString(stream)) = header(LOG_STREAM_HEADER) else {
                 continue;
             };

@@ -399,6 +399,14 @@ fn logs_follow_shows_a_guests_lines_as_it_prints_them() {
         text(&out.stdout),
         want.iter().map(|l| format!("{l}\n")).collect::<String>()
     );
+    // A mistyped id is an error, after a while to appear.
+    let out = fleet.submit(&["logs", "-f", &fleet.id("never-submitted")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is known"),
+        "{}",
+        text(&out.stderr)
+    );
     let failing = fleet.id("failing");
     fleet.detach(&failing, &["exit", "3"]);
     let out = fleet.submit(&["logs", "-f", &failing]);

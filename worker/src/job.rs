@@ -201,15 +201,7 @@ impl Job {
     }
 }
 
-/// Ids that are safe as routing keys and object keys (the schema's pattern).
-pub(crate) fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-}
+pub(crate) use crate::store::keys::valid_job_id as valid_id;
 
 /// Fills absent limits from the defaults; refuses any above the ceiling, so
 /// a job never runs with less than it asked for without knowing.

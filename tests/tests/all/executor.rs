@@ -861,6 +861,64 @@ async fn a_job_waits_for_a_pool_slot_and_a_full_pool_is_our_error_not_the_jobs()
     assert_eq!(asleep.await.unwrap().outcome, Outcome::Exited(0));
 }
 
+/// The wall-clock limit is a moment: time a guest spent asleep in a host
+/// call counts in full, so one that sleeps most of its limit and then
+/// spins is stopped at the limit, not a limit's worth of spinning later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_asleep_in_the_host_counts_toward_the_wall_clock_limit() {
+    use shoal_worker::execute::{Executor, ExecutorConfig, Outcome};
+    let executor = Executor::new(ExecutorConfig::default()).unwrap();
+    let mut spec = probe_spec(&["sleepspin", "800"]);
+    spec.limits.timeout = std::time::Duration::from_secs(1);
+    let report = executor.run(spec).await;
+    assert_eq!(report.outcome, Outcome::TimedOut);
+    assert!(
+        report.run < std::time::Duration::from_millis(1500),
+        "stopped after {:?}",
+        report.run
+    );
+}
+
+/// A cancel stops a guest spinning in wasm (the epoch callback) and one
+/// asleep in a host call (the run's select), and one still waiting for its
+/// guest slot never starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_a_guest_wherever_it_is() {
+    use shoal_worker::execute::{Executor, ExecutorConfig, Live, Outcome};
+    let executor = Executor::new(ExecutorConfig {
+        guests: 2,
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    let start = |args: &'static [&'static str]| {
+        let live = Live::default();
+        let mut spec = probe_spec(args);
+        spec.live = live.clone();
+        let executor = executor.clone();
+        (live, tokio::spawn(async move { executor.run(spec).await }))
+    };
+    let (spinning, spun) = start(&["spin"]);
+    let (sleeping, slept) = start(&["sleep", "60"]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (waiting, waited) = start(&["args", "never"]);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for live in [&waiting, &spinning, &sleeping] {
+        live.cancel();
+    }
+    let waited = waited.await.unwrap();
+    assert_eq!(waited.outcome, Outcome::Cancelled);
+    assert!(waited.stdout.is_empty(), "it ran");
+    for ran in [spun, slept] {
+        let report = ran.await.unwrap();
+        assert_eq!(report.outcome, Outcome::Cancelled);
+        assert!(
+            report.run < std::time::Duration::from_secs(5),
+            "{:?}",
+            report.run
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_table_declared_past_the_limit_is_refused_by_either_allocator() {
     // 200,000 elements against executor.max_table_elements = 100,000.

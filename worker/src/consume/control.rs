@@ -28,8 +28,20 @@ pub(super) struct Held(Arc<Mutex<State>>);
 
 #[derive(Default)]
 struct State {
-    jobs: HashMap<String, Entry>,
+    /// Every delivery of an id held here: usually one, but a job
+    /// republished under its id (a submitter that lost a confirm) may be
+    /// here twice, and a cancel must reach both.
+    jobs: HashMap<String, Vec<Entry>>,
     cancelled: HashSet<String>,
+}
+
+impl State {
+    fn entry_mut(&mut self, id: &str, live: &Live) -> Option<&mut Entry> {
+        self.jobs
+            .get_mut(id)?
+            .iter_mut()
+            .find(|e| e.live.same(live))
+    }
 }
 
 struct Entry {
@@ -58,10 +70,7 @@ impl Holding {
     pub(super) fn state_setter(&self) -> impl Fn(JobState) + Send + Sync + 'static {
         let (held, id, live) = (self.held.clone(), self.id.clone(), self.live.clone());
         move |state| {
-            let mut held = held.lock();
-            if let Some(entry) = held.jobs.get_mut(&id)
-                && entry.live.same(&live)
-            {
+            if let Some(entry) = held.lock().entry_mut(&id, &live) {
                 entry.state = state;
                 entry.since = SystemTime::now();
             }
@@ -77,12 +86,11 @@ impl Drop for Holding {
     fn drop(&mut self) {
         self.live.cancel();
         let mut held = self.held.lock();
-        if held
-            .jobs
-            .get(&self.id)
-            .is_some_and(|entry| entry.live.same(&self.live))
-        {
-            held.jobs.remove(&self.id);
+        if let Some(entries) = held.jobs.get_mut(&self.id) {
+            entries.retain(|entry| !entry.live.same(&self.live));
+            if entries.is_empty() {
+                held.jobs.remove(&self.id);
+            }
         }
     }
 }
@@ -100,17 +108,14 @@ impl Held {
             return None;
         }
         let live = Live::default();
-        held.jobs.insert(
-            id.to_owned(),
-            Entry {
-                live: live.clone(),
-                state: JobState::Staging,
-                attempt,
-                since: started,
-                started,
-                following: false,
-            },
-        );
+        held.jobs.entry(id.to_owned()).or_default().push(Entry {
+            live: live.clone(),
+            state: JobState::Staging,
+            attempt,
+            since: started,
+            started,
+            following: false,
+        });
         Some(Holding {
             held: self.clone(),
             id: id.to_owned(),
@@ -122,7 +127,7 @@ impl Held {
     pub(super) fn load_cancels(&self, ids: HashSet<String>) {
         let mut held = self.lock();
         for id in &ids {
-            if let Some(entry) = held.jobs.get(id) {
+            for entry in held.jobs.get(id).into_iter().flatten() {
                 entry.live.cancel();
             }
         }
@@ -133,7 +138,7 @@ impl Held {
         let mut held = self.lock();
         let mut stopped = 0;
         for id in ids {
-            if let Some(entry) = held.jobs.get(id) {
+            for entry in held.jobs.get(id).into_iter().flatten() {
                 entry.live.cancel();
                 stopped += 1;
             }
@@ -149,23 +154,26 @@ impl Held {
             .jobs
             .iter()
             .filter(|(id, _)| ids.is_empty() || ids.contains(id))
-            .map(|(id, entry)| Activity {
-                job_id: id.clone(),
-                state: entry.state,
-                attempt: entry.attempt,
-                since: rfc3339(entry.since),
-                started_at: rfc3339(entry.started),
-                cancelling: entry.live.is_cancelled(),
+            .flat_map(|(id, entries)| {
+                entries.iter().map(move |entry| Activity {
+                    job_id: id.clone(),
+                    state: entry.state,
+                    attempt: entry.attempt,
+                    since: rfc3339(entry.since),
+                    started_at: rfc3339(entry.started),
+                    cancelling: entry.live.is_cancelled(),
+                })
             })
             .collect();
         jobs.sort_by(|a, b| a.started_at.cmp(&b.started_at));
         jobs
     }
 
-    /// The job's live handle, when it is here and nobody follows it yet.
+    /// The live handle of the job's newest delivery here, when nobody
+    /// follows it yet.
     fn follow(&self, id: &str) -> Option<Live> {
         let mut held = self.lock();
-        let entry = held.jobs.get_mut(id)?;
+        let entry = held.jobs.get_mut(id)?.last_mut()?;
         if entry.following {
             return None;
         }
@@ -174,10 +182,7 @@ impl Held {
     }
 
     fn holds(&self, id: &str, live: &Live) -> bool {
-        self.lock()
-            .jobs
-            .get(id)
-            .is_some_and(|entry| entry.live.same(live))
+        self.lock().entry_mut(id, live).is_some()
     }
 }
 

@@ -329,8 +329,17 @@ async fn session(
             grace_secs = grace.as_secs(),
             "draining"
         );
+        // Still listening to the control queue: a job may be cancelled,
+        // inspected or followed while it drains.
         let drained = tokio::time::timeout(grace, async {
-            while in_flight.join_next().await.is_some() {}
+            loop {
+                tokio::select! {
+                    done = in_flight.join_next() => if done.is_none() { break },
+                    Some(Ok(message)) = control.next() => {
+                        control::handle(held, &replies, &message.data, &message.properties).await;
+                    }
+                }
+            }
         })
         .await;
         if drained.is_err() {
@@ -366,12 +375,24 @@ impl Session {
         let processed = match self.pipeline.admit(&delivery.data, message_id.as_deref()) {
             Err(refusal) => Processed::Refused(refusal),
             Ok(job) => match self.held.take(&job.id, attempt, started) {
-                None => {
-                    self.skip_cancelled(&job.id, attempt, props, started)
-                        .await?
-                }
+                None => self.skip_cancelled(&job.id, attempt, props, started).await,
                 Some(held) => {
-                    let processed = self.process(job, attempt, props, started, &held).await;
+                    // The store's record too: a cancel asked while the broker
+                    // could not be reached from where it was asked reached
+                    // only the store.
+                    let store = self.pipeline.stager().store().clone();
+                    let processed =
+                        match crate::store::index::cancel_recorded(store.as_ref(), &job.id).await {
+                            Ok(false) => self.process(job, attempt, props, started, &held).await,
+                            Ok(true) => {
+                                held.live().cancel();
+                                self.skip_cancelled(&job.id, attempt, props, started).await
+                            }
+                            Err(error) => Processed::Failed {
+                                job_id: job.id.clone(),
+                                error,
+                            },
+                        };
                     holding = Some(held);
                     processed
                 }
@@ -383,8 +404,7 @@ impl Session {
                 if holding.as_ref().is_some_and(|h| h.live().is_cancelled()) =>
             {
                 tracing::info!(job_id = %job_id, error = %error, "cancelled job failed on our side; ending it cancelled");
-                self.skip_cancelled(&job_id, attempt, props, started)
-                    .await?
+                self.skip_cancelled(&job_id, attempt, props, started).await
             }
             other => other,
         };
@@ -445,14 +465,32 @@ impl Session {
     /// Stage, execute and publish a valid job, with its progress published
     /// as state messages meanwhile.
     /// The result of a job cancelled before it ran (or whose attempt failed
-    /// on our side after its cancel), stored like any other, never run.
+    /// on our side after its cancel), stored like any other, never run. A
+    /// result stored already (an earlier attempt's) is the one published;
+    /// a store that fails is our failure, retried like any.
     async fn skip_cancelled(
         &self,
         job_id: &str,
         attempt: u32,
         props: &BasicProperties,
         started: SystemTime,
-    ) -> Result<Processed, InfraError> {
+    ) -> Processed {
+        match self.cancelled_result(job_id, attempt, props, started).await {
+            Ok(result) => Processed::Done(Box::new(result)),
+            Err(error) => Processed::Failed {
+                job_id: job_id.to_owned(),
+                error,
+            },
+        }
+    }
+
+    async fn cancelled_result(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        props: &BasicProperties,
+        started: SystemTime,
+    ) -> Result<ResultMessage, InfraError> {
         tracing::info!(job_id, attempt, "skipping a cancelled job");
         let mut result = ResultMessage::failure(
             job_id,
@@ -464,13 +502,18 @@ impl Session {
         result.attempt = attempt;
         result.usage.durations.queue_secs = queue_secs(props);
         crate::publish::stamp(&mut result, submitted(props), started);
-        crate::publish::store::put_result_if_absent(
-            self.pipeline.stager().store().as_ref(),
+        let store = self.pipeline.stager().store();
+        let written = crate::publish::store::put_result_if_absent(
+            store.as_ref(),
             &result,
             self.pipeline.config().cache.index_jobs,
         )
         .await?;
-        Ok(Processed::Done(Box::new(result)))
+        if !written && let Some(stored) = crate::publish::get_result(store.as_ref(), job_id).await?
+        {
+            return Ok(stored);
+        }
+        Ok(result)
     }
 
     async fn process(

@@ -891,22 +891,19 @@ impl Inner {
                 false,
             );
         }
-        let tick = self.config.epoch_tick.as_nanos().max(1);
-        let ticks = u64::try_from(limits.timeout.as_nanos().div_ceil(tick))
-            .unwrap_or(u64::MAX / 2)
-            .saturating_add(1);
         // Every tick, the epoch callback looks for a cancel, so a guest
         // spinning in its own code stops within a tick of one; past the
         // wall-clock limit it traps as before (`Trap::Interrupt`).
+        // The limit is a moment, not a count of ticks: ticks spent in a
+        // host call (a sleep) call back once, not once each.
         let live = spec.live.clone();
-        let mut left = ticks;
+        let wall = Instant::now().checked_add(limits.timeout);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if live.is_cancelled() {
                 return Err(wasmtime::Error::new(CancelledTrap));
             }
-            left = left.saturating_sub(1);
-            if left == 0 {
+            if wall.is_some_and(|wall| Instant::now() >= wall) {
                 return Err(Trap::Interrupt.into());
             }
             Ok(UpdateDeadline::Continue(1))
@@ -936,6 +933,7 @@ impl Inner {
             // is a limit or a trap in a start function.
             Ok(Err(CallError::Link(e)))
                 if store.data().limiter.exceeded.is_none()
+                    && e.downcast_ref::<CancelledTrap>().is_none()
                     && e.downcast_ref::<Trap>().is_none()
                     && e.downcast_ref::<I32Exit>().is_none()
                     && e.downcast_ref::<PoolConcurrencyLimitError>().is_none() =>

@@ -97,15 +97,16 @@ impl EarlierResult {
 /// rather than written create-only, since S3-compatible servers do not all
 /// honour a create-only write.
 /// `index`: also write its ended entry in the job index (`cache.index_jobs`).
+/// Returns whether it was written.
 pub(crate) async fn put_result_if_absent(
     store: &dyn ObjectStore,
     result: &ResultMessage,
     index: bool,
-) -> Result<(), InfraError> {
+) -> Result<bool, InfraError> {
     let key = keys::result(&result.job_id);
     if exists(store, &key).await? {
         tracing::debug!(job_id = %result.job_id, "a result is stored already; keeping it");
-        return Ok(());
+        return Ok(false);
     }
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| InfraError::Store(Cause::new("encoding result", e)))?;
@@ -113,7 +114,7 @@ pub(crate) async fn put_result_if_absent(
     if index {
         store::index::put_ended(store, result).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Writes `results/<id>/result.json`. When the id had a result before (a

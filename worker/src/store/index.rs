@@ -280,6 +280,13 @@ pub async fn request_cancel(store: &dyn ObjectStore, job_id: &str) -> Result<boo
     Ok(true)
 }
 
+/// Whether a cancel of `job_id` is recorded: one HEAD, which a worker makes
+/// for each job it takes, so a cancel that reached the store but not the
+/// workers (the broker unreachable from where it was asked) still holds.
+pub async fn cancel_recorded(store: &dyn ObjectStore, job_id: &str) -> Result<bool, InfraError> {
+    super::exists(store, &keys::cancel(job_id)).await
+}
+
 /// Whether `job_id` was asked to be cancelled.
 pub async fn cancel_requested(
     store: &dyn ObjectStore,
@@ -300,10 +307,13 @@ pub async fn cancel_requests(store: &dyn ObjectStore) -> Result<HashSet<String>,
     store
         .list(Some(&root))
         .try_filter_map(|meta| async move {
-            Ok(meta
-                .location
-                .filename()
+            // Only `cancel/<id>.json` itself: a key nested deeper, or a name
+            // that is no job id, cancels nothing.
+            let key = meta.location.as_ref();
+            Ok(key
+                .strip_prefix("cancel/")
                 .and_then(|name| name.strip_suffix(".json"))
+                .filter(|id| keys::valid_job_id(id))
                 .map(str::to_owned))
         })
         .try_collect()

@@ -160,6 +160,17 @@ pub fn cancel(job_id: &str) -> StorePath {
     StorePath::from(format!("cancel/{job_id}.json"))
 }
 
+/// Ids that are safe as routing keys and object keys (the job schema's
+/// pattern): what every key naming a job id may be given.
+pub fn valid_job_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
