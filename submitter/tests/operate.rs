@@ -276,6 +276,24 @@ fn a_spinning_guest_is_cancelled_within_a_second_wherever_it_runs_and_its_worker
     assert_eq!(code, Some(0), "{result}");
     assert_eq!(result["worker"], "w-one");
 
+    // A cancel that reaches only the store (the broker unreachable from
+    // where it is asked) stops a running job once the worker reads the
+    // records again, within seconds.
+    let asleep = fleet.id("asleep");
+    fleet.detach(&asleep, &["sleep", "50"]);
+    fleet.described(&asleep, "running");
+    let out = fleet.submit_without_broker(&["cancel", &asleep]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("{asleep}: cancel recorded")
+    );
+    let (result, code) = fleet.result(&asleep);
+    assert_eq!(code, Some(130), "{result}");
+    assert!(
+        rfc3339(&result["finished_at"]) < SystemTime::now(),
+        "{result}"
+    );
+
     // Two workers: the cancel reaches the one running the job, whichever.
     let second = fleet.worker("w-two");
     let spin = fleet.id("spin-two");

@@ -119,6 +119,9 @@ pub async fn run(
     }
 }
 
+/// How often a connected worker reads the store's cancel records again.
+const CANCEL_RELOAD: Duration = Duration::from_secs(5);
+
 /// How far a session got: which broker URL it connected to, and whether it
 /// got as far as consuming.
 #[derive(Default)]
@@ -283,8 +286,26 @@ async fn session(
         worker: pipeline.worker_name().to_owned(),
     };
     let mut in_flight = JoinSet::new();
+    // The store's cancel records again now and then: a cancel that reached
+    // only the store (asked where the broker could not be reached, or its
+    // message lost) holds within this period, not only at a reconnection.
+    let mut reload = tokio::time::interval(CANCEL_RELOAD);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reload.tick().await;
+    let mut reloading: Option<tokio::task::JoinHandle<()>> = None;
     let ended = loop {
         tokio::select! {
+            _ = reload.tick() => {
+                if reloading.as_ref().is_none_or(|task| task.is_finished()) {
+                    let (store, held) = (pipeline.stager().store().clone(), held.clone());
+                    reloading = Some(tokio::spawn(async move {
+                        match crate::store::index::cancel_requests(store.as_ref()).await {
+                            Ok(ids) => held.load_cancels(ids),
+                            Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not read the store's cancel records; trying again"),
+                        }
+                    }));
+                }
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let session = session.clone();
@@ -377,22 +398,7 @@ impl Session {
             Ok(job) => match self.held.take(&job.id, attempt, started) {
                 None => self.skip_cancelled(&job.id, attempt, props, started).await,
                 Some(held) => {
-                    // The store's record too: a cancel asked while the broker
-                    // could not be reached from where it was asked reached
-                    // only the store.
-                    let store = self.pipeline.stager().store().clone();
-                    let processed =
-                        match crate::store::index::cancel_recorded(store.as_ref(), &job.id).await {
-                            Ok(false) => self.process(job, attempt, props, started, &held).await,
-                            Ok(true) => {
-                                held.live().cancel();
-                                self.skip_cancelled(&job.id, attempt, props, started).await
-                            }
-                            Err(error) => Processed::Failed {
-                                job_id: job.id.clone(),
-                                error,
-                            },
-                        };
+                    let processed = self.process(job, attempt, props, started, &held).await;
                     holding = Some(held);
                     processed
                 }

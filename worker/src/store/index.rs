@@ -280,13 +280,6 @@ pub async fn request_cancel(store: &dyn ObjectStore, job_id: &str) -> Result<boo
     Ok(true)
 }
 
-/// Whether a cancel of `job_id` is recorded: one HEAD, which a worker makes
-/// for each job it takes, so a cancel that reached the store but not the
-/// workers (the broker unreachable from where it was asked) still holds.
-pub async fn cancel_recorded(store: &dyn ObjectStore, job_id: &str) -> Result<bool, InfraError> {
-    super::exists(store, &keys::cancel(job_id)).await
-}
-
 /// Whether `job_id` was asked to be cancelled.
 pub async fn cancel_requested(
     store: &dyn ObjectStore,
