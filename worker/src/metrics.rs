@@ -41,6 +41,9 @@ pub struct Metrics {
     pub guests_running: IntGauge,
     /// Jobs this worker runs at once.
     pub concurrency: IntGauge,
+    /// Jobs the broker hands this worker at once (its `basic.qos`), which
+    /// with `amqp.prefetch` 0 follows the jobs' pace.
+    pub prefetch: IntGauge,
     /// Infrastructure failures sent back to the queue for another attempt.
     pub retries: IntCounter,
     /// Messages dead-lettered, by `reason`.
@@ -146,6 +149,10 @@ impl Metrics {
             "shoal_guests_running",
             "Guests running now (at most shoal_worker_concurrency).",
         );
+        let prefetch = gauge(
+            "shoal_prefetch",
+            "Jobs the broker hands this worker at once (amqp.prefetch; with 0, set by the jobs' pace).",
+        );
         let concurrency = gauge(
             "shoal_worker_concurrency",
             "Guests this worker runs at once (worker.concurrency).",
@@ -192,6 +199,7 @@ impl Metrics {
             in_flight,
             guests_running,
             concurrency,
+            prefetch,
             retries,
             dead_letters,
             reconnects,
@@ -265,7 +273,7 @@ impl Metrics {
     /// Every metric family's name, whether or not it has samples yet
     /// (histograms are exported as `<name>_bucket`, `_sum` and `_count`).
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn prometheus::core::Collector; 15] = [
+        let collectors: [&dyn prometheus::core::Collector; 16] = [
             &self.jobs,
             &self.stage_seconds,
             &self.fuel,
@@ -276,6 +284,7 @@ impl Metrics {
             &self.in_flight,
             &self.guests_running,
             &self.concurrency,
+            &self.prefetch,
             &self.retries,
             &self.dead_letters,
             &self.reconnects,

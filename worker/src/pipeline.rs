@@ -120,7 +120,7 @@ impl Pipeline {
         // One folder ready per job slot, and one to spare.
         // One folder for every job a worker may hold (its prefetch), and
         // one to spare.
-        let held = usize::from(config.amqp.prefetch_for(config.concurrency())).max(1);
+        let held = usize::from(config.amqp.prefetch_at_most(config.concurrency())).max(1);
         let scratch =
             ScratchPool::new(&config.scratch_parent(), held + 1).map_err(StartError::Scratch)?;
         Ok(Pipeline {

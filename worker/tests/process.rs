@@ -372,6 +372,62 @@ async fn a_worker_whose_connection_the_broker_closes_reconnects_and_serves_on() 
     bench.remove().await;
 }
 
+/// With `amqp.prefetch` 0 the prefetch follows the jobs' pace: a stream of
+/// trivial jobs raises it from four per slot to sixteen (a consumer started
+/// with the new prefetch, the old one cancelled with deliveries still on
+/// their way), and the switch loses no job and runs none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_rises_for_trivial_jobs_and_the_switch_loses_nothing() {
+    let mut bench = Bench::new().await;
+    let name = unique("pace");
+    let worker = bench.worker(&name, &[]);
+    let reaper = Reaper(vec![worker]);
+    let ids: Vec<String> = (0..400).map(|i| unique(&format!("pace-{i}"))).collect();
+    // In waves over about two seconds, so that the worker's pace checks
+    // (every second) fall while jobs are on their way.
+    for (i, id) in ids.iter().enumerate() {
+        bench.submit(id, &["exit", "0"]).await;
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+    }
+    for id in &ids {
+        assert_eq!(bench.result(id).await.status, Status::Succeeded, "{id}");
+    }
+    // No second result for any of them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(reply) = bench.replies.try_recv() {
+        bench.backlog.push(reply);
+    }
+    let again: Vec<_> = bench
+        .backlog
+        .iter()
+        .filter_map(|r| match r {
+            Reply::Result(r) => Some(r.job_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(again.is_empty(), "results twice: {again:?}");
+    bench.expect_queued(0, "every job was taken").await;
+    // The log's colours out, for its fields' plain `name=value`.
+    let mut log = String::new();
+    let mut escape = false;
+    for c in bench.log(&name).chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, c) => log.push(c),
+        }
+    }
+    assert!(
+        log.contains("prefetch follows the jobs' pace from=4 to=16"),
+        "the worker says it raised its prefetch:\n{log}"
+    );
+    drop(reaper);
+    bench.remove().await;
+}
+
 /// A job that finds the worker's instance pool full meets our failure, not
 /// its own: it goes back to the queue and completes once there is room,
 /// instead of ending as `error`.

@@ -23,6 +23,10 @@ pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// Keys whose value is a list; their environment variable holds the items
 /// comma-separated.
 const LIST_KEYS: &[&str] = &["amqp.urls"];
+
+/// The most jobs per guest slot the automatic prefetch (`amqp.prefetch` 0)
+/// holds, for the shortest jobs.
+pub const AUTO_PREFETCH_PER_SLOT: usize = 16;
 /// Prefix of configuration environment variables.
 pub(crate) const ENV_PREFIX: &str = "SHOAL_";
 
@@ -127,15 +131,27 @@ impl AmqpSection {
         }
     }
 
-    /// The prefetch for a worker running `concurrency` guests at once:
-    /// `amqp.prefetch`, or four per guest slot. More than the slots keeps
-    /// the next jobs already on the worker, staged while earlier guests run
-    /// and stored while later ones do, instead of a broker round trip away:
-    /// what short jobs need. A prefetched job waits behind the running
-    /// ones, so fleets of long jobs set it to the concurrency.
+    /// The prefetch a worker running `concurrency` guests at once starts
+    /// with: `amqp.prefetch`, or four per guest slot, from which the
+    /// automatic prefetch (`amqp.prefetch` 0) follows the jobs' pace. More
+    /// than the slots keeps the next jobs already on the worker, staged
+    /// while earlier guests run and stored while later ones do, instead of
+    /// a broker round trip away: what short jobs need. A prefetched job
+    /// waits behind the running ones, which long jobs must not.
     pub fn prefetch_for(&self, concurrency: usize) -> u16 {
         match self.prefetch {
             0 => u16::try_from(concurrency.saturating_mul(4)).unwrap_or(u16::MAX),
+            n => n,
+        }
+    }
+
+    /// The most the prefetch may become: `amqp.prefetch`, or with 0
+    /// [`AUTO_PREFETCH_PER_SLOT`] per guest slot. What a worker sizes its
+    /// scratch pool for.
+    pub fn prefetch_at_most(&self, concurrency: usize) -> u16 {
+        match self.prefetch {
+            0 => u16::try_from(concurrency.saturating_mul(AUTO_PREFETCH_PER_SLOT))
+                .unwrap_or(u16::MAX),
             n => n,
         }
     }

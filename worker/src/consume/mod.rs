@@ -12,14 +12,15 @@
 //! delivery limit is a backstop for messages that crash the worker before
 //! it can settle them.
 //!
-//! The prefetch (`amqp.prefetch`, by default four per guest slot) is
-//! above the concurrency: every job the broker hands over is admitted and
-//! staged at once, waits for a guest slot only to run (the executor holds
-//! `worker.concurrency` slots), and is stored and confirmed after it, so
-//! a worker's cores go to guests while other jobs stage and publish, and
-//! the next job is already here when a guest ends. A fleet of long jobs
-//! sets the prefetch to the concurrency, so that no job waits on a busy
-//! worker while another is idle (docs/CONFIG.md).
+//! The prefetch (`amqp.prefetch`) is above the concurrency: every job the
+//! broker hands over is admitted and staged at once, waits for a guest slot
+//! only to run (the executor holds `worker.concurrency` slots), and is
+//! stored and confirmed after it, so a worker's cores go to guests while
+//! other jobs stage and publish, and the next job is already here when a
+//! guest ends. How deep is the jobs' business: by default (`Pace`) the
+//! worker holds enough per slot to cover 10 ms of guest time, so trivial
+//! jobs get sixteen per slot and long ones two, and no long job waits on a
+//! busy worker while another idles (docs/CONFIG.md).
 mod control;
 mod settle;
 
@@ -68,8 +69,10 @@ pub async fn run(
         .set(i64::try_from(concurrency).unwrap_or(i64::MAX));
     let mut failures: u32 = 0;
     let mut next = 0;
-    // Outlives a session: a cancel learnt before a reconnection still holds.
+    // Outlive a session: a cancel learnt before a reconnection still holds,
+    // and so does the jobs' pace.
     let held = Held::default();
+    let pace = Arc::new(Pace::default());
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -83,6 +86,7 @@ pub async fn run(
             &mut reached,
             concurrency,
             &held,
+            &pace,
             &mut shutdown,
         )
         .await
@@ -117,6 +121,57 @@ pub async fn run(
             }
         }
     }
+}
+
+/// How long recent guests ran, as a moving average, for the automatic
+/// prefetch (`amqp.prefetch` 0). Shared by a worker's sessions.
+#[derive(Default)]
+struct Pace {
+    /// Microseconds, or 0 before the first job.
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl Pace {
+    fn record(&self, run_secs: f64) {
+        use std::sync::atomic::Ordering;
+        let sample = ((run_secs * 1e6) as u64).max(1);
+        let _ = self
+            .micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    (old * 7 + sample) / 8
+                })
+            });
+    }
+
+    fn micros(&self) -> u64 {
+        self.micros.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The prefetch for `concurrency` guest slots at this pace, once a job
+    /// has run: enough jobs per slot to cover [`PACE_WINDOW`] of guest time,
+    /// at least 2 (one staged while one runs) and at most 16.
+    fn prefetch(&self, concurrency: usize) -> Option<u16> {
+        let micros = self.micros();
+        (micros > 0).then(|| auto_prefetch(concurrency, Duration::from_micros(micros)))
+    }
+}
+
+/// Guest time a worker keeps at hand per slot with the automatic prefetch:
+/// for millisecond jobs, several staged jobs each; for jobs of 10 ms and
+/// more, one staged while one runs, so a long job never waits behind
+/// another on a busy worker while a free one idles.
+const PACE_WINDOW: Duration = Duration::from_millis(10);
+
+/// The automatic prefetch for `concurrency` slots whose guests run `run` each.
+fn auto_prefetch(concurrency: usize, run: Duration) -> u16 {
+    let per_slot = PACE_WINDOW
+        .as_nanos()
+        .div_ceil(run.as_nanos().max(1))
+        .clamp(2, crate::config::AUTO_PREFETCH_PER_SLOT as u128);
+    u16::try_from(concurrency.max(1) as u128 * per_slot).unwrap_or(u16::MAX)
 }
 
 /// How often a connected worker reads the store's cancel records again.
@@ -190,12 +245,15 @@ struct Session {
     brokers: Brokers,
     publish: Channel,
     held: Held,
+    /// How long the guests of recent jobs ran, for the automatic prefetch.
+    pace: Arc<Pace>,
 }
 
 /// One connection's life: connect (from URL `first` on), declare, consume
 /// until the connection is lost (`Err`) or `shutdown` (drained, `Ok`).
 /// `reached` records the URL connected to, and whether consuming started.
-/// `held` outlives it: the jobs and cancels the control exchange acts on.
+/// `held` (the jobs and cancels the control exchange acts on) and `pace`
+/// (how long recent guests ran) outlive it.
 #[allow(clippy::too_many_arguments)]
 async fn session(
     pipeline: &Pipeline,
@@ -205,6 +263,7 @@ async fn session(
     reached: &mut Reached,
     concurrency: usize,
     held: &Held,
+    pace: &Arc<Pace>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), InfraError> {
     // The broker's words may quote a vhost or a URL: never with a password.
@@ -250,7 +309,7 @@ async fn session(
         .map_err(broker)?;
     let cancels = crate::store::index::cancel_requests(pipeline.stager().store().as_ref()).await?;
     held.load_cancels(cancels);
-    let prefetch = amqp.prefetch_for(concurrency);
+    let mut prefetch = amqp.prefetch_for(concurrency);
     consume
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
@@ -260,7 +319,7 @@ async fn session(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(broker)?;
-    let tag = format!("{}-{}", pipeline.worker_name(), uuid::Uuid::new_v4());
+    let mut tag = format!("{}-{}", pipeline.worker_name(), uuid::Uuid::new_v4());
     let mut consumer = consume
         .basic_consume(
             ShortString::from(amqp.job_queue.as_str()),
@@ -271,6 +330,7 @@ async fn session(
         .await
         .map_err(broker)?;
     tracing::info!(queue = %amqp.job_queue, concurrency, prefetch, broker = %brokers.redacted(at), "consuming jobs");
+    METRICS.prefetch.set(i64::from(prefetch));
     METRICS.broker_connected.set(1);
     reached.consumed = true;
     let session = Arc::new(Session {
@@ -279,6 +339,7 @@ async fn session(
         brokers: brokers.clone(),
         publish: publish.clone(),
         held: held.clone(),
+        pace: pace.clone(),
     });
     let replies = control::Replies {
         channel: publish,
@@ -293,8 +354,61 @@ async fn session(
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reload.tick().await;
     let mut reloading: Option<tokio::task::JoinHandle<()>> = None;
+    // With `amqp.prefetch` 0, the prefetch follows the jobs' pace: looked at
+    // every second, and changed by starting a consumer with the new one and
+    // cancelling the old (RabbitMQ applies `basic.qos` only to consumers
+    // started after it), whose deliveries already sent are still served.
+    let mut pace_check = tokio::time::interval(Duration::from_secs(1));
+    pace_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retiring: Option<lapin::Consumer> = None;
     let ended = loop {
         tokio::select! {
+            _ = pace_check.tick(), if amqp.prefetch == 0 && retiring.is_none() => {
+                let Some(target) = pace.prefetch(concurrency) else { continue };
+                if target == prefetch || (target < prefetch * 2 && target * 2 > prefetch) {
+                    continue;
+                }
+                let new_tag = format!("{}-{}", pipeline.worker_name(), uuid::Uuid::new_v4());
+                let switched = async {
+                    consume.basic_qos(target, BasicQosOptions::default()).await?;
+                    let new = consume
+                        .basic_consume(
+                            ShortString::from(amqp.job_queue.as_str()),
+                            ShortString::from(new_tag.as_str()),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    consume
+                        .basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())
+                        .await?;
+                    Ok::<_, lapin::Error>(new)
+                };
+                match switched.await {
+                    Ok(new) => {
+                        tracing::info!(from = prefetch, to = target, guest_run_us = pace.micros(), "prefetch follows the jobs' pace");
+                        retiring = Some(std::mem::replace(&mut consumer, new));
+                        tag = new_tag;
+                        prefetch = target;
+                        METRICS.prefetch.set(i64::from(prefetch));
+                    }
+                    Err(e) => break Err(broker(e)),
+                }
+            }
+            next = async { retiring.as_mut()?.next().await }, if retiring.is_some() => match next {
+                Some(Ok(delivery)) => {
+                    let session = session.clone();
+                    in_flight.spawn(async move {
+                        METRICS.in_flight.inc();
+                        let handled = session.handle(delivery).await;
+                        METRICS.in_flight.dec();
+                        handled
+                    });
+                }
+                Some(Err(e)) => break Err(broker(e)),
+                // Cancelled, as asked: everything it was sent has come.
+                None => retiring = None,
+            },
             _ = reload.tick() => {
                 if reloading.as_ref().is_none_or(|task| task.is_finished()) {
                     let (store, held) = (pipeline.stager().store().clone(), held.clone());
@@ -344,6 +458,7 @@ async fn session(
                 BasicCancelOptions::default(),
             )
             .await;
+        drop(retiring);
         let grace = Duration::from_secs(amqp.drain_grace_secs);
         tracing::info!(
             in_flight = in_flight.len(),
@@ -416,6 +531,9 @@ impl Session {
         };
         match settle::disposition(processed, attempt, self.retry_policy()) {
             Disposition::Publish(result) => {
+                if let Some(run) = result.usage.durations.run_secs {
+                    self.pace.record(run);
+                }
                 self.publish_result(&result, props).await?;
                 ack(delivery).await
             }
@@ -989,6 +1107,25 @@ mod tests {
             "exchange 'shoal.results'"
         );
         assert_eq!(Mismatch::parse("NOT_FOUND - no queue 'x'"), None);
+    }
+
+    #[test]
+    fn the_automatic_prefetch_follows_the_guests_pace() {
+        let ms = |n: f64| Duration::from_secs_f64(n / 1000.0);
+        // Trivial jobs: the most per slot.
+        assert_eq!(auto_prefetch(2, ms(0.07)), 32);
+        assert_eq!(auto_prefetch(2, ms(1.0)), 20);
+        // Jobs of 10 ms and more: one staged while one runs.
+        assert_eq!(auto_prefetch(2, ms(10.0)), 4);
+        assert_eq!(auto_prefetch(4, ms(60_000.0)), 8);
+        let pace = Pace::default();
+        assert_eq!(pace.prefetch(2), None, "nothing before a job ran");
+        pace.record(0.000_07);
+        assert_eq!(pace.prefetch(2), Some(32));
+        for _ in 0..40 {
+            pace.record(5.0);
+        }
+        assert_eq!(pace.prefetch(2), Some(4));
     }
 
     #[test]
