@@ -152,12 +152,24 @@ impl Topology {
     }
 }
 
-/// Declares a submitter's reply queue and consumes it: server-named,
-/// exclusive to this connection and deleted with it, consumed without acks
-/// (nobody else could take a message back from it, so acks would only cost
-/// round trips). Returns its name, for the jobs' `reply_to`, and the consumer.
+/// Declares a submitter's reply queue and consumes it: a [`private_queue`]
+/// bound to nothing. Returns its name, for the jobs' `reply_to`, and the
+/// consumer.
 #[cfg(feature = "amqp")]
 pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Consumer)> {
+    private_queue(channel, &[]).await
+}
+
+/// Declares a queue of one's own and consumes it: server-named, exclusive
+/// to this connection and deleted with it, bound to each `(exchange,
+/// routing key)` of `bindings`, consumed without acks (nobody else could
+/// take a message back from it, so acks would only cost round trips). A
+/// submitter's replies, a worker's control messages, a follower's output.
+#[cfg(feature = "amqp")]
+pub async fn private_queue(
+    channel: &Channel,
+    bindings: &[(&str, &str)],
+) -> lapin::Result<(String, lapin::Consumer)> {
     let queue = channel
         .queue_declare(
             ShortString::from(""),
@@ -170,6 +182,17 @@ pub async fn reply_queue(channel: &Channel) -> lapin::Result<(String, lapin::Con
         )
         .await?;
     let name = queue.name().as_str().to_owned();
+    for (exchange, key) in bindings {
+        channel
+            .queue_bind(
+                ShortString::from(name.as_str()),
+                ShortString::from(*exchange),
+                ShortString::from(*key),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     let consumer = channel
         .basic_consume(
             ShortString::from(name.as_str()),

@@ -5,7 +5,7 @@
 //! exchange (`inspect`), each answering for the jobs it holds.
 use crate::ResultMessage;
 use futures::StreamExt as _;
-use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use object_store::ObjectStore;
@@ -449,44 +449,14 @@ impl Operator {
             Ok(_) => None,
         };
         // Bound before anything is asked, so nothing sent after is missed.
-        let queue = self
-            .channel
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.broker(e))?;
-        for key in [log_routing_key(job_id), result_routing_key(job_id)] {
-            self.channel
-                .queue_bind(
-                    queue.name().clone(),
-                    ShortString::from(self.topology.results_exchange.as_str()),
-                    ShortString::from(key.as_str()),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| self.broker(e))?;
-        }
-        let mut messages = self
-            .channel
-            .basic_consume(
-                queue.name().clone(),
-                ShortString::from(""),
-                lapin::options::BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.broker(e))?;
+        let (log_key, result_key) = (log_routing_key(job_id), result_routing_key(job_id));
+        let exchange = self.topology.results_exchange.clone();
+        let (_, mut messages) = shoal_schemas::topology::private_queue(
+            &self.channel,
+            &[(&exchange, &log_key), (&exchange, &result_key)],
+        )
+        .await
+        .map_err(|e| self.broker(e))?;
         let want = if stderr { "stderr" } else { "stdout" };
         let mut shown = 0usize;
         // When output last arrived: a stream silent for a while is asked

@@ -9,9 +9,7 @@
 //! after the cancel, or redelivered after its worker died, is skipped as
 //! `cancelled` however the timing falls.
 use crate::execute::Live;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use shoal_schemas::topology::{
@@ -186,42 +184,13 @@ impl Held {
     }
 }
 
-/// Declares this worker's control queue (server-named, exclusive, gone
-/// with the connection), binds it to the control exchange and consumes it
-/// without acks: a request lost with a connection is one its sender's
-/// store record or next request covers.
+/// Declares this worker's control queue (a private queue, gone with the
+/// connection), bound to the control exchange, consumed without acks: a
+/// request lost with a connection is one its sender's store record or next
+/// request covers.
 pub(super) async fn subscribe(channel: &Channel, exchange: &str) -> lapin::Result<lapin::Consumer> {
-    let queue = channel
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            ShortString::from(exchange),
-            ShortString::from(""),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            ShortString::from(""),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
+    let (_, consumer) = shoal_schemas::topology::private_queue(channel, &[(exchange, "")]).await?;
+    Ok(consumer)
 }
 
 /// Where the control side publishes: inspect replies and followed output,

@@ -123,6 +123,16 @@ pub async fn run(
     }
 }
 
+/// Handles a delivery in a task of its own, counted while in flight.
+fn take(in_flight: &mut JoinSet<()>, session: &Arc<Session>, delivery: Delivery) {
+    let session = session.clone();
+    in_flight.spawn(async move {
+        METRICS.in_flight.inc();
+        session.handle(delivery).await;
+        METRICS.in_flight.dec();
+    });
+}
+
 /// How long recent guests ran, as a moving average, for the automatic
 /// prefetch (`amqp.prefetch` 0). Shared by a worker's sessions.
 #[derive(Default)]
@@ -396,15 +406,7 @@ async fn session(
                 }
             }
             next = async { retiring.as_mut()?.next().await }, if retiring.is_some() => match next {
-                Some(Ok(delivery)) => {
-                    let session = session.clone();
-                    in_flight.spawn(async move {
-                        METRICS.in_flight.inc();
-                        let handled = session.handle(delivery).await;
-                        METRICS.in_flight.dec();
-                        handled
-                    });
-                }
+                Some(Ok(delivery)) => take(&mut in_flight, &session, delivery),
                 Some(Err(e)) => break Err(broker(e)),
                 // Cancelled, as asked: everything it was sent has come.
                 None => retiring = None,
@@ -421,15 +423,7 @@ async fn session(
                 }
             }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let session = session.clone();
-                    in_flight.spawn(async move {
-                        METRICS.in_flight.inc();
-                        let handled = session.handle(delivery).await;
-                        METRICS.in_flight.dec();
-                        handled
-                    });
-                }
+                Some(Ok(delivery)) => take(&mut in_flight, &session, delivery),
                 Some(Err(e)) => break Err(broker(e)),
                 None => break Err(InfraError::Broker("the broker cancelled the consumer".into())),
             },
