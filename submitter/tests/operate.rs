@@ -521,12 +521,12 @@ fn list_shows_jobs_of_every_status_newest_first_filtered() {
             (rejected.clone(), "rejected".into())
         ]
     );
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(6));
     let late = fleet.id("late");
     fleet.detach(&late, &["args", "y"]);
     fleet.result(&late);
     assert_eq!(
-        fleet.listed(&["--since", "2s"]),
+        fleet.listed(&["--since", "4s"]),
         vec![(late.clone(), "succeeded".into())]
     );
     let json = fleet.json(&["list", "--json", "--limit", "1"]);
