@@ -9,14 +9,15 @@
 //!
 //! One test, two runs in turn (they stop and start the same nodes): first
 //! the node that leads the queues, then a node that leads none.
+mod common;
+
+use common::{Reaper, repo, unique};
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use shoal_schemas::topology::Topology;
 use shoal_schemas::{JobMessage, Location, ResultMessage, Source, Status};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,17 +26,6 @@ const JOBS: usize = 1000;
 /// person started with `scripts/cluster up` (5681.., shoal-c1..).
 const PORT_BASE: u16 = 5690;
 const NAME: &str = "shoal-t";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
 
 /// The test's cluster: up when made, down (every node stopped, its folder
 /// removed) when dropped, also when the test fails.
@@ -129,17 +119,6 @@ impl Drop for Cluster {
     }
 }
 
-struct Reaper(Vec<Child>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Publishes a persistent message to `queue`; the broker's confirm is
 /// awaited by the caller (many are in flight at once).
 async fn publish_job(
@@ -188,14 +167,7 @@ async fn a_broker_node_lost_mid_run_loses_no_job() {
 /// (`lose_leader`) or node 2 (which leads nothing) once 200 results are in,
 /// sends two poison messages while it is down, starts it again later.
 async fn lose_a_node(cluster: &Cluster, lose_leader: bool) -> Figures {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let topology = Topology {
-        job_queue: format!("test.cluster.jobs.{suffix}"),
-        results_exchange: format!("test.cluster.results.{suffix}"),
-        dead_letter: format!("test.cluster.dead.{suffix}"),
-        control_exchange: format!("test.cluster.control.{suffix}"),
-        delivery_limit: 10,
-    };
+    let topology = common::topology("test.cluster");
     // Declared from node 1: quorum queues start with their leader on the
     // declaring client's node.
     {
@@ -213,11 +185,7 @@ async fn lose_a_node(cluster: &Cluster, lose_leader: bool) -> Figures {
     let victim = if lose_leader { 1 } else { 2 };
 
     let cache = tempfile::tempdir().unwrap();
-    let probe = std::fs::read(repo().join("tests/fixtures/probe.wasm")).unwrap();
-    let module = shoal_worker::store::sha256_hex(&probe);
-    let entry = cache.path().join("cache/sha256").join(&module);
-    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
-    std::fs::write(entry, probe).unwrap();
+    let module = common::seed_probe(cache.path());
     let logs = tempfile::tempdir().unwrap();
     let worker = |name: &str, nodes: &[usize]| {
         let log = std::fs::File::create(logs.path().join(format!("{name}.log"))).unwrap();
@@ -450,20 +418,9 @@ async fn lose_a_node(cluster: &Cluster, lose_leader: bool) -> Figures {
 /// queue to a node that answers, so the next job's result arrives.
 async fn a_client_whose_reply_node_is_lost_moves_its_replies(cluster: &Cluster) {
     use shoal_submitter::{Client, ClientError, ClientOptions};
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let topology = Topology {
-        job_queue: format!("test.cluster.jobs.{suffix}"),
-        results_exchange: format!("test.cluster.results.{suffix}"),
-        dead_letter: format!("test.cluster.dead.{suffix}"),
-        control_exchange: format!("test.cluster.control.{suffix}"),
-        delivery_limit: 10,
-    };
+    let topology = common::topology("test.cluster");
     let cache = tempfile::tempdir().unwrap();
-    let probe = std::fs::read(repo().join("tests/fixtures/probe.wasm")).unwrap();
-    let module = shoal_worker::store::sha256_hex(&probe);
-    let entry = cache.path().join("cache/sha256").join(&module);
-    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
-    std::fs::write(entry, probe).unwrap();
+    let module = common::seed_probe(cache.path());
     let client = Client::connect_with(
         &Cluster::urls(&[1, 2, 3]),
         topology.clone(),

@@ -5,6 +5,9 @@
 //!
 //! Each test gets its own queue, exchanges and cache folder, and removes
 //! the queues and exchanges when it ends.
+mod common;
+
+use common::{Reaper, repo, unique};
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -12,7 +15,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shoal_schemas::topology::Topology;
 use shoal_schemas::{JobMessage, JobState, Location, ResultMessage, Source, StateMessage, Status};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -43,20 +46,9 @@ struct Bench {
 
 impl Bench {
     async fn new() -> Bench {
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let topology = Topology {
-            job_queue: format!("test.jobs.{suffix}"),
-            results_exchange: format!("test.results.{suffix}"),
-            dead_letter: format!("test.dead.{suffix}"),
-            control_exchange: format!("test.control.{suffix}"),
-            delivery_limit: 10,
-        };
+        let topology = common::topology("test");
         let cache = tempfile::tempdir().unwrap();
-        let probe = std::fs::read(repo().join("tests/fixtures/probe.wasm")).unwrap();
-        let module = shoal_worker::store::sha256_hex(&probe);
-        let entry = cache.path().join("cache/sha256").join(&module);
-        std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
-        std::fs::write(entry, probe).unwrap();
+        let module = common::seed_probe(cache.path());
 
         let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await
@@ -228,17 +220,6 @@ impl Bench {
     }
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
 /// Waits for the process to exit, polling so the runtime keeps running.
 async fn exited(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let started = Instant::now();
@@ -261,18 +242,6 @@ fn signal(child: &Child, name: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{name} failed");
-}
-
-/// Kills the child when a test fails halfway, so no worker outlives it.
-struct Reaper(Vec<Child>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
