@@ -51,10 +51,9 @@ async fn fill(store: &Arc<dyn object_store::ObjectStore>, jobs: usize, span: Dur
                     Status::Succeeded
                 };
                 let mut result = ResultMessage::new(&id, status, "bench-worker");
-                let stamp = |t: SystemTime| humantime::format_rfc3339_micros(t).to_string();
-                result.submitted_at = Some(stamp(at));
-                result.started_at = Some(stamp(at + Duration::from_millis(2)));
-                result.finished_at = Some(stamp(at + Duration::from_millis(5)));
+                result.submitted_at = Some(index::rfc3339(at));
+                result.started_at = Some(index::rfc3339(at + Duration::from_millis(2)));
+                result.finished_at = Some(index::rfc3339(at + Duration::from_millis(5)));
                 index::put_ended(store.as_ref(), &result).await.unwrap();
             }
         })

@@ -42,7 +42,9 @@ pub enum OperateError {
     Unknown(String),
 }
 
-fn check_id(job_id: &str) -> Result<(), OperateError> {
+/// Refuses what is not a job id ([`OperateError::InvalidId`]) before it
+/// names a key in the store.
+pub fn check_id(job_id: &str) -> Result<(), OperateError> {
     match shoal_worker::store::keys::valid_job_id(job_id) {
         true => Ok(()),
         false => Err(OperateError::InvalidId(job_id.to_owned())),
@@ -78,22 +80,17 @@ impl Operator {
         topology: Topology,
         store: Arc<dyn ObjectStore>,
     ) -> Result<Operator, OperateError> {
+        let scrubbed = |e: lapin::Error| broker(brokers.scrub(&e.to_string()));
         let connection = brokers
             .connect_first(0, None, "shoal-operate")
             .await
             .map_err(broker)?
             .connection;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| broker(brokers.scrub(&e.to_string())))?;
-        topology
-            .declare(&channel)
-            .await
-            .map_err(|e| broker(brokers.scrub(&e.to_string())))?;
+        let channel = connection.create_channel().await.map_err(scrubbed)?;
+        topology.declare(&channel).await.map_err(scrubbed)?;
         let (reply_queue, replies) = shoal_schemas::topology::reply_queue(&channel)
             .await
-            .map_err(|e| broker(brokers.scrub(&e.to_string())))?;
+            .map_err(scrubbed)?;
         Ok(Operator {
             connection,
             channel,
@@ -196,17 +193,29 @@ impl Operator {
         Ok(answers)
     }
 
+    /// The workers' answers to [`Operator::inspect`] by job id: which
+    /// worker holds it, and where it is there.
+    async fn holders(
+        &mut self,
+        job_ids: &[String],
+    ) -> Result<HashMap<String, (String, Activity)>, OperateError> {
+        Ok(self
+            .inspect(job_ids)
+            .await?
+            .into_iter()
+            .flat_map(|answer| {
+                let worker = answer.worker;
+                answer
+                    .jobs
+                    .into_iter()
+                    .map(move |a| (a.job_id.clone(), (worker.clone(), a)))
+            })
+            .collect())
+    }
+
     /// Where `job_id` is held now, if a worker holds it.
     async fn held(&mut self, job_id: &str) -> Result<Option<(String, Activity)>, OperateError> {
-        let answers = self.inspect(&[job_id.to_owned()]).await?;
-        Ok(answers.into_iter().find_map(|answer| {
-            let worker = answer.worker;
-            answer
-                .jobs
-                .into_iter()
-                .find(|a| a.job_id == job_id)
-                .map(|a| (worker.clone(), a))
-        }))
+        Ok(self.holders(&[job_id.to_owned()]).await?.remove(job_id))
     }
 
     /// Cancels `job_id`: records it in the store (which stops it on any
@@ -228,17 +237,7 @@ impl Operator {
     /// store's index, and what the workers hold now.
     pub async fn list(&mut self, filter: &ListFilter) -> Result<Vec<Row>, OperateError> {
         let held = if filter.wants_unfinished() {
-            self.inspect(&[])
-                .await?
-                .into_iter()
-                .flat_map(|answer| {
-                    let worker = answer.worker;
-                    answer
-                        .jobs
-                        .into_iter()
-                        .map(move |a| (a.job_id.clone(), (worker.clone(), a)))
-                })
-                .collect()
+            self.holders(&[]).await?
         } else {
             HashMap::new()
         };
@@ -249,9 +248,9 @@ impl Operator {
 
 /// [`Operator::cancel`], or with the store alone when the fleet cannot be
 /// reached (`fleet` is `None`): then the record is all that is done, which
-/// is enough in the end, since every worker reads the records again when
-/// it reconnects and stops a job it holds that has one
-/// ([`Cancelled::Recorded`]).
+/// is enough in the end, since every worker reads the records again every
+/// few seconds and when it reconnects, and stops a job it holds that has
+/// one ([`Cancelled::Recorded`]).
 pub async fn cancel(
     store: &dyn ObjectStore,
     mut fleet: Option<&mut Operator>,
@@ -378,21 +377,18 @@ pub async fn list_jobs(
     held: &HashMap<String, (String, Activity)>,
 ) -> Result<Vec<Row>, OperateError> {
     let statuses: Vec<Status> = filter.statuses.iter().filter_map(|s| s.ended()).collect();
-    let unfinished_wanted =
-        filter.statuses.is_empty() || filter.statuses.iter().any(|s| s.ended().is_none());
-    // Queued and running are told apart only after asking the workers:
-    // read further so that the filter still fills the limit.
-    let reach =
-        if filter.statuses.iter().any(|s| s.ended().is_none()) && !filter.statuses.is_empty() {
-            filter.limit.saturating_mul(10).max(1000)
-        } else {
-            filter.limit
-        };
+    // `queued` or `running` asked for by name. They are told apart only
+    // after asking the workers: read further so that the filter still
+    // fills the limit.
+    let unfinished = filter.statuses.iter().any(|s| s.ended().is_none());
     let query = Query {
         since_us: filter.since.map(index::micros),
         statuses,
-        unfinished: unfinished_wanted && !filter.statuses.is_empty(),
-        limit: reach,
+        unfinished,
+        limit: match unfinished {
+            true => filter.limit.saturating_mul(10).max(1000),
+            false => filter.limit,
+        },
     };
     let listed = index::newest(store, &query).await?;
     let mut rows = rows_of(store, listed, held).await?;
@@ -716,7 +712,7 @@ async fn rows_of(
     listed: Vec<Listed>,
     held: &HashMap<String, (String, Activity)>,
 ) -> Result<Vec<Row>, OperateError> {
-    let rfc3339 = |us: u64| humantime::format_rfc3339_micros(index::at_micros(us)).to_string();
+    let rfc3339 = |us: u64| index::rfc3339(index::at_micros(us));
     let entries = futures::stream::iter(listed.into_iter().map(|listed| async move {
         let entry = match &listed.ended {
             Some((_, key)) => index::ended_entry(store, key).await?,

@@ -33,6 +33,15 @@ impl JobError {
         JobError::new(ErrorKind::InvalidJob, message)
     }
 
+    /// An operator cancelled the job `when` ("before it ran", "while it
+    /// ran", …): status `cancelled`, never retried.
+    pub fn cancelled(when: &str) -> Self {
+        JobError::new(
+            ErrorKind::Cancelled,
+            format!("cancelled by an operator {when} (submit cancel)"),
+        )
+    }
+
     /// The result status this error gets: `rejected` for a message that is
     /// not a valid job, `failed` for a valid job that cannot run.
     pub fn status(&self) -> Status {

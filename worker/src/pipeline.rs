@@ -339,7 +339,7 @@ impl Pipeline {
         live: &Live,
     ) -> Result<Executed, Error> {
         if live.is_cancelled() {
-            return Err(cancelled("before it started").into());
+            return Err(JobError::cancelled("before it started").into());
         }
         on_state(JobState::Staging).await;
         let mut scratch = self.scratch.take().await?;
@@ -359,7 +359,7 @@ impl Pipeline {
         let staged = tokio::select! {
             staged = tokio::time::timeout(deadline, staging) => staged,
             // Like a timeout, the scratch folder is not reused.
-            () = live.cancelled() => return Err(cancelled("while staging").into()),
+            () = live.cancelled() => return Err(JobError::cancelled("while staging").into()),
         };
         let staged = match staged {
             Ok(staged) => staged?,
@@ -461,14 +461,6 @@ impl Pipeline {
             _scratch: scratch,
         })
     }
-}
-
-/// A job cancelled before its guest ran: its own end, never retried.
-fn cancelled(when: &str) -> JobError {
-    JobError::new(
-        ErrorKind::Cancelled,
-        format!("cancelled by an operator {when} (submit cancel)"),
-    )
 }
 
 fn download_dir(id: &str, options: &LocalOptions) -> PathBuf {

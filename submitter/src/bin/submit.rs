@@ -513,12 +513,7 @@ async fn wait_on_fleet(
 }
 
 async fn get_command(get: GetArgs) -> Result<u8> {
-    if !shoal_worker::store::keys::valid_job_id(&get.id) {
-        bail!(
-            "{:?} is not a job id (letters, digits, '.', '_' and '-', at most 128)",
-            get.id
-        );
-    }
+    shoal_submitter::operate::check_id(&get.id)?;
     let mut config = Config::load(get.out.config.as_deref()).context("loading configuration")?;
     config.log.filter = "warn".into();
     let store = shoal_submitter::local::open_store(&config.cache).map_err(anyhow::Error::msg)?;
@@ -794,12 +789,7 @@ async fn describe_command(describe: DescribeArgs) -> Result<u8> {
 async fn logs_command(logs: LogsArgs) -> Result<u8> {
     use shoal_submitter::operate::Piece;
     let (store, operator) = operate(logs.config.as_deref()).await?;
-    if !shoal_worker::store::keys::valid_job_id(&logs.id) {
-        bail!(
-            "{:?} is not a job id (letters, digits, '.', '_' and '-', at most 128)",
-            logs.id
-        );
-    }
+    shoal_submitter::operate::check_id(&logs.id)?;
     if !logs.follow {
         let Some(result) = shoal_submitter::local::stored_result(store.as_ref(), &logs.id)
             .await

@@ -5,10 +5,12 @@
 //! connection) to the fanout control exchange, so one request reaches the
 //! whole fleet at once. A cancel is also recorded in the store
 //! (`cancel/<id>.json`) by whoever asks: a worker loads every record when
-//! it connects, after binding its queue, so a job taken from the queue
-//! after the cancel, or redelivered after its worker died, is skipped as
-//! `cancelled` however the timing falls.
+//! it connects, after binding its queue, and every few seconds after, so a
+//! job taken from the queue after the cancel, or redelivered after its
+//! worker died, is skipped as `cancelled`, and a cancel that reached only
+//! the store still holds.
 use crate::execute::Live;
+use crate::store::index::rfc3339;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -147,7 +149,6 @@ impl Held {
 
     fn activity(&self, ids: &[String]) -> Vec<Activity> {
         let held = self.lock();
-        let rfc3339 = |t: SystemTime| humantime::format_rfc3339_micros(t).to_string();
         let mut jobs: Vec<Activity> = held
             .jobs
             .iter()

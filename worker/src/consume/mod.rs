@@ -123,6 +123,26 @@ pub async fn run(
     }
 }
 
+/// Starts consuming the job queue under a fresh consumer tag (named after
+/// the worker, as the broker's tools show it), with the channel's current
+/// `basic.qos`; returns the tag and the consumer.
+async fn consume_jobs(
+    channel: &Channel,
+    queue: &str,
+    worker: &str,
+) -> lapin::Result<(String, lapin::Consumer)> {
+    let tag = format!("{worker}-{}", uuid::Uuid::new_v4());
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(tag.as_str()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((tag, consumer))
+}
+
 /// Handles a delivery in a task of its own, counted while in flight.
 fn take(in_flight: &mut JoinSet<()>, session: &Arc<Session>, delivery: Delivery) {
     let session = session.clone();
@@ -329,14 +349,7 @@ async fn session(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(broker)?;
-    let mut tag = format!("{}-{}", pipeline.worker_name(), uuid::Uuid::new_v4());
-    let mut consumer = consume
-        .basic_consume(
-            ShortString::from(amqp.job_queue.as_str()),
-            ShortString::from(tag.as_str()),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    let (mut tag, mut consumer) = consume_jobs(&consume, &amqp.job_queue, pipeline.worker_name())
         .await
         .map_err(broker)?;
     tracing::info!(queue = %amqp.job_queue, concurrency, prefetch, broker = %brokers.redacted(at), "consuming jobs");
@@ -378,24 +391,16 @@ async fn session(
                 if target == prefetch || (target < prefetch * 2 && target * 2 > prefetch) {
                     continue;
                 }
-                let new_tag = format!("{}-{}", pipeline.worker_name(), uuid::Uuid::new_v4());
                 let switched = async {
                     consume.basic_qos(target, BasicQosOptions::default()).await?;
-                    let new = consume
-                        .basic_consume(
-                            ShortString::from(amqp.job_queue.as_str()),
-                            ShortString::from(new_tag.as_str()),
-                            BasicConsumeOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
+                    let new = consume_jobs(&consume, &amqp.job_queue, pipeline.worker_name()).await?;
                     consume
                         .basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())
                         .await?;
                     Ok::<_, lapin::Error>(new)
                 };
                 match switched.await {
-                    Ok(new) => {
+                    Ok((new_tag, new)) => {
                         tracing::info!(from = prefetch, to = target, guest_run_us = pace.micros(), "prefetch follows the jobs' pace");
                         retiring = Some(std::mem::replace(&mut consumer, new));
                         tag = new_tag;
@@ -580,8 +585,6 @@ impl Session {
         }
     }
 
-    /// Stage, execute and publish a valid job, with its progress published
-    /// as state messages meanwhile.
     /// The result of a job cancelled before it ran (or whose attempt failed
     /// on our side after its cancel), stored like any other, never run. A
     /// result stored already (an earlier attempt's) is the one published;
@@ -610,11 +613,12 @@ impl Session {
         started: SystemTime,
     ) -> Result<ResultMessage, InfraError> {
         tracing::info!(job_id, attempt, "skipping a cancelled job");
+        let e = crate::error::JobError::cancelled("before it ran");
         let mut result = ResultMessage::failure(
             job_id,
-            Status::Cancelled,
-            ErrorKind::Cancelled,
-            "cancelled by an operator before it ran (submit cancel)",
+            e.status(),
+            e.kind,
+            e.message,
             self.pipeline.worker_name(),
         );
         result.attempt = attempt;
@@ -634,6 +638,8 @@ impl Session {
         Ok(result)
     }
 
+    /// Stage, execute and publish a valid job, with its progress published
+    /// as state messages meanwhile.
     async fn process(
         &self,
         job: Job,
@@ -933,8 +939,6 @@ fn delivery_count(props: &BasicProperties) -> u32 {
     }
 }
 
-/// Time the message spent queued, from the submitter's clock to ours (so
-/// clock skew shows up here; it is clamped at zero).
 /// When the message says it was published, in microseconds since the
 /// epoch: `x-shoal-published-us`, else `x-shoal-published-ms`, else the
 /// `timestamp` property (seconds).
@@ -966,7 +970,8 @@ fn published_us(props: &BasicProperties) -> Option<f64> {
         .or_else(|| props.timestamp().map(|s| s as f64 * 1e6))
 }
 
-/// Seconds from publishing to now (clamped at 0: the clocks may differ).
+/// Seconds the message spent queued, from the submitter's clock to ours
+/// (so clock skew shows up here; it is clamped at 0).
 fn queue_secs(props: &BasicProperties) -> Option<f64> {
     let now_us = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

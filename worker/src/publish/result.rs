@@ -33,14 +33,17 @@ pub(crate) fn status_of(outcome: &Outcome) -> (Status, Option<i32>, Option<Error
         Outcome::InvalidModule(msg) => fail(ErrorKind::InvalidModule, msg.clone()),
         Outcome::MissingExport(msg) => fail(ErrorKind::MissingExport, msg.clone()),
         Outcome::DiskLimit(msg) => fail(ErrorKind::OutputLimit, msg.clone()),
-        Outcome::Cancelled => (
-            Status::Cancelled,
-            None,
-            Some(ErrorInfo {
-                kind: ErrorKind::Cancelled,
-                message: "cancelled by an operator while it ran (submit cancel)".into(),
-            }),
-        ),
+        Outcome::Cancelled => {
+            let e = crate::error::JobError::cancelled("while it ran");
+            (
+                e.status(),
+                None,
+                Some(ErrorInfo {
+                    kind: e.kind,
+                    message: e.message,
+                }),
+            )
+        }
         // Not the job's: the pipeline retries these before a result is
         // made (`pipeline::executor_fault`); only a caller of the executor
         // that has no retry (a benchmark, a test) ever reports one.
@@ -128,7 +131,4 @@ pub(crate) fn stamp(
     result.finished_at = Some(rfc3339(SystemTime::now()));
 }
 
-/// RFC 3339 in UTC with microseconds: `2026-12-01T22:30:47.123456Z`.
-pub(crate) fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_micros(at).to_string()
-}
+pub(crate) use crate::store::index::rfc3339;

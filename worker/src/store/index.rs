@@ -30,7 +30,9 @@ pub fn at_micros(micros: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_micros(micros)
 }
 
-fn rfc3339(at: SystemTime) -> String {
+/// RFC 3339 in UTC with microseconds, `2026-12-01T22:30:47.123456Z`: every
+/// time Shoal writes (results, index entries, cancel records, inspect).
+pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(at).to_string()
 }
 
@@ -110,8 +112,15 @@ pub async fn submitted(
     store: &dyn ObjectStore,
     job_id: &str,
 ) -> Result<Option<IndexEntry>, InfraError> {
-    let key = keys::job_by_id(job_id);
-    match get_if_present(store, &key).await? {
+    read_entry(store, &keys::job_by_id(job_id)).await
+}
+
+/// An index entry, if there is one at `key`.
+async fn read_entry(
+    store: &dyn ObjectStore,
+    key: &object_store::path::Path,
+) -> Result<Option<IndexEntry>, InfraError> {
+    match get_if_present(store, key).await? {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -245,12 +254,7 @@ pub async fn ended_entry(
     store: &dyn ObjectStore,
     key: &object_store::path::Path,
 ) -> Result<Option<IndexEntry>, InfraError> {
-    match get_if_present(store, key).await? {
-        None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| InfraError::Store(Cause::new(format!("{key} is not an index entry"), e))),
-    }
+    read_entry(store, key).await
 }
 
 fn status_named(name: &str) -> Option<Status> {
@@ -293,8 +297,8 @@ pub async fn cancel_requested(
 }
 
 /// The ids of every job asked to be cancelled: what a worker loads when it
-/// (re)connects, after binding its control queue, so that no request falls
-/// between the two.
+/// (re)connects, after binding its control queue so that no request falls
+/// between the two, and every few seconds while connected.
 pub async fn cancel_requests(store: &dyn ObjectStore) -> Result<HashSet<String>, InfraError> {
     let root = keys::cancels();
     store
