@@ -120,7 +120,7 @@ impl Pipeline {
         // One folder ready per job slot, and one to spare.
         // One folder for every job a worker may hold (its prefetch), and
         // one to spare.
-        let held = usize::from(config.amqp.prefetch_at_most(config.concurrency())).max(1);
+        let held = usize::from(config.amqp.prefetch_for(config.concurrency())).max(1);
         let scratch =
             ScratchPool::new(&config.scratch_parent(), held + 1).map_err(StartError::Scratch)?;
         Ok(Pipeline {
@@ -132,6 +132,12 @@ impl Pipeline {
             artifacts,
             worker,
         })
+    }
+
+    /// Sizes the scratch pool for `jobs` held at once (a worker's prefetch,
+    /// which the automatic prefetch changes), and one to spare.
+    pub(crate) fn hold(&self, jobs: usize) {
+        self.scratch.keep(jobs.max(1) + 1);
     }
 
     /// The stager (and through it the store), for uploading local files.

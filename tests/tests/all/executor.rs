@@ -451,10 +451,9 @@ fn scratch_folders(dir: &std::path::Path) -> std::collections::BTreeSet<String> 
 
 /// Waits until the pool holds all its folders again, and names them.
 async fn settled(h: &Harness, dir: &std::path::Path) -> std::collections::BTreeSet<String> {
-    // One for every job a worker may hold (the most its prefetch can
-    // become), and one to spare.
+    // One for every job a worker may hold (its prefetch), and one to spare.
     let config = h.embedded.config();
-    let keep = usize::from(config.amqp.prefetch_at_most(config.concurrency())) + 1;
+    let keep = usize::from(config.amqp.prefetch_for(config.concurrency())) + 1;
     for _ in 0..400 {
         let names = scratch_folders(dir);
         if names.len() == keep {

@@ -24,9 +24,6 @@ pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// comma-separated.
 const LIST_KEYS: &[&str] = &["amqp.urls"];
 
-/// The most jobs per guest slot the automatic prefetch (`amqp.prefetch` 0)
-/// holds, for the shortest jobs.
-pub const AUTO_PREFETCH_PER_SLOT: usize = 16;
 /// Prefix of configuration environment variables.
 pub(crate) const ENV_PREFIX: &str = "SHOAL_";
 
@@ -141,17 +138,6 @@ impl AmqpSection {
     pub fn prefetch_for(&self, concurrency: usize) -> u16 {
         match self.prefetch {
             0 => u16::try_from(concurrency.saturating_mul(4)).unwrap_or(u16::MAX),
-            n => n,
-        }
-    }
-
-    /// The most the prefetch may become: `amqp.prefetch`, or with 0
-    /// [`AUTO_PREFETCH_PER_SLOT`] per guest slot. What a worker sizes its
-    /// scratch pool for.
-    pub fn prefetch_at_most(&self, concurrency: usize) -> u16 {
-        match self.prefetch {
-            0 => u16::try_from(concurrency.saturating_mul(AUTO_PREFETCH_PER_SLOT))
-                .unwrap_or(u16::MAX),
             n => n,
         }
     }

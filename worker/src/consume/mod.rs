@@ -200,7 +200,7 @@ fn auto_prefetch(concurrency: usize, run: Duration) -> u16 {
     let per_slot = PACE_WINDOW
         .as_nanos()
         .div_ceil(run.as_nanos().max(1))
-        .clamp(2, crate::config::AUTO_PREFETCH_PER_SLOT as u128);
+        .clamp(2, 16);
     u16::try_from(concurrency.max(1) as u128 * per_slot).unwrap_or(u16::MAX)
 }
 
@@ -405,6 +405,7 @@ async fn session(
                         retiring = Some(std::mem::replace(&mut consumer, new));
                         tag = new_tag;
                         prefetch = target;
+                        pipeline.hold(usize::from(prefetch));
                         METRICS.prefetch.set(i64::from(prefetch));
                     }
                     Err(e) => break Err(broker(e)),

@@ -16,6 +16,7 @@
 //! a new one made instead.
 use crate::error::{Cause, InfraError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tempfile::TempDir;
 
@@ -45,8 +46,9 @@ struct Inner {
     /// still in use (the kernel releases the lock when the process dies,
     /// however it dies).
     _lock: std::fs::File,
-    /// Folders the pool owns at most: ready ones plus lent ones.
-    keep: usize,
+    /// Folders the pool owns at most: ready ones plus lent ones (a worker's
+    /// prefetch and one, which [`ScratchPool::keep`] follows).
+    keep: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -113,9 +115,17 @@ impl ScratchPool {
                 state: Mutex::new(State::default()),
                 home,
                 _lock: lock,
-                keep: keep.max(1),
+                keep: AtomicUsize::new(keep.max(1)),
             }),
         })
+    }
+
+    /// Sizes the pool for `keep` folders, as a worker's prefetch changes:
+    /// more are made ahead at once; past fewer, folders are removed as
+    /// their jobs give them back.
+    pub(crate) fn keep(&self, keep: usize) {
+        self.inner.keep.store(keep.max(1), Ordering::Relaxed);
+        self.inner.clone().refill();
     }
 
     /// The pool's own folder (holding every scratch folder it made).
@@ -174,7 +184,9 @@ impl Inner {
     fn refill(self: Arc<Self>) {
         {
             let mut state = self.lock();
-            if state.refilling || state.ready.len() + state.lent >= self.keep {
+            if state.refilling
+                || state.ready.len() + state.lent >= self.keep.load(Ordering::Relaxed)
+            {
                 return;
             }
             state.refilling = true;
@@ -183,7 +195,7 @@ impl Inner {
             loop {
                 {
                     let state = self.lock();
-                    if state.ready.len() + state.lent >= self.keep {
+                    if state.ready.len() + state.lent >= self.keep.load(Ordering::Relaxed) {
                         break;
                     }
                 }
@@ -229,7 +241,7 @@ impl Inner {
         let wanted = {
             let mut state = self.lock();
             state.lent -= 1;
-            state.ready.len() + state.lent < self.keep
+            state.ready.len() + state.lent < self.keep.load(Ordering::Relaxed)
         };
         if !wanted {
             return;
@@ -497,6 +509,30 @@ mod tests {
         drop(two);
         until("the other is kept", || pool.ready() == 1).await;
         assert!(two_path.join(FIRST_OUTPUT).is_dir());
+    }
+
+    #[tokio::test]
+    async fn the_pool_follows_the_prefetch_up_and_down() {
+        let parent = tempfile::tempdir().unwrap();
+        let pool = ScratchPool::new(parent.path(), 1).unwrap();
+        // Raised: made ahead at once, without a job asking.
+        pool.keep(3);
+        until("three made ahead", || pool.ready() == 3).await;
+        // Lowered: the folders beyond it go as their jobs give them back.
+        pool.keep(1);
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            let mut scratch = pool.take().await.unwrap();
+            scratch.reusable();
+            taken.push(scratch);
+        }
+        drop(taken);
+        until("one kept", || pool.ready() == 1).await;
+        let home = std::fs::read_dir(pool.home())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != LOCK)
+            .count();
+        assert_eq!(home, 1, "the others are removed");
     }
 
     #[tokio::test]
