@@ -44,6 +44,9 @@ pub struct Metrics {
     /// Jobs the broker hands this worker at once (its `basic.qos`), which
     /// with `amqp.prefetch` 0 follows the jobs' pace.
     pub prefetch: IntGauge,
+    /// Ack frames sent for jobs' deliveries: fewer than the jobs, by the
+    /// batching of `multiple` acks under load.
+    pub ack_frames: IntCounter,
     /// Infrastructure failures sent back to the queue for another attempt.
     pub retries: IntCounter,
     /// Messages dead-lettered, by `reason`.
@@ -157,6 +160,10 @@ impl Metrics {
             "shoal_worker_concurrency",
             "Guests this worker runs at once (worker.concurrency).",
         );
+        let ack_frames = counter(
+            "shoal_ack_frames_total",
+            "Ack frames sent to the broker for deliveries; one with `multiple` settles several jobs, so under load fewer than the jobs.",
+        );
         let retries = counter(
             "shoal_job_retries_total",
             "Infrastructure failures sent back to the queue for another attempt.",
@@ -200,6 +207,7 @@ impl Metrics {
             guests_running,
             concurrency,
             prefetch,
+            ack_frames,
             retries,
             dead_letters,
             reconnects,
@@ -273,7 +281,7 @@ impl Metrics {
     /// Every metric family's name, whether or not it has samples yet
     /// (histograms are exported as `<name>_bucket`, `_sum` and `_count`).
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn prometheus::core::Collector; 16] = [
+        let collectors: [&dyn prometheus::core::Collector; 17] = [
             &self.jobs,
             &self.stage_seconds,
             &self.fuel,
@@ -285,6 +293,7 @@ impl Metrics {
             &self.guests_running,
             &self.concurrency,
             &self.prefetch,
+            &self.ack_frames,
             &self.retries,
             &self.dead_letters,
             &self.reconnects,

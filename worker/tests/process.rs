@@ -397,6 +397,67 @@ async fn the_prefetch_rises_for_trivial_jobs_and_the_switch_loses_nothing() {
     bench.remove().await;
 }
 
+/// Acks go out in batches (one `multiple` ack for several jobs) under load,
+/// and a long job delivered first holds back none of the acks of the short
+/// jobs after it: killed once they are done, the worker leaves only the long
+/// job to go back to the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_batched_and_a_long_job_holds_back_none_of_those_after_it() {
+    let mut bench = Bench::new().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    // Trivial jobs already queued when the worker starts: a burst.
+    let burst: Vec<String> = (0..200).map(|i| unique(&format!("acks-{i}"))).collect();
+    for id in &burst {
+        bench.submit(id, &["exit", "0"]).await;
+    }
+    let settings = [
+        ("SHOAL_WORKER_CONCURRENCY", "2"),
+        ("SHOAL_AMQP_PREFETCH", "32"),
+        ("SHOAL_METRICS_LISTEN", listen.as_str()),
+    ];
+    let mut worker = bench.worker("acker", &settings);
+    for id in &burst {
+        assert_eq!(bench.result(id).await.status, Status::Succeeded, "{id}");
+    }
+    // Its acks follow its results' confirms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frames = ack_frames(&listen).await;
+    assert!(
+        frames > 0 && frames < burst.len() as u64,
+        "{frames} ack frames for {} jobs",
+        burst.len()
+    );
+
+    let long = unique("acks-long");
+    bench.submit(&long, &["sleep", "30"]).await;
+    bench.running(&long).await;
+    let after: Vec<String> = (0..20)
+        .map(|i| unique(&format!("acks-after-{i}")))
+        .collect();
+    for id in &after {
+        bench.submit(id, &["exit", "0"]).await;
+    }
+    for id in &after {
+        assert_eq!(bench.result(id).await.status, Status::Succeeded, "{id}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.kill().unwrap(); // SIGKILL: whatever is unacked goes back
+    worker.wait().unwrap();
+    bench
+        .expect_queued(1, "only the long job, still running, was unacked")
+        .await;
+    bench.remove().await;
+}
+
+/// `shoal_ack_frames_total` of the worker whose metrics are at `listen`.
+async fn ack_frames(listen: &str) -> u64 {
+    let (_, body) = http_get(&format!("http://{listen}/metrics")).await.unwrap();
+    body.lines()
+        .find_map(|line| line.strip_prefix("shoal_ack_frames_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no shoal_ack_frames_total in:\n{body}"))
+}
+
 /// A job that finds the worker's instance pool full meets our failure, not
 /// its own: it goes back to the queue and completes once there is room,
 /// instead of ending as `error`.

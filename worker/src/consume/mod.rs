@@ -21,6 +21,7 @@
 //! worker holds enough per slot to cover 10 ms of guest time, so trivial
 //! jobs get sixteen per slot and long ones two, and no long job waits on a
 //! busy worker while another idles (docs/CONFIG.md).
+mod acks;
 mod control;
 mod settle;
 
@@ -29,11 +30,12 @@ use crate::error::{Cause, InfraError};
 use crate::job::{Job, Refusal, valid_id};
 use crate::metrics::METRICS;
 use crate::pipeline::{Delivered, OnState, Pipeline};
+use acks::Acks;
 use control::{Held, Holding};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, message::Delivery};
@@ -145,6 +147,7 @@ async fn consume_jobs(
 
 /// Handles a delivery in a task of its own, counted while in flight.
 fn take(in_flight: &mut JoinSet<()>, session: &Arc<Session>, delivery: Delivery) {
+    session.acks.delivered(delivery.delivery_tag);
     let session = session.clone();
     in_flight.spawn(async move {
         METRICS.in_flight.inc();
@@ -274,6 +277,8 @@ struct Session {
     amqp: Arc<AmqpSection>,
     brokers: Brokers,
     publish: Channel,
+    /// Acks on the consume channel, batched.
+    acks: Acks,
     held: Held,
     /// How long the guests of recent jobs ran, for the automatic prefetch.
     pace: Arc<Pace>,
@@ -356,11 +361,13 @@ async fn session(
     METRICS.prefetch.set(i64::from(prefetch));
     METRICS.broker_connected.set(1);
     reached.consumed = true;
+    let acks = Acks::start(consume.clone());
     let session = Arc::new(Session {
         pipeline: pipeline.clone(),
         amqp: amqp.clone(),
         brokers: brokers.clone(),
         publish: publish.clone(),
+        acks,
         held: held.clone(),
         pace: pace.clone(),
     });
@@ -485,6 +492,8 @@ async fn session(
             );
             in_flight.abort_all();
         }
+        // The acks of the jobs that ended go out before the connection closes.
+        session.acks.flush().await;
         let _ = conn
             .close(200, ShortString::from("worker shutting down"))
             .await;
@@ -535,7 +544,8 @@ impl Session {
                     self.pace.record(run);
                 }
                 self.publish_result(&result, props).await?;
-                ack(delivery).await
+                self.acks.ack(delivery.delivery_tag);
+                Ok(())
             }
             Disposition::DeadLetter(refusal) => self.poison(delivery, refusal, started).await,
             Disposition::Retry {
@@ -546,13 +556,17 @@ impl Session {
                 tracing::warn!(job_id = %id, attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "infrastructure failure; will retry");
                 METRICS.retries.inc();
                 tokio::time::sleep(delay).await;
-                delivery
+                let nacked = delivery
                     .acker
                     .nack(BasicNackOptions {
                         requeue: true,
                         ..BasicNackOptions::default()
                     })
-                    .await
+                    .await;
+                // Only once its nack is written may an ack with `multiple`
+                // pass its tag.
+                self.acks.settled(delivery.delivery_tag);
+                nacked
                     .map(|_| ())
                     .map_err(|e| InfraError::Broker(Cause::new("requeueing", e)))
             }
@@ -581,7 +595,8 @@ impl Session {
                 self.publish_result(&result, props).await?;
                 self.dead_letter(delivery, "retries_exhausted", &error.to_string(), attempt)
                     .await?;
-                ack(delivery).await
+                self.acks.ack(delivery.delivery_tag);
+                Ok(())
             }
         }
     }
@@ -808,7 +823,8 @@ impl Session {
             delivery_count(&delivery.properties) + 1,
         )
         .await?;
-        ack(delivery).await
+        self.acks.ack(delivery.delivery_tag);
+        Ok(())
     }
 
     async fn dead_letter(
@@ -915,15 +931,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-async fn ack(delivery: &Delivery) -> Result<(), InfraError> {
-    delivery
-        .acker
-        .ack(BasicAckOptions::default())
-        .await
-        .map(|_| ())
-        .map_err(|e| InfraError::Broker(Cause::new("acking", e)))
 }
 
 /// Previous deliveries of this message, from the quorum queue's header.
