@@ -8,6 +8,9 @@
 //!     cargo bench -p shoal-submitter --bench fleet                   # store on S3
 //! SHOAL_EXECUTOR_POOLING=false cargo bench -p shoal-submitter --bench fleet  # on-demand allocator
 //! SHOAL_BENCH_WORKERS=2 cargo bench -p shoal-submitter --bench fleet   # two workers, one store
+//! cargo build --release -p shoal-worker && \
+//!     SHOAL_BENCH_WORKER_BIN=target/release/shoal-worker cargo bench -p shoal-submitter --bench fleet
+//!                                        # workers as processes: their CPU apart from the submitter's
 //! SHOAL_BENCH_ONLY=shoal perf record -F 499 -g -o perf.data -- target/release/deps/fleet-… --bench
 //!                                                                    # Shoal alone, for a profile
 //! scripts/cluster up && SHOAL_AMQP_URL=amqp://guest:guest@127.0.0.1:5681/%2f \
@@ -51,15 +54,16 @@ const CONCURRENCY: usize = 2;
 /// consumer (more changed nothing on this VM).
 const FLOOR_PREFETCH: u16 = 64;
 
-/// The worker's prefetch in this run: `SHOAL_AMQP_PREFETCH`, else its
-/// default for `CONCURRENCY` guest slots.
+/// The worker's prefetch in this run: `SHOAL_AMQP_PREFETCH`, else what the
+/// automatic prefetch reaches for trivial jobs on `CONCURRENCY` guest slots
+/// (16 per slot).
 fn shoal_prefetch() -> u16 {
     #[allow(clippy::disallowed_methods)]
     let set = std::env::var("SHOAL_AMQP_PREFETCH")
         .ok()
         .and_then(|p| p.parse::<u16>().ok())
         .filter(|&p| p > 0);
-    set.unwrap_or((CONCURRENCY * 4) as u16)
+    set.unwrap_or((CONCURRENCY * 16) as u16)
 }
 
 fn url() -> String {
@@ -86,7 +90,7 @@ fn store_settings() -> Vec<(String, String)> {
 }
 
 /// The burst with the median throughput: (jobs/s, CPU µs per job).
-fn median_burst(mut bursts: Vec<(f64, (f64, f64))>) -> (f64, (f64, f64)) {
+fn median_burst(mut bursts: Vec<(f64, PerJob)>) -> (f64, PerJob) {
     bursts.sort_by(|a, b| a.0.total_cmp(&b.0));
     bursts[bursts.len() / 2]
 }
@@ -129,46 +133,84 @@ fn broker_pids() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// CPU time per job of this process and of the brokers over a stretch.
+/// CPU time per job of this process, of the worker processes and of the
+/// brokers over a stretch.
 struct Cpu {
     ours: f64,
+    /// Each worker process (`SHOAL_BENCH_WORKER_BIN`) with its CPU seconds
+    /// at the start; none when the workers run in this process.
+    workers: Vec<(String, f64)>,
     /// Each broker VM with its CPU seconds at the start.
     brokers: Vec<(String, f64)>,
 }
 
+/// Microseconds of CPU per job.
+#[derive(Clone, Copy, Default)]
+struct PerJob {
+    /// This process: the submitter and reply consumer, and the worker (or
+    /// the floor's echo) when it runs in here.
+    ours: f64,
+    /// The worker processes, when they run apart.
+    workers: f64,
+    broker: f64,
+}
+
 impl Cpu {
-    fn start() -> Cpu {
-        Cpu {
-            ours: cpu_secs("self"),
-            brokers: broker_pids()
-                .into_iter()
+    fn start(workers: &[String]) -> Cpu {
+        let at = |pids: Vec<String>| {
+            pids.into_iter()
                 .map(|pid| {
                     let at = cpu_secs(&pid);
                     (pid, at)
                 })
-                .collect(),
+                .collect()
+        };
+        Cpu {
+            ours: cpu_secs("self"),
+            workers: at(workers.to_vec()),
+            brokers: at(broker_pids()),
         }
     }
 
-    /// Microseconds of CPU per job: (this process, the brokers). A VM that
-    /// went away meanwhile (a node stopped) counts for nothing rather than
-    /// for minus its whole life.
-    fn per_job(&self, jobs: usize) -> (f64, f64) {
-        let ours = cpu_secs("self") - self.ours;
-        let broker: f64 = self
-            .brokers
-            .iter()
-            .map(|(pid, at)| (cpu_secs(pid) - at).max(0.0))
-            .sum();
-        (ours / jobs as f64 * 1e6, broker / jobs as f64 * 1e6)
+    /// A process that went away meanwhile (a node stopped) counts for
+    /// nothing rather than for minus its whole life.
+    fn per_job(&self, jobs: usize) -> PerJob {
+        let since = |pids: &[(String, f64)]| -> f64 {
+            // A fold from +0: an empty sum of f64 is -0.
+            pids.iter()
+                .map(|(pid, at)| (cpu_secs(pid) - at).max(0.0))
+                .fold(0.0, |sum, cpu| sum + cpu)
+        };
+        let us = |secs: f64| secs / jobs as f64 * 1e6;
+        PerJob {
+            ours: us(cpu_secs("self") - self.ours),
+            workers: us(since(&self.workers)),
+            broker: us(since(&self.brokers)),
+        }
     }
+}
+
+/// The worker binary to run Shoal's workers as processes of their own, as
+/// in production (`SHOAL_BENCH_WORKER_BIN`, built with `cargo build
+/// --release -p shoal-worker`): their CPU time is then counted apart from
+/// the submitter's. Without it they run in this process. Not found by
+/// itself: a binary left from an older build would be measured silently.
+fn worker_bin() -> Option<std::path::PathBuf> {
+    #[allow(clippy::disallowed_methods)]
+    let bin = std::env::var_os("SHOAL_BENCH_WORKER_BIN")?;
+    let bin = std::path::PathBuf::from(bin);
+    assert!(
+        bin.is_file(),
+        "SHOAL_BENCH_WORKER_BIN={} is not a file",
+        bin.display()
+    );
+    Some(bin)
 }
 
 struct Measured {
     jobs_per_sec: f64,
-    /// CPU µs per job of the burst: this process (submitter and worker
-    /// or echo), and the broker.
-    cpu_us: (f64, f64),
+    /// CPU µs per job of the burst.
+    cpu_us: PerJob,
     p50_ms: f64,
     p99_ms: f64,
     /// p50 of the publish-and-confirm part of the round trip.
@@ -183,10 +225,20 @@ fn persistent(id: &str) -> BasicProperties {
         .with_correlation_id(ShortString::from(id))
 }
 
+/// How the floor's consumer acks.
+#[derive(Clone, Copy, PartialEq)]
+enum Acking {
+    /// One ack frame per delivery.
+    Each,
+    /// As the worker does (`shoal_worker::consume::acks`): one `multiple`
+    /// ack for every delivery from the lowest tag whose reply is confirmed.
+    Batched,
+}
+
 /// The floor's consumer: each delivery answered with a persistent,
 /// confirmed reply before it is acked (the worker's protocol with nothing
 /// in between), confirms awaited concurrently, up to `prefetch` at once.
-async fn echo(conn: &Connection, queue: &str, prefetch: u16) {
+async fn echo(conn: &Connection, queue: &str, prefetch: u16, acking: Acking) {
     let consume = conn.create_channel().await.unwrap();
     consume
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -206,9 +258,12 @@ async fn echo(conn: &Connection, queue: &str, prefetch: u16) {
         )
         .await
         .unwrap();
+    let acks = shoal_worker::consume::acks::Acks::start(consume.clone());
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let publish = publish.clone();
+            let acks = acks.clone();
+            acks.delivered(delivery.delivery_tag);
             tokio::spawn(async move {
                 let reply_to = delivery.properties.reply_to().clone().unwrap();
                 let id = delivery.properties.message_id().clone().unwrap();
@@ -224,11 +279,17 @@ async fn echo(conn: &Connection, queue: &str, prefetch: u16) {
                     .unwrap()
                     .await
                     .unwrap();
-                delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .unwrap();
+                match acking {
+                    Acking::Batched => acks.ack(delivery.delivery_tag),
+                    Acking::Each => {
+                        delivery
+                            .acker
+                            .ack(BasicAckOptions::default())
+                            .await
+                            .unwrap();
+                        acks.settled(delivery.delivery_tag);
+                    }
+                }
             });
         }
     });
@@ -330,12 +391,12 @@ async fn quorum_queue(conn: &Connection, name: &str) {
 /// three connections it has Shoal's shape (a worker, a submitter's pool,
 /// its reply connection), each with its own lapin I/O thread; given one
 /// shared connection, every frame goes through one thread.
-async fn floor(conns: [&Connection; 3], body: &[u8], prefetch: u16) -> Measured {
+async fn floor(conns: [&Connection; 3], body: &[u8], prefetch: u16, acking: Acking) -> Measured {
     let [worker, submitter, replies] = conns;
     let conn = worker;
     let queue = format!("bench.floor.{}", uuid::Uuid::new_v4().simple());
     quorum_queue(conn, &queue).await;
-    echo(worker, &queue, prefetch).await;
+    echo(worker, &queue, prefetch, acking).await;
     let client = FloorClient::new(submitter, replies, &queue).await;
     let ids =
         |n: usize, tag: &str| -> Vec<String> { (0..n).map(|i| format!("{tag}-{i}")).collect() };
@@ -347,7 +408,7 @@ async fn floor(conns: [&Connection; 3], body: &[u8], prefetch: u16) -> Measured 
     let mut bursts = Vec::with_capacity(BURSTS);
     for round in 0..BURSTS {
         let burst = ids(BURST, &format!("burst{round}"));
-        let cpu = Cpu::start();
+        let cpu = Cpu::start(&[]);
         let started = Instant::now();
         client.submit_all(&burst, body).await;
         for id in &burst {
@@ -386,30 +447,30 @@ async fn floor(conns: [&Connection; 3], body: &[u8], prefetch: u16) -> Measured 
 async fn shoal(url: &str) -> (Measured, Vec<f64>) {
     let cache = tempfile::tempdir().unwrap();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let config = shoal_worker::Config::load_from(
-        None,
-        vec![
-            ("SHOAL_CACHE_DIR".into(), cache.path().display().to_string()),
-            ("SHOAL_AMQP_URL".into(), url.to_owned()),
-            (
-                "SHOAL_AMQP_JOB_QUEUE".into(),
-                format!("bench.jobs.{suffix}"),
-            ),
-            (
-                "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
-                format!("bench.results.{suffix}"),
-            ),
-            (
-                "SHOAL_AMQP_DEAD_LETTER".into(),
-                format!("bench.dead.{suffix}"),
-            ),
-            ("SHOAL_LOG_FILTER".into(), "warn".into()),
-        ]
-        .into_iter()
-        .chain(store_settings())
-        .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let settings: Vec<(String, String)> = vec![
+        ("SHOAL_CACHE_DIR".into(), cache.path().display().to_string()),
+        ("SHOAL_AMQP_URL".into(), url.to_owned()),
+        (
+            "SHOAL_AMQP_JOB_QUEUE".into(),
+            format!("bench.jobs.{suffix}"),
+        ),
+        (
+            "SHOAL_AMQP_RESULTS_EXCHANGE".into(),
+            format!("bench.results.{suffix}"),
+        ),
+        (
+            "SHOAL_AMQP_DEAD_LETTER".into(),
+            format!("bench.dead.{suffix}"),
+        ),
+        ("SHOAL_LOG_FILTER".into(), "warn".into()),
+        ("SHOAL_WORKER_CONCURRENCY".into(), CONCURRENCY.to_string()),
+        // Several worker processes: each its own free port.
+        ("SHOAL_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
+    ]
+    .into_iter()
+    .chain(store_settings())
+    .collect();
+    let config = shoal_worker::Config::load_from(None, settings.clone()).unwrap();
     let hello =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello/hello.wasm");
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -423,8 +484,12 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
         .unwrap_or(1)
         .max(1);
     let mut workers = Vec::with_capacity(count);
+    let mut processes = Vec::new();
+    let bin = worker_bin();
+    #[allow(clippy::disallowed_methods)]
+    let tmpdir = std::env::var_os("TMPDIR");
     let mut module = None;
-    for _ in 0..count {
+    for i in 0..count {
         let pipeline =
             shoal_worker::pipeline::Pipeline::new(config.clone(), config.limits.ceiling).unwrap();
         if module.is_none() {
@@ -434,13 +499,28 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
                     .unwrap(),
             );
         }
-        workers.push(tokio::spawn(shoal_worker::consume::run(
-            pipeline,
-            config.amqp.clone(),
-            CONCURRENCY,
-            rx.clone(),
-        )));
+        match &bin {
+            Some(bin) => processes.push(
+                std::process::Command::new(bin)
+                    .arg("serve")
+                    .env_clear()
+                    .envs(settings.iter().cloned())
+                    .env("SHOAL_WORKER_NAME", format!("bench-{i}"))
+                    // Its scratch where this run's is (TMPDIR=/dev/shm, say).
+                    .envs(tmpdir.iter().map(|t| ("TMPDIR", t)))
+                    .stdin(std::process::Stdio::null())
+                    .spawn()
+                    .expect("starting SHOAL_BENCH_WORKER_BIN"),
+            ),
+            None => workers.push(tokio::spawn(shoal_worker::consume::run(
+                pipeline,
+                config.amqp.clone(),
+                CONCURRENCY,
+                rx.clone(),
+            ))),
+        }
     }
+    let pids: Vec<String> = processes.iter().map(|p| p.id().to_string()).collect();
     let module = module.expect("at least one worker");
     let topology: Topology = config.amqp.topology();
     let client = Client::connect(url, topology.clone()).await.unwrap();
@@ -462,7 +542,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
     }
     let mut bursts = Vec::with_capacity(BURSTS);
     for _ in 0..BURSTS {
-        let cpu = Cpu::start();
+        let cpu = Cpu::start(&pids);
         let started = Instant::now();
         let handles = client
             .submit_batch((0..BURST).map(job).collect())
@@ -483,8 +563,17 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
     let (jobs_per_sec, cpu_us) = median_burst(bursts);
     let mut latencies = Vec::with_capacity(SEQUENTIAL);
     let mut publishes = Vec::with_capacity(SEQUENTIAL);
-    let mut parts: Vec<[f64; 4]> = Vec::with_capacity(SEQUENTIAL);
+    let mut parts: Vec<[f64; 7]> = Vec::with_capacity(SEQUENTIAL);
+    // The result's timestamps (microseconds, one clock: the same machine).
+    let at = |stamp: &Option<String>| {
+        let stamp = stamp.as_deref().expect("a result stamped by the worker");
+        humantime::parse_rfc3339(stamp).expect("an RFC 3339 stamp")
+    };
+    let between = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        b.duration_since(a).unwrap_or_default().as_secs_f64()
+    };
     for i in 0..SEQUENTIAL {
+        let sent = std::time::SystemTime::now();
         let started = Instant::now();
         let handle = client.submit(job(i)).await.unwrap();
         publishes.push(started.elapsed());
@@ -493,18 +582,33 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
             .await
             .unwrap();
         latencies.push(started.elapsed());
+        let arrived = std::time::SystemTime::now();
         let d = &result.usage.durations;
+        let (taken, finished) = (at(&result.started_at), at(&result.finished_at));
         parts.push([
             d.queue_secs.unwrap_or(0.0),
             d.stage_secs.unwrap_or(0.0),
             d.run_secs.unwrap_or(0.0),
             d.publish_secs.unwrap_or(0.0),
+            // Submit to the worker taking the job (publish, confirm, delivery).
+            between(sent, taken),
+            // Taken to the result stamped, before it is stored.
+            between(taken, finished),
+            // Stamped to here: stored, published, routed, read.
+            between(finished, arrived),
         ]);
     }
     client.close().await;
     stop.send(true).unwrap();
     for worker in workers {
         worker.await.unwrap().unwrap();
+    }
+    for mut process in processes {
+        // SIGTERM: drained, as an operator stops one.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status();
+        assert!(process.wait().unwrap().success(), "a worker process failed");
     }
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
@@ -523,8 +627,16 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
             p99_ms,
             publish_p50_ms: percentiles(publishes).0,
         },
-        vec![mean(0), mean(1), mean(2), mean(3)],
+        (0..7).map(mean).collect(),
     )
+}
+
+/// Where a sequential job's round trip goes, by the result's own stamps.
+fn print_legs(parts: &[f64]) {
+    println!(
+        "Shoal sequential jobs, mean legs: submit → taken {:.3} ms, taken → result stamped {:.3} ms, stamped → result read by the submitter {:.3} ms",
+        parts[4], parts[5], parts[6]
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -546,37 +658,61 @@ async fn main() {
     // (`perf record`), whose samples would otherwise mix in the floor's.
     #[allow(clippy::disallowed_methods)]
     if std::env::var("SHOAL_BENCH_ONLY").is_ok_and(|only| only == "shoal") {
-        let (shoal, _) = shoal(&url).await;
+        let (shoal, parts) = shoal(&url).await;
+        print_legs(&parts);
+        let cpu = shoal.cpu_us;
         println!(
-            "Shoal alone: {:.0} jobs/s, {:.0} µs / {:.0} µs CPU per job (ours / broker), p50 {:.2} ms",
-            shoal.jobs_per_sec, shoal.cpu_us.0, shoal.cpu_us.1, shoal.p50_ms
+            "Shoal alone: {:.0} jobs/s, CPU per job {:.0} µs here, {:.0} µs in worker processes, {:.0} µs broker; p50 {:.2} ms",
+            shoal.jobs_per_sec, cpu.ours, cpu.workers, cpu.broker, shoal.p50_ms
         );
         return;
     }
-    let best = floor([&one, &two, &three], body, FLOOR_PREFETCH).await;
+    let conns = [&one, &two, &three];
+    let best = floor(conns, body, FLOOR_PREFETCH, Acking::Batched).await;
+    let each = floor(conns, body, FLOOR_PREFETCH, Acking::Each).await;
     let ours_prefetch = shoal_prefetch();
-    let at_ours = floor([&one, &two, &three], body, ours_prefetch).await;
+    let at_ours = floor(conns, body, ours_prefetch, Acking::Batched).await;
     let (shoal, parts) = shoal(&url).await;
     println!(
-        "| path | throughput (jobs/s) | CPU per job of the burst: ours / broker | p50 latency | p99 latency | p50 of it publishing + confirm |"
+        "| path | throughput (jobs/s) | CPU per job of the burst: this process / worker processes / broker | p50 latency | p99 latency | p50 of it publishing + confirm |"
     );
     println!("|---|---|---|---|---|---|");
     for (name, m) in [
         (
             format!(
-                "floor at its best: publish → consume (prefetch {FLOOR_PREFETCH}) → reply → ack"
+                "floor at its best: publish → consume (prefetch {FLOOR_PREFETCH}) → reply → ack (batched)"
             ),
             &best,
+        ),
+        (
+            format!("floor, prefetch {FLOOR_PREFETCH}, one ack frame per message"),
+            &each,
         ),
         (
             format!("floor at Shoal's prefetch ({ours_prefetch})"),
             &at_ours,
         ),
-        ("Shoal: hello.wasm through a worker".to_owned(), &shoal),
+        (
+            format!(
+                "Shoal: hello.wasm through {}",
+                if worker_bin().is_some() {
+                    "worker processes"
+                } else {
+                    "a worker in this process"
+                }
+            ),
+            &shoal,
+        ),
     ] {
         println!(
-            "| {name} | {:.0} | {:.0} µs / {:.0} µs | {:.2} ms | {:.2} ms | {:.2} ms |",
-            m.jobs_per_sec, m.cpu_us.0, m.cpu_us.1, m.p50_ms, m.p99_ms, m.publish_p50_ms
+            "| {name} | {:.0} | {:.0} µs / {:.0} µs / {:.0} µs | {:.2} ms | {:.2} ms | {:.2} ms |",
+            m.jobs_per_sec,
+            m.cpu_us.ours,
+            m.cpu_us.workers,
+            m.cpu_us.broker,
+            m.p50_ms,
+            m.p99_ms,
+            m.publish_p50_ms
         );
     }
     println!(
@@ -588,4 +724,5 @@ async fn main() {
         "Shoal sequential jobs, mean per stage as the worker measured it: queue {:.2} ms (from the submitter's clock), stage {:.3} ms, run {:.3} ms, publish {:.3} ms",
         parts[0], parts[1], parts[2], parts[3]
     );
+    print_legs(&parts);
 }

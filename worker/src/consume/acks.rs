@@ -110,9 +110,10 @@ enum Event {
     Flush(oneshot::Sender<()>),
 }
 
-/// The handle a session's jobs ack through.
+/// The handle a session's jobs ack through (public for the fleet
+/// benchmark, whose floor acks the same way).
 #[derive(Clone)]
-pub(super) struct Acks {
+pub struct Acks {
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -120,7 +121,7 @@ impl Acks {
     /// Starts the task that acks on `channel` (the consume channel, whose
     /// delivery tags these are). It ends when every handle is dropped,
     /// after acking what was ready.
-    pub(super) fn start(channel: Channel) -> Acks {
+    pub fn start(channel: Channel) -> Acks {
         let (events, rx) = mpsc::unbounded_channel();
         tokio::spawn(send_acks(channel, rx));
         Acks { events }
@@ -128,23 +129,23 @@ impl Acks {
 
     /// A delivery arrived: told before its job can end, so that no
     /// `multiple` ack covers it before it is ready.
-    pub(super) fn delivered(&self, tag: u64) {
+    pub fn delivered(&self, tag: u64) {
         let _ = self.events.send(Event::Delivered(tag));
     }
 
     /// Its result is stored and confirmed: ack it.
-    pub(super) fn ack(&self, tag: u64) {
+    pub fn ack(&self, tag: u64) {
         let _ = self.events.send(Event::Ready(tag));
     }
 
     /// It was settled otherwise (nacked), after that frame was sent.
-    pub(super) fn settled(&self, tag: u64) {
+    pub fn settled(&self, tag: u64) {
         let _ = self.events.send(Event::Settled(tag));
     }
 
     /// Sends every ack that is ready, and waits until they are written
     /// (before a draining worker closes its connection).
-    pub(super) async fn flush(&self) {
+    pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.events.send(Event::Flush(tx)).is_ok() {
             let _ = rx.await;

@@ -21,7 +21,7 @@
 //! worker holds enough per slot to cover 10 ms of guest time, so trivial
 //! jobs get sixteen per slot and long ones two, and no long job waits on a
 //! busy worker while another idles (docs/CONFIG.md).
-mod acks;
+pub mod acks;
 mod control;
 mod settle;
 
