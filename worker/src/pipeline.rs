@@ -420,9 +420,12 @@ impl Pipeline {
         on_state(JobState::Running).await;
         let outputs = staged.outputs;
         let limits = job.limits;
-        // A job without inputs that wrote no output files needs its
-        // scratch folder no longer once its outputs are collected: it goes
-        // back to the pool on the guest's thread, not on a thread of its own.
+        // A job without inputs whose output folders are left empty (a
+        // trivial job) needs its scratch folder no longer: it is collected
+        // and given back right after the guest, wherever the guest ran (on
+        // this task's thread, for a module compiled already), which takes
+        // a few system calls. Any other job's outputs are collected on the
+        // blocking pool, and its folder lives until they are published.
         let no_inputs = job.inputs.is_empty();
         let (mut report, ran) = self
             .executor
@@ -432,21 +435,29 @@ impl Pipeline {
                 if quiet(&report.outcome) {
                     scratch.reusable();
                 }
-                let collected = publish::collect(&outputs, &limits);
-                let nothing_to_upload = collected
-                    .as_ref()
-                    .is_ok_and(|c| c.iter().all(|m| m.files.is_empty()));
-                let scratch = if no_inputs && nothing_to_upload {
+                if no_inputs && outputs.iter().all(|(_, host)| empty_dir(host)) {
+                    let collected = publish::collect(&outputs, &limits);
                     scratch.give_back_here();
-                    None
+                    Ok(collected)
                 } else {
-                    Some(scratch)
-                };
-                (collected, scratch)
+                    Err((scratch, outputs))
+                }
             })
             .await;
         let (collected, scratch) = match ran {
-            Some((collected, scratch)) => (Some(collected), scratch),
+            Some(Ok(collected)) => (Some(collected), None),
+            Some(Err((scratch, outputs))) => {
+                let collected =
+                    tokio::task::spawn_blocking(move || publish::collect(&outputs, &limits))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(InfraError::Disk(crate::error::Cause::new(
+                                "collecting the outputs",
+                                e,
+                            )))
+                        });
+                (Some(collected), Some(scratch))
+            }
             None => (None, None),
         };
         staged.uploads.finish().await;
@@ -467,6 +478,12 @@ impl Pipeline {
             _scratch: scratch,
         })
     }
+}
+
+/// Whether a folder has nothing in it (a folder that cannot be read is
+/// not: the collection that follows says why).
+fn empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 fn download_dir(id: &str, options: &LocalOptions) -> PathBuf {

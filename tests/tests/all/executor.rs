@@ -879,6 +879,42 @@ async fn time_asleep_in_the_host_counts_toward_the_wall_clock_limit() {
     );
 }
 
+/// A module compiled already runs on the calling task's thread, not the
+/// blocking pool's, and gives that thread back at every epoch tick: on a
+/// runtime of one thread, a task beside a spinning guest still runs.
+#[tokio::test]
+async fn a_guest_on_the_runtimes_thread_gives_it_back_every_tick() {
+    use shoal_worker::execute::{Executor, ExecutorConfig, Outcome};
+    use std::time::{Duration, Instant};
+    let executor = Executor::new(ExecutorConfig::default()).unwrap();
+    // Compiled first (on the blocking pool); the next run is on this thread.
+    let first = executor.run(probe_spec(&["args", "x"])).await;
+    assert_eq!(first.outcome, Outcome::Exited(0));
+    let mut spec = probe_spec(&["spin"]);
+    spec.limits.timeout = Duration::from_secs(1);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // Counts 5 ms sleeps for as long as the guest runs (1 s, its limit).
+    let ticker = async {
+        let mut ticks = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            ticks += 1;
+        }
+        ticks
+    };
+    let run = async {
+        let report = executor.run(spec).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        report
+    };
+    let started = Instant::now();
+    let (ticks, report) = tokio::join!(ticker, run);
+    assert_eq!(report.outcome, Outcome::TimedOut);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // About one a tick (10 ms); a guest that kept the thread would allow one.
+    assert!(ticks >= 20, "{ticks} ticks beside a guest spinning for 1 s");
+}
+
 /// A cancel stops a guest spinning in wasm (the epoch callback) and one
 /// asleep in a host call (the run's select), and one still waiting for its
 /// guest slot never starts.
