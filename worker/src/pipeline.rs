@@ -93,6 +93,10 @@ pub struct Pipeline {
     scratch: ScratchPool,
     artifacts: Option<Artifacts>,
     worker: String,
+    /// Whether the store's create-only writes can be trusted to find an
+    /// earlier result (`Pipeline::check_store`): the local folder's can;
+    /// an S3 server's once it proved it.
+    create_only: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pipeline {
@@ -123,6 +127,7 @@ impl Pipeline {
         let held = usize::from(config.amqp.prefetch_for(config.concurrency())).max(1);
         let scratch =
             ScratchPool::new(&config.scratch_parent(), held + 1).map_err(StartError::Scratch)?;
+        let create_only = Arc::new(std::sync::atomic::AtomicBool::new(!shared));
         Ok(Pipeline {
             config,
             ceiling,
@@ -131,6 +136,7 @@ impl Pipeline {
             scratch,
             artifacts,
             worker,
+            create_only,
         })
     }
 
@@ -165,16 +171,33 @@ impl Pipeline {
         &self.worker
     }
 
-    /// The store as the destination of job `job_id`: the fleet's. Whether
-    /// the store's create-only writes can be trusted to find an earlier
-    /// result is the store's business: the local folder's can, an S3
-    /// server's may not.
+    /// Finds out whether an S3 store honours create-only writes
+    /// ([`crate::store::honours_create_only`]): if it does, a job's result
+    /// is written create-only and a refusal tells of an earlier result,
+    /// which saves a lookup (one request) per job; if not, each job looks
+    /// first. A worker asks once, at its start.
+    pub async fn check_store(&self) {
+        if self.config.cache.s3_bucket.is_empty() {
+            return;
+        }
+        let honoured = crate::store::honours_create_only(self.stager.store().as_ref()).await;
+        self.create_only
+            .store(honoured, std::sync::atomic::Ordering::Relaxed);
+        if honoured {
+            tracing::info!("the store honours create-only writes: results need no lookup first");
+        } else {
+            tracing::info!(
+                "the store does not honour create-only writes: each result is looked for first (one request more per job)"
+            );
+        }
+    }
+
+    /// The store as the destination of job `job_id`: the fleet's.
     pub(crate) fn store_destination(&self, job_id: &str) -> Destination {
-        let local = self.config.cache.s3_bucket.is_empty();
         Destination::store(
             self.stager.store().clone(),
             job_id,
-            local,
+            self.create_only.load(std::sync::atomic::Ordering::Relaxed),
             self.config.cache.index_jobs,
         )
     }

@@ -133,6 +133,43 @@ async fn an_s3_object_is_an_input_and_a_missing_one_is_unavailable() {
 }
 
 /// The S3 store's settings plus one more.
+/// A worker trusts a store's create-only writes (and saves a lookup per
+/// job) only when the store refused a second create-only write: SeaweedFS
+/// and the local folder do; a store that refuses the condition outright
+/// (object_store's S3 client with conditional writes off) is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_only_writes_are_trusted_only_where_the_store_refuses_a_second() {
+    use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+    use shoal_worker::store::honours_create_only;
+    let config = shoal_worker::Config::load_from(
+        None,
+        S3.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap();
+    let seaweed = shoal_worker::store::open(&config.cache).unwrap();
+    assert!(honours_create_only(seaweed.as_ref()).await);
+    let folder = tempfile::tempdir().unwrap();
+    let local = object_store::local::LocalFileSystem::new_with_prefix(folder.path()).unwrap();
+    assert!(honours_create_only(&local).await);
+    let without = AmazonS3Builder::new()
+        .with_bucket_name("shoal-test")
+        .with_region("us-east-1")
+        .with_endpoint("http://127.0.0.1:8333")
+        .with_allow_http(true)
+        .with_skip_signature(true)
+        .with_conditional_put(S3ConditionalPut::Disabled)
+        .build()
+        .unwrap();
+    assert!(!honours_create_only(&without).await);
+    // The probe leaves nothing behind.
+    let left: Vec<_> = futures::TryStreamExt::try_collect(
+        seaweed.list(Some(&StorePath::from("probe/create-only"))),
+    )
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// A re-run on S3 prunes the first run's leftovers too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_id_twice_on_s3_keeps_only_the_last_run() {

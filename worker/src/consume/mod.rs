@@ -66,6 +66,7 @@ pub async fn run(
         .brokers()
         .map_err(|e| InfraError::Broker(Cause::new("reading amqp.url/amqp.urls", e)))?;
     let amqp = Arc::new(amqp);
+    pipeline.check_store().await;
     METRICS
         .concurrency
         .set(i64::try_from(concurrency).unwrap_or(i64::MAX));

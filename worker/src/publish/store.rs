@@ -62,12 +62,14 @@ pub(crate) async fn put_stream(
 pub(crate) enum EarlierResult {
     /// A lookup started when the job did, so the store's round trip
     /// overlaps staging and running instead of delaying the result. For S3
-    /// stores: not every S3-compatible server honours a create-only write,
-    /// and one that ignores it would silently skip the pruning.
+    /// stores that do not honour a create-only write: one that ignored it
+    /// would silently skip the pruning.
     Lookup(tokio::task::JoinHandle<Result<bool, InfraError>>),
     /// The write itself tells: a create-only write fails when a result is
     /// there. For the local-folder store, which implements it with a hard
-    /// link; it saves a lookup (and a thread hop) per job.
+    /// link, and S3 stores that proved at the worker's start that they
+    /// honour it (`Pipeline::check_store`); it saves a lookup (a request,
+    /// or a thread hop) per job.
     OnWrite,
 }
 

@@ -44,6 +44,35 @@ pub async fn put(
         .map_err(|e| InfraError::Store(Cause::new(format!("writing {key}"), e)))
 }
 
+/// Whether the store refuses a create-only write (`PutMode::Create`; S3's
+/// `If-None-Match: *`) to a key that exists: tried on a key of its own,
+/// written twice. Not every S3-compatible server honours the condition, and
+/// one that ignored it would overwrite silently, so a store is trusted with
+/// it only once it refused the second write here. The local folder does
+/// (a hard link); SeaweedFS 4.48 does (412).
+pub async fn honours_create_only(store: &dyn ObjectStore) -> bool {
+    let key = StorePath::from(format!("probe/create-only/{}", uuid::Uuid::new_v4()));
+    let create = || {
+        store.put_opts(
+            &key,
+            PutPayload::from_static(b"probe"),
+            object_store::PutMode::Create.into(),
+        )
+    };
+    let honoured = match create().await {
+        Ok(_) => matches!(
+            create().await,
+            Err(object_store::Error::AlreadyExists { .. })
+        ),
+        Err(e) => {
+            tracing::debug!(error = %e, "a create-only write was refused outright");
+            false
+        }
+    };
+    let _ = store.delete(&key).await;
+    honoured
+}
+
 /// Whether the store holds `key`.
 pub async fn exists(store: &dyn ObjectStore, key: &StorePath) -> Result<bool, InfraError> {
     match store.head(key).await {
