@@ -119,6 +119,16 @@ fn cpu_secs(pid: &str) -> f64 {
 /// The brokers' Erlang VMs (one, or every node of a cluster on this box,
 /// `scripts/cluster`), to count their CPU time too (they share our cores).
 fn broker_pids() -> Vec<String> {
+    pids_named("beam.smp")
+}
+
+/// SeaweedFS (`weed server`), when the store is on it: it shares our
+/// cores too.
+fn store_pids() -> Vec<String> {
+    pids_named("weed")
+}
+
+fn pids_named(name: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .map(|entries| {
             entries
@@ -126,7 +136,7 @@ fn broker_pids() -> Vec<String> {
                 .filter_map(|entry| {
                     let pid = entry.file_name().to_string_lossy().into_owned();
                     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-                    (comm.trim() == "beam.smp").then_some(pid)
+                    (comm.trim() == name).then_some(pid)
                 })
                 .collect()
         })
@@ -142,6 +152,8 @@ struct Cpu {
     workers: Vec<(String, f64)>,
     /// Each broker VM with its CPU seconds at the start.
     brokers: Vec<(String, f64)>,
+    /// SeaweedFS, when running.
+    stores: Vec<(String, f64)>,
 }
 
 /// Microseconds of CPU per job.
@@ -153,6 +165,8 @@ struct PerJob {
     /// The worker processes, when they run apart.
     workers: f64,
     broker: f64,
+    /// SeaweedFS, whether or not the store is on it (idle, it costs ~0).
+    store: f64,
 }
 
 impl Cpu {
@@ -169,6 +183,7 @@ impl Cpu {
             ours: cpu_secs("self"),
             workers: at(workers.to_vec()),
             brokers: at(broker_pids()),
+            stores: at(store_pids()),
         }
     }
 
@@ -186,6 +201,7 @@ impl Cpu {
             ours: us(cpu_secs("self") - self.ours),
             workers: us(since(&self.workers)),
             broker: us(since(&self.brokers)),
+            store: us(since(&self.stores)),
         }
     }
 }
@@ -662,8 +678,8 @@ async fn main() {
         print_legs(&parts);
         let cpu = shoal.cpu_us;
         println!(
-            "Shoal alone: {:.0} jobs/s, CPU per job {:.0} µs here, {:.0} µs in worker processes, {:.0} µs broker; p50 {:.2} ms",
-            shoal.jobs_per_sec, cpu.ours, cpu.workers, cpu.broker, shoal.p50_ms
+            "Shoal alone: {:.0} jobs/s, CPU per job {:.0} µs here, {:.0} µs in worker processes, {:.0} µs broker, {:.0} µs SeaweedFS; p50 {:.2} ms",
+            shoal.jobs_per_sec, cpu.ours, cpu.workers, cpu.broker, cpu.store, shoal.p50_ms
         );
         return;
     }
@@ -674,7 +690,7 @@ async fn main() {
     let at_ours = floor(conns, body, ours_prefetch, Acking::Batched).await;
     let (shoal, parts) = shoal(&url).await;
     println!(
-        "| path | throughput (jobs/s) | CPU per job of the burst: this process / worker processes / broker | p50 latency | p99 latency | p50 of it publishing + confirm |"
+        "| path | throughput (jobs/s) | CPU per job of the burst: this process / worker processes / broker / SeaweedFS | p50 latency | p99 latency | p50 of it publishing + confirm |"
     );
     println!("|---|---|---|---|---|---|");
     for (name, m) in [
@@ -705,11 +721,12 @@ async fn main() {
         ),
     ] {
         println!(
-            "| {name} | {:.0} | {:.0} µs / {:.0} µs / {:.0} µs | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| {name} | {:.0} | {:.0} / {:.0} / {:.0} / {:.0} µs | {:.2} ms | {:.2} ms | {:.2} ms |",
             m.jobs_per_sec,
             m.cpu_us.ours,
             m.cpu_us.workers,
             m.cpu_us.broker,
+            m.cpu_us.store,
             m.p50_ms,
             m.p99_ms,
             m.publish_p50_ms
