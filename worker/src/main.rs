@@ -53,7 +53,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     init_tracing(&config);
     match cli.command {
         Command::Serve => {
+            // One thread more than the cores: guests of modules compiled
+            // already run on these threads, at most one fewer than there
+            // are (execute::Inline), so with the default concurrency (the
+            // cores) every guest can, and one thread is still free for the
+            // store's requests, timers and the metrics endpoint.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cores + 1)
                 .enable_all()
                 .build()?;
             let served = runtime.block_on(serve(config));

@@ -174,13 +174,23 @@ impl Pipeline {
     /// Finds out whether an S3 store honours create-only writes
     /// ([`crate::store::honours_create_only`]): if it does, a job's result
     /// is written create-only and a refusal tells of an earlier result,
-    /// which saves a lookup (one request) per job; if not, each job looks
-    /// first. A worker asks once, at its start.
+    /// which saves a lookup (one request) per job; until then, and if not,
+    /// each job looks first. A worker asks at each connection to the
+    /// broker until the answer is yes, beside its jobs, for at most 10 s.
     pub async fn check_store(&self) {
-        if self.config.cache.s3_bucket.is_empty() {
+        let create_only = &self.create_only;
+        if self.config.cache.s3_bucket.is_empty()
+            || create_only.load(std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
-        let honoured = crate::store::honours_create_only(self.stager.store().as_ref()).await;
+        let probe = crate::store::honours_create_only(self.stager.store().as_ref());
+        let Ok(honoured) = tokio::time::timeout(Duration::from_secs(10), probe).await else {
+            tracing::info!(
+                "the store did not answer whether it honours create-only writes within 10 s; results are looked for first, and it is asked again at the next connection"
+            );
+            return;
+        };
         self.create_only
             .store(honoured, std::sync::atomic::Ordering::Relaxed);
         if honoured {
@@ -460,15 +470,23 @@ impl Pipeline {
                 }
                 if no_inputs && outputs.iter().all(|(_, host)| empty_dir(host)) {
                     let collected = publish::collect(&outputs, &limits);
+                    // A file written after the look (by a host call of a
+                    // guest stopped in it) keeps the folder for publishing.
+                    let nothing = collected
+                        .as_ref()
+                        .is_ok_and(|c| c.iter().all(|m| m.files.is_empty()));
+                    if !nothing {
+                        return Ok((collected, Some(scratch)));
+                    }
                     scratch.give_back_here();
-                    Ok(collected)
+                    Ok((collected, None))
                 } else {
                     Err((scratch, outputs))
                 }
             })
             .await;
         let (collected, scratch) = match ran {
-            Some(Ok(collected)) => (Some(collected), None),
+            Some(Ok((collected, scratch))) => (Some(collected), scratch),
             Some(Err((scratch, outputs))) => {
                 let collected =
                     tokio::task::spawn_blocking(move || publish::collect(&outputs, &limits))

@@ -17,7 +17,7 @@
 //! acks, and with them the prefetch credit, of the short ones after it.
 use crate::metrics::METRICS;
 use lapin::Channel;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -29,18 +29,36 @@ use tokio::time::Instant;
 /// broker; long against the gap between two trivial jobs ending.
 pub(super) const HOLD: Duration = Duration::from_millis(5);
 
-/// The deliveries of one channel that are not acked yet, by tag: `None`
-/// while their job is under way, the moment it became ready to ack after.
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stand {
+    /// Its job is under way.
+    UnderWay,
+    /// Ready to ack since this moment.
+    Ready(Instant),
+    /// Settled already, its frame sent (acked alone, or nacked): kept only
+    /// until the run from the lowest tag passes it.
+    Settled,
+}
+
+/// The deliveries of one channel not yet passed by an ack from the lowest
+/// tag, by tag. Tags count from 1 on each channel, every delivery taking
+/// the next, so `below` (every tag up to it is settled) and consecutive
+/// tags tell whether a run has a gap: a tag missing from the book is a
+/// delivery not read from its consumer yet (with two consumers on one
+/// channel, as during a prefetch switch, tags arrive out of order), and an
+/// ack with `multiple` past it would ack a job that never ran.
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    tags: BTreeMap<u64, Option<Instant>>,
+    tags: BTreeMap<u64, Stand>,
+    below: u64,
 }
 
 /// The frames that ack what may be acked now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Batch {
-    /// One ack with `multiple` up to this tag (or a plain ack, when it
-    /// covers that tag alone): every delivery up to it is ready.
+    /// One ack up to this tag, with `multiple` when it covers more than
+    /// that one: every delivery up to it is ready or settled.
     pub(super) upto: Option<(u64, bool)>,
     /// Ready deliveries behind one that is not, acked one by one.
     pub(super) singles: Vec<u64>,
@@ -54,41 +72,64 @@ impl Batch {
 
 impl Pending {
     pub(super) fn delivered(&mut self, tag: u64) {
-        self.tags.insert(tag, None);
+        if tag > self.below {
+            self.tags.insert(tag, Stand::UnderWay);
+        }
     }
 
     pub(super) fn ready(&mut self, tag: u64, now: Instant) {
-        if let Some(slot) = self.tags.get_mut(&tag) {
-            *slot = Some(now);
+        if let Some(stand @ Stand::UnderWay) = self.tags.get_mut(&tag) {
+            *stand = Stand::Ready(now);
         }
     }
 
-    /// Settled some other way (requeued, its frame sent already): out of
-    /// the book, so that it no longer holds back the acks after it.
+    /// Settled some other way (nacked, its frame sent already): it no
+    /// longer holds back the acks after it.
     pub(super) fn settled(&mut self, tag: u64) {
-        self.tags.remove(&tag);
+        if let Some(stand) = self.tags.get_mut(&tag) {
+            *stand = Stand::Settled;
+        }
     }
 
-    /// What to ack now: the ready run from the lowest tag as one frame,
-    /// and each ready delivery behind a tag under way that has waited
-    /// `hold` (every one of them when `all`).
+    /// Whether a nack of `tag` may be sent: only while its job is under
+    /// way. One ready to ack (or acked) is never taken back, and a tag out
+    /// of the book is settled already or was never delivered.
+    pub(super) fn nack(&mut self, tag: u64) -> bool {
+        match self.tags.get_mut(&tag) {
+            Some(stand @ Stand::UnderWay) => {
+                *stand = Stand::Settled;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What to ack now: the run of consecutive tags from the lowest that
+    /// are all ready or settled, as one frame, and each ready delivery
+    /// behind a tag under way (or not read yet) that has waited `hold`
+    /// (every one of them when `all`).
     pub(super) fn take(&mut self, now: Instant, hold: Duration, all: bool) -> Batch {
         let mut batch = Batch::default();
-        let mut run = 0;
+        let mut ready = 0;
         while let Some(entry) = self.tags.first_entry() {
-            if entry.get().is_none() {
+            let tag = *entry.key();
+            if tag != self.below + 1 || *entry.get() == Stand::UnderWay {
                 break;
             }
-            run += 1;
-            batch.upto = Some((entry.remove_entry().0, run > 1));
-        }
-        self.tags.retain(|&tag, ready| match ready {
-            Some(since) if all || now.duration_since(*since) >= hold => {
-                batch.singles.push(tag);
-                false
+            if matches!(entry.remove(), Stand::Ready(_)) {
+                ready += 1;
+                batch.upto = Some((tag, ready > 1));
             }
-            _ => true,
-        });
+            self.below = tag;
+        }
+        for (&tag, stand) in &mut self.tags {
+            if let Stand::Ready(since) = *stand
+                && (all || now.duration_since(since) >= hold)
+            {
+                batch.singles.push(tag);
+                *stand = Stand::Settled;
+            }
+        }
         batch
     }
 
@@ -96,9 +137,11 @@ impl Pending {
     pub(super) fn next_due(&self, hold: Duration) -> Option<Instant> {
         self.tags
             .values()
-            .flatten()
+            .filter_map(|stand| match stand {
+                Stand::Ready(since) => Some(*since + hold),
+                _ => None,
+            })
             .min()
-            .map(|since| *since + hold)
     }
 }
 
@@ -106,6 +149,10 @@ enum Event {
     Delivered(u64),
     Ready(u64),
     Settled(u64),
+    Nack {
+        tag: u64,
+        requeue: bool,
+    },
     /// Send every ready ack now, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -138,9 +185,16 @@ impl Acks {
         let _ = self.events.send(Event::Ready(tag));
     }
 
-    /// It was settled otherwise (nacked), after that frame was sent.
+    /// It was settled otherwise, after that frame was sent.
     pub fn settled(&self, tag: u64) {
         let _ = self.events.send(Event::Settled(tag));
+    }
+
+    /// Nack it, requeued or (`requeue` false) dead-lettered by the queue:
+    /// sent before any ack that passes its tag, and only while its job is
+    /// under way (a delivery already acked is never taken back).
+    pub fn nack(&self, tag: u64, requeue: bool) {
+        let _ = self.events.send(Event::Nack { tag, requeue });
     }
 
     /// Sends every ack that is ready, and waits until they are written
@@ -156,10 +210,19 @@ impl Acks {
 async fn send_acks(channel: Channel, mut events: mpsc::UnboundedReceiver<Event>) {
     let mut pending = Pending::default();
     let mut flushes = Vec::new();
-    let apply = |event: Event, pending: &mut Pending, flushes: &mut Vec<_>| match event {
+    let mut nacks = Vec::new();
+    let apply = |event: Event,
+                 pending: &mut Pending,
+                 flushes: &mut Vec<_>,
+                 nacks: &mut Vec<(u64, bool)>| match event {
         Event::Delivered(tag) => pending.delivered(tag),
         Event::Ready(tag) => pending.ready(tag, Instant::now()),
         Event::Settled(tag) => pending.settled(tag),
+        Event::Nack { tag, requeue } => {
+            if pending.nack(tag) {
+                nacks.push((tag, requeue));
+            }
+        }
         Event::Flush(answer) => flushes.push(answer),
     };
     let mut open = true;
@@ -167,7 +230,7 @@ async fn send_acks(channel: Channel, mut events: mpsc::UnboundedReceiver<Event>)
         let due = pending.next_due(HOLD);
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => apply(event, &mut pending, &mut flushes),
+                Some(event) => apply(event, &mut pending, &mut flushes, &mut nacks),
                 None => open = false,
             },
             () = sleep_until(due), if due.is_some() => {}
@@ -175,13 +238,24 @@ async fn send_acks(channel: Channel, mut events: mpsc::UnboundedReceiver<Event>)
         // Everything that arrived meanwhile goes into this batch.
         while open {
             match events.try_recv() {
-                Ok(event) => apply(event, &mut pending, &mut flushes),
+                Ok(event) => apply(event, &mut pending, &mut flushes, &mut nacks),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
         let answers = std::mem::take(&mut flushes);
         let batch = pending.take(Instant::now(), HOLD, !open || !answers.is_empty());
+        // Nacks first: written before an ack that passes their tags.
+        for (tag, requeue) in nacks.drain(..) {
+            let options = BasicNackOptions {
+                multiple: false,
+                requeue,
+            };
+            if let Err(e) = channel.basic_nack(tag, options).await {
+                tracing::debug!(error = %e, "could not nack; the broker will redeliver");
+                return;
+            }
+        }
         if let Err(e) = send(&channel, &batch).await {
             // The channel is gone: its unacked deliveries go back to the
             // queue, and the session ends on the consumer's error.
@@ -252,7 +326,7 @@ mod tests {
     fn a_delivery_under_way_is_never_covered_and_those_behind_it_wait_at_most_the_hold() {
         let t0 = Instant::now();
         let mut p = Pending::default();
-        for tag in 1..=4 {
+        for tag in 1..=5 {
             p.delivered(tag);
         }
         // 1 is a long job: 2 and 3 are ready behind it.
@@ -267,11 +341,42 @@ mod tests {
         // A flush takes the rest of the ready ones at once.
         let batch = p.take(t0 + 2 * MS, HOLD, true);
         assert_eq!(batch.singles, vec![3]);
-        // 1 requeued (its nack sent): 4 no longer waits behind it.
+        // 1 requeued (its nack sent): the run passes 1 to 3, acked or
+        // settled already, and acks 4 and 5 in one frame.
         p.settled(1);
+        p.ready(5, t0 + 3 * MS);
         p.ready(4, t0 + 3 * MS);
-        assert_eq!(p.take(t0 + 3 * MS, HOLD, false).upto, Some((4, false)));
+        assert_eq!(p.take(t0 + 3 * MS, HOLD, false).upto, Some((5, true)));
         assert_eq!(p.next_due(HOLD), None);
+        assert!(p.tags.is_empty());
+    }
+
+    #[test]
+    fn a_tag_not_read_yet_stops_the_run() {
+        // Two consumers on one channel: 2 is still in the other one's
+        // buffer while 1 and 3 are done.
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        p.delivered(1);
+        p.delivered(3);
+        p.ready(1, t0);
+        p.ready(3, t0);
+        let batch = p.take(t0, HOLD, false);
+        assert_eq!(batch.upto, Some((1, false)), "never past 2");
+        assert!(batch.singles.is_empty());
+        let batch = p.take(t0 + HOLD, HOLD, false);
+        assert_eq!(
+            batch,
+            Batch {
+                upto: None,
+                singles: vec![3]
+            }
+        );
+        // 2 arrives and ends: the run passes 3, acked already, without
+        // acking it again.
+        p.delivered(2);
+        p.ready(2, t0 + HOLD);
+        assert_eq!(p.take(t0 + HOLD, HOLD, false).upto, Some((2, false)));
         assert!(p.tags.is_empty());
     }
 
@@ -281,10 +386,13 @@ mod tests {
         let mut p = Pending::default();
         p.ready(9, t0);
         assert_eq!(p.take(t0, HOLD, true), Batch::default());
+        for tag in 1..=9 {
+            p.delivered(tag);
+            p.ready(tag, t0);
+        }
+        assert_eq!(p.take(t0, HOLD, false).upto, Some((9, true)));
+        p.ready(9, t0);
         p.delivered(9);
-        p.ready(9, t0);
-        assert_eq!(p.take(t0, HOLD, false).upto, Some((9, false)));
-        p.ready(9, t0);
         assert_eq!(p.take(t0, HOLD, true), Batch::default());
     }
 }

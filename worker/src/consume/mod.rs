@@ -34,8 +34,8 @@ use acks::Acks;
 use control::{Held, Holding};
 use futures::StreamExt;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, message::Delivery};
@@ -66,7 +66,6 @@ pub async fn run(
         .brokers()
         .map_err(|e| InfraError::Broker(Cause::new("reading amqp.url/amqp.urls", e)))?;
     let amqp = Arc::new(amqp);
-    pipeline.check_store().await;
     METRICS
         .concurrency
         .set(i64::try_from(concurrency).unwrap_or(i64::MAX));
@@ -147,12 +146,32 @@ async fn consume_jobs(
 }
 
 /// Handles a delivery in a task of its own, counted while in flight.
+/// A panic there is a bug of ours: the message is dead-lettered (the
+/// queue's dead-letter exchange, `x-death` says why), counted under reason
+/// `panic`, and the worker serves the others on.
 fn take(in_flight: &mut JoinSet<()>, session: &Arc<Session>, delivery: Delivery) {
-    session.acks.delivered(delivery.delivery_tag);
+    let tag = delivery.delivery_tag;
+    session.acks.delivered(tag);
     let session = session.clone();
     in_flight.spawn(async move {
         METRICS.in_flight.inc();
-        session.handle(delivery).await;
+        let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            session.handle(delivery),
+        ))
+        .await;
+        if let Err(panic) = handled {
+            let said = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            tracing::error!(
+                panic = said,
+                "a job task panicked; dead-lettering its message"
+            );
+            METRICS.dead_letters.with_label_values(&["panic"]).inc();
+            session.acks.nack(tag, false);
+        }
         METRICS.in_flight.dec();
     });
 }
@@ -362,6 +381,10 @@ async fn session(
     METRICS.prefetch.set(i64::from(prefetch));
     METRICS.broker_connected.set(1);
     reached.consumed = true;
+    tokio::spawn({
+        let pipeline = pipeline.clone();
+        async move { pipeline.check_store().await }
+    });
     let acks = Acks::start(consume.clone());
     let session = Arc::new(Session {
         pipeline: pipeline.clone(),
@@ -450,7 +473,7 @@ async fn session(
             },
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 if let Err(e) = done {
-                    tracing::error!(error = %e, "a job task panicked; its message will be redelivered");
+                    tracing::error!(error = %e, "a job task ended abnormally; its message will be redelivered");
                 }
             }
             _ = shutdown.changed() => break Ok(()),
@@ -505,9 +528,14 @@ async fn session(
 impl Session {
     async fn handle(&self, delivery: Delivery) {
         if let Err(e) = self.settle(&delivery).await {
-            // Could not publish or ack: the broker will redeliver the
-            // message once the channel is gone.
-            tracing::warn!(error = %self.brokers.scrub(&e.to_string()), "could not settle a delivery; it will be redelivered");
+            // Could not publish its result or dead letter (the broker
+            // refused it, or the channel is gone): back to the queue after
+            // a pause, as for any failure of ours; on a channel that is
+            // gone the broker requeues it anyway. Left unsettled, it would
+            // hold its prefetch credit until the connection closed.
+            tracing::warn!(error = %self.brokers.scrub(&e.to_string()), "could not settle a delivery; requeueing it");
+            tokio::time::sleep(Duration::from_millis(self.amqp.retry_base_ms)).await;
+            self.acks.nack(delivery.delivery_tag, true);
         }
     }
 
@@ -557,19 +585,9 @@ impl Session {
                 tracing::warn!(job_id = %id, attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "infrastructure failure; will retry");
                 METRICS.retries.inc();
                 tokio::time::sleep(delay).await;
-                let nacked = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
-                // Only once its nack is written may an ack with `multiple`
-                // pass its tag.
-                self.acks.settled(delivery.delivery_tag);
-                nacked
-                    .map(|_| ())
-                    .map_err(|e| InfraError::Broker(Cause::new("requeueing", e)))
+                // Through the acks: written before any ack that passes its tag.
+                self.acks.nack(delivery.delivery_tag, true);
+                Ok(())
             }
             Disposition::GiveUp { job_id: id, error } => {
                 tracing::error!(job_id = %id, attempt, error = %error, "giving up on a job after repeated infrastructure failures");

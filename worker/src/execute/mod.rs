@@ -27,7 +27,7 @@ use capture::CappedPipe;
 use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::{
@@ -429,6 +429,8 @@ struct Inner {
     stores: Option<Arc<tokio::sync::Semaphore>>,
     /// Guest slots (`guests`), when bounded.
     guests: Option<Arc<tokio::sync::Semaphore>>,
+    /// Guests running on the async runtime's threads now ([`Inline`]).
+    inline: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -515,6 +517,7 @@ impl Executor {
                 stop_ticker,
                 stores,
                 guests,
+                inline: AtomicUsize::new(0),
             }),
         })
     }
@@ -618,26 +621,34 @@ impl Executor {
             None => None,
         };
         // A module compiled in memory already runs here, on this task's
-        // thread: the hop to the blocking pool and back was most of a trivial
-        // job's time in the executor (measured: 130 µs of 175, for a guest
-        // that ran 40). The guest yields at every epoch tick, so one that
-        // spins gives the thread back every `executor.epoch_tick_ms`. `then`
-        // runs here too, and must be light: what may block for long goes to
-        // the blocking pool (`Executor::blocking`). A module to compile or
-        // load goes to the blocking pool, with `then` after it on the same
-        // thread: compiling can take seconds.
-        if let Some(found) = inner.cached(&spec) {
+        // thread, while the runtime has a thread to spare (`Inline`): the
+        // hop to the blocking pool and back was most of a trivial job's
+        // time in the executor (measured: 130 µs of 175, for a guest that
+        // ran 40). The guest yields at every epoch tick, so one that spins
+        // gives the thread back every `executor.epoch_tick_ms`. `then` runs
+        // here too, and must be light (the pipeline's collects only empty
+        // output folders here). Otherwise, and for a module to compile or
+        // load (which can take seconds), the guest runs on the blocking
+        // pool with `then` after it on the same thread. A job dropped
+        // while its guest runs here (its session lost the broker) drops
+        // the guest with it; on the blocking pool the guest runs on to its
+        // own deadline in a spare store.
+        if let Some(inline) = Inline::reserve(&inner.inline)
+            && let Some(found) = inner.cached(&spec)
+        {
             let running = GuestRunning::start();
             let run = std::panic::AssertUnwindSafe(inner.run_found(found, spec, Duration::ZERO));
             let ran = futures::FutureExt::catch_unwind(run).await;
+            drop(inline);
             drop(running);
             drop(slot);
             drop(guest);
+            let ran = ran.and_then(|report| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(&report)))
+                    .map(|after| (report, after))
+            });
             return match ran {
-                Ok(report) => {
-                    let after = then(&report);
-                    (report, Some(after))
-                }
+                Ok((report, after)) => (report, Some(after)),
                 // As when a guest's thread dies: our failure, retried.
                 Err(panic) => (
                     Report::early(
@@ -704,6 +715,36 @@ thread_local! {
         .enable_time()
         .build()
         .ok();
+}
+
+/// A guest running on an async runtime's thread, counted while it runs.
+/// At most one fewer than the runtime's threads run so: a guest yields its
+/// thread only every epoch tick, and a runtime whose every thread ran one
+/// would poll its timers and sockets only every few dozen ticks (tokio
+/// looks at them between tasks, or when a thread parks), so the store's
+/// requests, the metrics endpoint and other jobs' timers would stall. A
+/// guest over the count runs on the blocking pool as before; on a
+/// one-thread runtime every guest does.
+struct Inline<'a>(&'a AtomicUsize);
+
+impl<'a> Inline<'a> {
+    fn reserve(running: &'a AtomicUsize) -> Option<Inline<'a>> {
+        let threads = tokio::runtime::Handle::try_current()
+            .map(|runtime| runtime.metrics().num_workers())
+            .unwrap_or(1);
+        running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now + 1 < threads).then_some(now + 1)
+            })
+            .ok()
+            .map(|_| Inline(running))
+    }
+}
+
+impl Drop for Inline<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a panic said, for the report of the run it ended.
