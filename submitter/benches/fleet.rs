@@ -214,7 +214,14 @@ impl Cpu {
 fn worker_bin() -> Option<std::path::PathBuf> {
     #[allow(clippy::disallowed_methods)]
     let bin = std::env::var_os("SHOAL_BENCH_WORKER_BIN")?;
-    let bin = std::path::PathBuf::from(bin);
+    let mut bin = std::path::PathBuf::from(bin);
+    // `cargo bench` runs this in submitter/: a relative path is the
+    // workspace's (target/release/shoal-worker).
+    if bin.is_relative() && !bin.is_file() {
+        bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(bin);
+    }
     assert!(
         bin.is_file(),
         "SHOAL_BENCH_WORKER_BIN={} is not a file",
@@ -239,6 +246,30 @@ fn persistent(id: &str) -> BasicProperties {
         .with_content_type(ShortString::from("application/json"))
         .with_message_id(ShortString::from(id))
         .with_correlation_id(ShortString::from(id))
+}
+
+/// Worker processes, stopped with SIGTERM and waited for when dropped, so
+/// that a benchmark that fails leaves none consuming behind it.
+struct Processes(Vec<std::process::Child>);
+
+impl Processes {
+    /// Stops each (drained, as an operator stops one); whether all exited 0.
+    fn stop(&mut self) -> bool {
+        let mut clean = true;
+        for mut process in self.0.drain(..) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &process.id().to_string()])
+                .status();
+            clean &= process.wait().is_ok_and(|status| status.success());
+        }
+        clean
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// How the floor's consumer acks.
@@ -274,12 +305,15 @@ async fn echo(conn: &Connection, queue: &str, prefetch: u16, acking: Acking) {
         )
         .await
         .unwrap();
-    let acks = shoal_worker::consume::acks::Acks::start(consume.clone());
+    let acks = (acking == Acking::Batched)
+        .then(|| shoal_worker::consume::acks::Acks::start(consume.clone()));
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let publish = publish.clone();
             let acks = acks.clone();
-            acks.delivered(delivery.delivery_tag);
+            if let Some(acks) = &acks {
+                acks.delivered(delivery.delivery_tag);
+            }
             tokio::spawn(async move {
                 let reply_to = delivery.properties.reply_to().clone().unwrap();
                 let id = delivery.properties.message_id().clone().unwrap();
@@ -295,15 +329,14 @@ async fn echo(conn: &Connection, queue: &str, prefetch: u16, acking: Acking) {
                     .unwrap()
                     .await
                     .unwrap();
-                match acking {
-                    Acking::Batched => acks.ack(delivery.delivery_tag),
-                    Acking::Each => {
+                match acks {
+                    Some(acks) => acks.ack(delivery.delivery_tag),
+                    None => {
                         delivery
                             .acker
                             .ack(BasicAckOptions::default())
                             .await
                             .unwrap();
-                        acks.settled(delivery.delivery_tag);
                     }
                 }
             });
@@ -500,7 +533,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
         .unwrap_or(1)
         .max(1);
     let mut workers = Vec::with_capacity(count);
-    let mut processes = Vec::new();
+    let mut processes = Processes(Vec::new());
     let bin = worker_bin();
     #[allow(clippy::disallowed_methods)]
     let tmpdir = std::env::var_os("TMPDIR");
@@ -516,7 +549,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
             );
         }
         match &bin {
-            Some(bin) => processes.push(
+            Some(bin) => processes.0.push(
                 std::process::Command::new(bin)
                     .arg("serve")
                     .env_clear()
@@ -525,6 +558,8 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
                     // Its scratch where this run's is (TMPDIR=/dev/shm, say).
                     .envs(tmpdir.iter().map(|t| ("TMPDIR", t)))
                     .stdin(std::process::Stdio::null())
+                    // Its log (warnings) on stderr; nothing into the table.
+                    .stdout(std::process::Stdio::null())
                     .spawn()
                     .expect("starting SHOAL_BENCH_WORKER_BIN"),
             ),
@@ -536,7 +571,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
             ))),
         }
     }
-    let pids: Vec<String> = processes.iter().map(|p| p.id().to_string()).collect();
+    let pids: Vec<String> = processes.0.iter().map(|p| p.id().to_string()).collect();
     let module = module.expect("at least one worker");
     let topology: Topology = config.amqp.topology();
     let client = Client::connect(url, topology.clone()).await.unwrap();
@@ -546,15 +581,21 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
         job
     };
 
-    let warm = client
-        .submit_batch((0..100).map(job).collect())
-        .await
-        .unwrap();
-    for h in &warm {
-        client
-            .wait_result(&h.id, Duration::from_secs(60))
+    // Warm for over a second: the module compiled, every worker up, and
+    // the automatic prefetch past its first look at the jobs' pace (every
+    // second), so the bursts run at the prefetch it settles on.
+    let warming = Instant::now();
+    while warming.elapsed() < Duration::from_millis(1500) {
+        let warm = client
+            .submit_batch((0..100).map(job).collect())
             .await
             .unwrap();
+        for h in &warm {
+            client
+                .wait_result(&h.id, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
     }
     let mut bursts = Vec::with_capacity(BURSTS);
     for _ in 0..BURSTS {
@@ -619,13 +660,7 @@ async fn shoal(url: &str) -> (Measured, Vec<f64>) {
     for worker in workers {
         worker.await.unwrap().unwrap();
     }
-    for mut process in processes {
-        // SIGTERM: drained, as an operator stops one.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &process.id().to_string()])
-            .status();
-        assert!(process.wait().unwrap().success(), "a worker process failed");
-    }
+    assert!(processes.stop(), "a worker process failed");
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
