@@ -160,6 +160,16 @@ pub enum Error {
     Infra(#[from] InfraError),
 }
 
+/// What a caught panic said (its `&str` or `String` payload), for the
+/// log or the report of what it ended.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
 /// An error and its causes on one line, `a: b: c`, each cause shown once:
 /// ours already carry their cause's words in their own (a result's message
 /// must tell the whole story), so a cause whose words end the line so far

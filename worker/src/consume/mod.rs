@@ -160,13 +160,8 @@ fn take(in_flight: &mut JoinSet<()>, session: &Arc<Session>, delivery: Delivery)
         ))
         .await;
         if let Err(panic) = handled {
-            let said = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("no message");
             tracing::error!(
-                panic = said,
+                panic = crate::error::panic_text(&*panic),
                 "a job task panicked; dead-lettering its message"
             );
             METRICS.dead_letters.with_label_values(&["panic"]).inc();

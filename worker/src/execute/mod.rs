@@ -654,7 +654,7 @@ impl Executor {
                     Report::early(
                         Outcome::Internal(format!(
                             "the guest's run panicked: {}",
-                            panic_text(&*panic)
+                            crate::error::panic_text(&*panic)
                         )),
                         Duration::ZERO,
                         false,
@@ -745,15 +745,6 @@ impl Drop for Inline<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// What a panic said, for the report of the run it ended.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message")
 }
 
 impl Inner {
