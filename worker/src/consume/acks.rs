@@ -83,17 +83,10 @@ impl Pending {
         }
     }
 
-    /// Settled some other way (nacked, its frame sent already): it no
-    /// longer holds back the acks after it.
-    pub(super) fn settled(&mut self, tag: u64) {
-        if let Some(stand) = self.tags.get_mut(&tag) {
-            *stand = Stand::Settled;
-        }
-    }
-
     /// Whether a nack of `tag` may be sent: only while its job is under
     /// way. One ready to ack (or acked) is never taken back, and a tag out
-    /// of the book is settled already or was never delivered.
+    /// of the book is settled already or was never delivered. Once its
+    /// nack is sent it no longer holds back the acks after it.
     pub(super) fn nack(&mut self, tag: u64) -> bool {
         match self.tags.get_mut(&tag) {
             Some(stand @ Stand::UnderWay) => {
@@ -148,7 +141,6 @@ impl Pending {
 enum Event {
     Delivered(u64),
     Ready(u64),
-    Settled(u64),
     Nack {
         tag: u64,
         requeue: bool,
@@ -185,11 +177,6 @@ impl Acks {
         let _ = self.events.send(Event::Ready(tag));
     }
 
-    /// It was settled otherwise, after that frame was sent.
-    pub fn settled(&self, tag: u64) {
-        let _ = self.events.send(Event::Settled(tag));
-    }
-
     /// Nack it, requeued or (`requeue` false) dead-lettered by the queue:
     /// sent before any ack that passes its tag, and only while its job is
     /// under way (a delivery already acked is never taken back).
@@ -217,7 +204,6 @@ async fn send_acks(channel: Channel, mut events: mpsc::UnboundedReceiver<Event>)
                  nacks: &mut Vec<(u64, bool)>| match event {
         Event::Delivered(tag) => pending.delivered(tag),
         Event::Ready(tag) => pending.ready(tag, Instant::now()),
-        Event::Settled(tag) => pending.settled(tag),
         Event::Nack { tag, requeue } => {
             if pending.nack(tag) {
                 nacks.push((tag, requeue));
@@ -337,13 +323,14 @@ mod tests {
         let batch = p.take(t0 + HOLD, HOLD, false);
         assert_eq!(batch.upto, None, "1 is under way");
         assert_eq!(batch.singles, vec![2]);
+        assert!(!p.nack(2), "an acked delivery is never nacked");
         assert_eq!(p.next_due(HOLD), Some(t0 + MS + HOLD));
         // A flush takes the rest of the ready ones at once.
         let batch = p.take(t0 + 2 * MS, HOLD, true);
         assert_eq!(batch.singles, vec![3]);
-        // 1 requeued (its nack sent): the run passes 1 to 3, acked or
-        // settled already, and acks 4 and 5 in one frame.
-        p.settled(1);
+        // 1 requeued: the run passes 1 to 3, nacked or acked already, and
+        // acks 4 and 5 in one frame.
+        assert!(p.nack(1));
         p.ready(5, t0 + 3 * MS);
         p.ready(4, t0 + 3 * MS);
         assert_eq!(p.take(t0 + 3 * MS, HOLD, false).upto, Some((5, true)));
