@@ -163,7 +163,7 @@ async fn create_only_writes_are_trusted_only_where_the_store_refuses_a_second() 
     assert!(!honours_create_only(&without).await);
     // The probe leaves nothing behind.
     let left: Vec<_> = futures::TryStreamExt::try_collect(
-        seaweed.list(Some(&StorePath::from("probe/create-only"))),
+        seaweed.list(Some(&shoal_worker::store::keys::create_only_probes())),
     )
     .await
     .unwrap();

@@ -11,6 +11,7 @@
 //! results/<job id>/stdout|stderr             streams above limits.inline_stream_bytes
 //! results/<job id>/<mount>/<path>            a job's output files
 //! health/readyz                              the readiness probe's object
+//! health/create-only/<uuid>                  a worker's probe of create-only writes, deleted at once
 //! jobs/by-time/<day>/<minute>/<µs>-<id>.json  a job as submitted (index; the numbers inverted)
 //! jobs/by-time/<day>/<minute>/<µs>-<id>@<status>.json  the same job once it ended
 //! jobs/by-id/<id>.json                       when a job was submitted (its by-time key)
@@ -86,6 +87,19 @@ pub fn output_prefix(job_id: &str, mount: &str) -> String {
 /// The object the readiness probe writes and reads back.
 pub fn health() -> StorePath {
     StorePath::from("health/readyz")
+}
+
+/// Where workers probe whether the store honours create-only writes.
+pub fn create_only_probes() -> StorePath {
+    StorePath::from("health/create-only")
+}
+
+/// One such probe, a worker's own.
+pub fn create_only_probe() -> StorePath {
+    StorePath::from(format!(
+        "health/create-only/{}",
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 /// The job index, by time (newest first) and by id.

@@ -51,7 +51,7 @@ pub async fn put(
 /// it only once it refused the second write here. The local folder does
 /// (a hard link); SeaweedFS 4.48 does (412).
 pub async fn honours_create_only(store: &dyn ObjectStore) -> bool {
-    let key = StorePath::from(format!("probe/create-only/{}", uuid::Uuid::new_v4()));
+    let key = keys::create_only_probe();
     let create = || {
         store.put_opts(
             &key,
