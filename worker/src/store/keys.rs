@@ -97,7 +97,8 @@ pub fn create_only_probes() -> StorePath {
 /// One such probe, a worker's own.
 pub fn create_only_probe() -> StorePath {
     StorePath::from(format!(
-        "health/create-only/{}",
+        "{}/{}",
+        create_only_probes(),
         uuid::Uuid::new_v4().simple()
     ))
 }
