@@ -121,7 +121,6 @@ impl Pipeline {
             .then(|| Artifacts::new(store.clone(), &config.cache.compiled_key));
         let stager = Stager::new(store, &config).map_err(StartError::Staging)?;
         let worker = config.worker_name();
-        // One folder ready per job slot, and one to spare.
         // One folder for every job a worker may hold (its prefetch), and
         // one to spare.
         let held = usize::from(config.amqp.prefetch_for(config.concurrency())).max(1);
@@ -178,9 +177,8 @@ impl Pipeline {
     /// each job looks first. A worker asks at each connection to the
     /// broker until the answer is yes, beside its jobs, for at most 10 s.
     pub async fn check_store(&self) {
-        let create_only = &self.create_only;
         if self.config.cache.s3_bucket.is_empty()
-            || create_only.load(std::sync::atomic::Ordering::Relaxed)
+            || self.create_only.load(std::sync::atomic::Ordering::Relaxed)
         {
             return;
         }
